@@ -1,0 +1,1 @@
+"""Subcommands of medsam2-hpc; each module defines register(subparsers)."""

@@ -1,0 +1,154 @@
+"""metrics.json: the one file the collector reads (ARCHITECTURE.md section 3).
+
+Trainers call :func:`build_metrics`; the collector and the tests call
+:func:`validate_metrics`. NaN (an organ absent from a case) is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from .task import MODELS, PROMPTS, Task
+
+__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "build_metrics", "validate_metrics", "git_sha"]
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "task_id": (str,),
+    "study": (str,),
+    "model": (str,),
+    "variant": (str,),
+    "dataset": (str,),
+    "split": (str,),
+    "seed": (int,),
+    "prompt": (str,),
+    "dice_mean": (float, int, type(None)),
+    "per_class": (dict,),
+    "per_case": (dict,),
+    "hd95_mean": (float, int, type(None)),
+    "n_cases": (int,),
+    "epochs_completed": (int,),
+    "train_seconds": (float, int),
+    "eval_seconds": (float, int),
+    "peak_gpu_mem_gb": (float, int, type(None)),
+    "params_m": (float, int),
+    "git_sha": (str, type(None)),
+    "container": (dict, str, type(None)),
+    "created_at": (str,),
+}
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None recursively, numpy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def git_sha() -> str | None:
+    """The commit of the installed source tree, or MEDSAM2_GIT_SHA (set in the image)."""
+    if os.environ.get("MEDSAM2_GIT_SHA"):
+        return os.environ["MEDSAM2_GIT_SHA"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def container_info() -> dict[str, Any] | None:
+    """Image path (and digest when the launcher knows it) when running inside Apptainer."""
+    image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    if not image:
+        return None
+    return {"image": image, "digest": os.environ.get("MEDSAM2_IMAGE_DIGEST")}
+
+
+def build_metrics(
+    task: Task,
+    *,
+    split: str,
+    dice_mean: float | None,
+    per_class: dict[str, float | None],
+    per_case: dict[str, dict[str, float | None]],
+    epochs_completed: int,
+    train_seconds: float,
+    eval_seconds: float,
+    params_m: float,
+    hd95_mean: float | None = None,
+    peak_gpu_mem_gb: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Assemble a contract-complete metrics dict; ``extra`` keys (e.g. dice_mean_per_slice) ride along."""
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "task_id": task.task_id,
+        "study": task.study,
+        "model": task.model,
+        "variant": task.variant,
+        "dataset": task.dataset,
+        "split": split,
+        "seed": int(task.seed),
+        "prompt": task.prompt,
+        "dice_mean": dice_mean,
+        "per_class": per_class,
+        "per_case": per_case,
+        "hd95_mean": hd95_mean,
+        "n_cases": len(per_case),
+        "epochs_completed": int(epochs_completed),
+        "train_seconds": float(train_seconds),
+        "eval_seconds": float(eval_seconds),
+        "peak_gpu_mem_gb": peak_gpu_mem_gb,
+        "params_m": float(params_m),
+        "git_sha": git_sha(),
+        "container": container_info(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    return _clean(metrics)
+
+
+def validate_metrics(data: Any) -> list[str]:
+    """Every way ``data`` breaks the contract, as readable lines (empty list: valid)."""
+    if not isinstance(data, dict):
+        return ["metrics.json is not a JSON object"]
+    problems = []
+    for key, types in REQUIRED_KEYS.items():
+        if key not in data:
+            problems.append(f"missing key {key!r}")
+        elif isinstance(data[key], bool) or not isinstance(data[key], types):
+            names = "/".join(t.__name__ for t in types)
+            problems.append(f"key {key!r} should be {names}, got {type(data[key]).__name__}")
+    if problems:
+        return problems
+    if data["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version {data['schema_version']} is not {SCHEMA_VERSION}")
+    if data["model"] not in MODELS:
+        problems.append(f"model {data['model']!r} is not one of {MODELS}")
+    if data["prompt"] not in PROMPTS:
+        problems.append(f"prompt {data['prompt']!r} is not one of {PROMPTS}")
+    for case, classes in data["per_case"].items():
+        if not isinstance(classes, dict):
+            problems.append(f"per_case[{case!r}] should map class -> Dice")
+    d = data["dice_mean"]
+    if d is not None and not 0.0 <= d <= 1.0:
+        problems.append(f"dice_mean {d} is outside [0, 1]")
+    if data["model"] == "sam2-3d" or data["dataset"] == "btcv":
+        if "dice_mean_per_slice" not in data:
+            problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
+    return problems

@@ -1,0 +1,80 @@
+"""Checkpoints: atomic saves, ``weights_only=True`` loads, full resume state.
+
+A checkpoint holds model, optimizer, scheduler, scaler, epoch, best Dice and every RNG
+state, so a requeued job continues as if it had not stopped. Only tensors and plain
+Python containers are stored, which is what ``torch.load(weights_only=True)`` accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_write
+from ..errors import InputError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "link_into"]
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(obj: Any) -> Any:
+    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (temp + rename): a kill mid-save keeps the old file."""
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict[str, Any]:
+    """Load with ``weights_only=True``; unreadable files become one-line InputErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {path}: cannot be read ({first})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{what} {path}: expected a dict of tensors, got {type(data).__name__}")
+    return data
+
+
+def link_into(src: Path, dst: Path) -> None:
+    """Expose ``src`` at ``dst`` (the seed-style ``Model/*.pth`` view) without a second copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)

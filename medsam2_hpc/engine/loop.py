@@ -1,0 +1,161 @@
+"""The epoch loop every trainer shares: resume, validation cadence, checkpoints, logging.
+
+A trainer supplies two callables (``train_epoch(epoch) -> scalars`` and
+``validate(epoch) -> scalars with a 'dice' key``); the loop owns everything around them,
+in the spirit of nnU-Net's short ``run_training``. Trainers know nothing of Slurm.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from ..task import RunDir
+from .checkpoint import link_into, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .stop import StopRequested, stop_requested
+
+__all__ = ["LoopConfig", "LoopState", "TrainLoop", "progress"]
+
+T = TypeVar("T")
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    epochs: int
+    val_freq: int = 1
+    monitor: str = "dice"
+    seed_view: Path | None = None  # seed-style <run>/Model/{best_dice_epoch,latest_epoch}.pth
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """A tqdm bar on stderr that stays readable in a Slurm log (few, long-interval updates)."""
+    return iter(tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True,
+                     mininterval=2.0 if not sys.stderr.isatty() else 0.1, leave=False))
+
+
+class TrainLoop:
+    """Runs epochs ``state.epoch .. epochs-1``, saving ``last.pt`` after each and ``best.pt``."""
+
+    def __init__(self, run: RunDir, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 config: LoopConfig, scheduler: Any = None, scaler: Any = None,
+                 extra_state: dict[str, Any] | None = None) -> None:
+        self.run = run
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.config = config
+        self.extra_state = extra_state or {}
+        self.state = LoopState()
+        self._writer = None
+
+    # checkpoints -------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loop": asdict(self.state),
+            "rng": rng_state(),
+            "extra": self.extra_state,
+        }
+
+    def save(self, is_best: bool) -> None:
+        payload = self.payload()
+        save_checkpoint(self.run.last_ckpt, payload)
+        if is_best:
+            save_checkpoint(self.run.best_ckpt, payload)
+        if self.config.seed_view is not None:
+            link_into(self.run.last_ckpt, self.config.seed_view / "latest_epoch.pth")
+            if self.run.best_ckpt.exists():
+                link_into(self.run.best_ckpt, self.config.seed_view / "best_dice_epoch.pth")
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Continue from ``last.pt`` (or ``path``); False when there is nothing to resume."""
+        path = path or self.run.last_ckpt
+        if not Path(path).exists():
+            return False
+        ckpt = load_checkpoint(path, what="resume checkpoint")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = LoopState(**ckpt["loop"])
+        self.extra_state.update(ckpt.get("extra") or {})
+        set_rng_state(ckpt["rng"])
+        return True
+
+    # logging -----------------------------------------------------------------------
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run.logs / "tensorboard"))
+        return self._writer
+
+    def log_scalars(self, scalars: dict[str, float], epoch: int) -> None:
+        for key, value in scalars.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def check_stop(self) -> None:
+        """Call between batches: leaves the epoch when Slurm asked the job to stop."""
+        if stop_requested():
+            raise StopRequested("stop requested by signal; resume from last.pt")
+
+    # the loop ----------------------------------------------------------------------
+    def fit(self, train_epoch: Callable[[int], dict[str, float]],
+            validate: Callable[[int], dict[str, float]]) -> LoopState:
+        cfg = self.config
+        try:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                scalars = {f"train/{k}": float(v) for k, v in train_epoch(epoch).items()}
+                self.state.train_seconds += time.perf_counter() - t0
+                scalars["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
+                is_best = False
+                if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch + 1 == cfg.epochs:
+                    val = validate(epoch)
+                    scalars.update({f"val/{k}": float(v) for k, v in val.items()})
+                    score = float(val.get(cfg.monitor, math.nan))
+                    if math.isfinite(score) and score > self.state.best_score:
+                        self.state.best_score, self.state.best_epoch = score, epoch
+                        is_best = True
+                self.state.epoch = epoch + 1
+                self.state.history.append({"epoch": float(epoch), **scalars})
+                self.save(is_best=is_best or not self.run.best_ckpt.exists())
+                self.log_scalars(scalars, epoch)
+                print(_epoch_line(epoch, cfg.epochs, scalars), file=sys.stderr, flush=True)
+                self.check_stop()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        return self.state
+
+
+def _epoch_line(epoch: int, epochs: int, scalars: dict[str, float]) -> str:
+    parts = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    return f"[epoch {epoch + 1}/{epochs}] {parts}"

@@ -1,0 +1,70 @@
+"""Device, precision, seeding and memory figures shared by every trainer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import resource
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+__all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "reset_peak_memory",
+           "count_params_m", "AMP_MODES"]
+
+AMP_MODES = ("bf16", "fp16", "none")
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when present (or when asked for), else the CPU."""
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(requested).isdigit():
+        requested = f"cuda:{requested}"
+    if str(requested).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {requested!r} requested but CUDA is not available on this host")
+    return torch.device(requested)
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, amp: str) -> Iterator[None]:
+    """bf16/fp16 autocast on CUDA; on the CPU training stays fp32 (CPU autocast is slow)."""
+    if amp not in AMP_MODES:
+        raise InputError(f"-amp {amp!r} is not one of {', '.join(AMP_MODES)}")
+    if device.type != "cuda" or amp == "none":
+        yield
+        return
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    with torch.autocast("cuda", dtype=dtype):
+        yield
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak CUDA memory in GiB; on the CPU the process's peak RSS (what limits a CPU job)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def count_params_m(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6

@@ -1,0 +1,59 @@
+"""run_task: the one place that maps a model kind to its trainer and keeps the run's status.
+
+Each trainer module exposes ``check(task)`` (validate inputs before anything is written;
+raise InputError) and ``train(task, run) -> metrics dict`` (contract.build_metrics).
+Trainers are imported lazily: Ultralytics alone takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from .engine.stop import StopRequested
+from .errors import InputError
+from .task import Task
+
+__all__ = ["TRAINERS", "trainer_for", "run_task"]
+
+TRAINERS = {
+    "sam2-2d": "medsam2_hpc.trainers.sam2_2d",
+    "sam2-3d": "medsam2_hpc.trainers.sam2_3d",
+    "resnet": "medsam2_hpc.trainers.resnet",
+    "yolo": "medsam2_hpc.trainers.yolo",
+}
+
+
+def trainer_for(model: str) -> ModuleType:
+    if model not in TRAINERS:
+        raise InputError(f"model {model!r} is not one of {', '.join(TRAINERS)}")
+    return importlib.import_module(TRAINERS[model])
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Train and evaluate ``task`` into its run directory; a completed run is not redone.
+
+    Raises InputError before anything is written when the inputs are bad, and
+    StopRequested (status 'preempted') when Slurm asked the job to stop: the next attempt
+    resumes from ``last.pt``.
+    """
+    run = task.run_dir
+    done = run.metrics()
+    if done is not None and run.status().get("state") == "completed":
+        return done
+    trainer = trainer_for(task.model)
+    trainer.check(task)
+    run.prepare(task)
+    run.mark_running()
+    try:
+        metrics = trainer.train(task, run)
+    except StopRequested:
+        run.mark_preempted()
+        raise
+    except BaseException as exc:
+        run.mark_failed(exc)
+        raise
+    run.write_metrics(metrics)
+    run.mark_completed()
+    return metrics

@@ -1,0 +1,176 @@
+"""Task (one training run, fully resolved) and RunDir (its directory contract).
+
+Every front end (jobs.yaml, sbatch script, ``train.py``, seed-style commands) builds a
+:class:`Task`; :func:`medsam2_hpc.runner.run_task` runs it into a :class:`RunDir`. The run
+directory path is a pure function of the task, so a requeued job resumes in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .atomic import read_json, write_json, write_text
+from .errors import InputError
+from .jobenv import job_identity
+
+__all__ = ["MODELS", "DATASETS", "PROMPTS", "STATES", "Task", "RunDir"]
+
+MODELS = ("sam2-2d", "sam2-3d", "resnet", "yolo")
+DATASETS = ("refuge", "btcv")
+PROMPTS = ("bbox", "click", "mask", "none")
+STATES = ("pending", "running", "completed", "failed", "preempted")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run: a model variant trained on one dataset with one seed and hyper-parameters.
+
+    ``hparams`` holds trainer settings (epochs, batch_size, lr, image_size, ...); each
+    trainer validates the keys it reads. ``name`` overrides the generated task id (the
+    seed-style commands use ``<exp_name>_<timestamp>``).
+    """
+
+    model: str
+    variant: str
+    dataset: str
+    data_path: str
+    output_root: str = "runs"
+    study: str = ""
+    seed: int = 0
+    prompt: str = "none"
+    hparams: dict[str, Any] = field(default_factory=dict)
+    profile: str = "default"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise InputError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
+        if self.dataset not in DATASETS:
+            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.prompt not in PROMPTS:
+            raise InputError(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
+
+    @property
+    def task_id(self) -> str:
+        """Readable and deterministic: the same task always maps to the same directory."""
+        if self.name:
+            return self.name
+        key = json.dumps(
+            [self.model, self.variant, self.dataset, os.fspath(self.data_path), self.prompt,
+             self.seed, self.hparams],
+            sort_keys=True, default=str,
+        )
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        return f"{self.model}_{self.variant}_{self.dataset}_s{self.seed}_{digest}"
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(Path(self.output_root) / self.study / self.task_id)
+
+    def hp(self, key: str, default: Any) -> Any:
+        return self.hparams.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "task") -> Task:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> Task:
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(yaml.safe_load(fh) or {}, source=str(path))
+
+
+class RunDir:
+    """The directory of one run (ARCHITECTURE.md section 3)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    task_yaml = property(lambda self: self.path / "task.yaml")
+    status_json = property(lambda self: self.path / "status.json")
+    metrics_json = property(lambda self: self.path / "metrics.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_ckpt = property(lambda self: self.path / "checkpoints" / "last.pt")
+    best_ckpt = property(lambda self: self.path / "checkpoints" / "best.pt")
+    logs = property(lambda self: self.path / "logs")
+    predictions = property(lambda self: self.path / "predictions")
+    vis = property(lambda self: self.path / "vis")
+
+    def prepare(self, task: Task) -> RunDir:
+        for sub in (self.checkpoints, self.logs, self.predictions, self.vis):
+            sub.mkdir(parents=True, exist_ok=True)
+        write_text(self.task_yaml, yaml.safe_dump(task.to_dict(), sort_keys=False))
+        return self
+
+    # status.json -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        if not self.status_json.exists():
+            return {"state": "pending", "attempts": 0}
+        try:
+            return read_json(self.status_json)
+        except (OSError, ValueError):
+            return {"state": "unknown", "attempts": 0}
+
+    def update_status(self, **changes: Any) -> dict[str, Any]:
+        state = changes.get("state")
+        if state is not None and state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        status = {**self.status(), **changes}
+        write_json(self.status_json, status)
+        return status
+
+    def mark_running(self) -> dict[str, Any]:
+        ident = job_identity()
+        prev = self.status()
+        return self.update_status(
+            state="running",
+            attempts=int(prev.get("attempts", 0)) + 1,
+            host=ident.host,
+            slurm_job_id=ident.job_id,
+            slurm_array_job_id=ident.array_job_id,
+            slurm_array_task_id=ident.array_task_id,
+            started_at=prev.get("started_at") or _now(),
+            attempt_started_at=_now(),
+            ended_at=None,
+            error=None,
+        )
+
+    def mark_completed(self) -> dict[str, Any]:
+        return self.update_status(state="completed", ended_at=_now())
+
+    def mark_preempted(self) -> dict[str, Any]:
+        return self.update_status(state="preempted", ended_at=_now())
+
+    def mark_failed(self, exc: BaseException) -> dict[str, Any]:
+        tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+        return self.update_status(state="failed", ended_at=_now(), error=tail)
+
+    # metrics.json ----------------------------------------------------------------
+    def write_metrics(self, metrics: dict[str, Any]) -> Path:
+        return write_json(self.metrics_json, metrics)
+
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.metrics_json) if self.metrics_json.exists() else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

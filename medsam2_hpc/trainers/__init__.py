@@ -1,0 +1,1 @@
+"""One trainer module per model kind; each exposes check(task) and train(task, run)."""
