@@ -1,15 +1,115 @@
-"""`medsam2-hpc train` (placeholder until its issue lands)."""
+"""``medsam2-hpc train`` / ``python train.py --model X``: one local run of any model kind.
+
+The local fallback of the seed README (`python train.py --model yolo`). It builds the
+same Task as jobs.yaml and the sbatch script, and calls the same run_task.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from ..errors import EXIT_REQUEUE, InputError
+from ..task import MODELS, PROMPTS, Task
+
+__all__ = ["DEFAULTS", "add_arguments", "task_from_args", "main", "register"]
+
+# model -> (variant, dataset, data path, prompt): what a bare `--model X` trains.
+DEFAULTS: dict[str, tuple[str, str, str, str]] = {
+    "sam2-2d": ("hiera_s", "refuge", "./data/REFUGE", "click"),
+    "sam2-3d": ("hiera_s", "btcv", "./data/btcv", "bbox"),
+    "resnet": ("resnet50", "btcv", "./data/btcv", "none"),
+    "yolo": ("yolo11l-seg", "btcv", "./data/btcv", "none"),
+}
+_DATA_PATHS = {"refuge": "./data/REFUGE", "btcv": "./data/btcv"}
+
+
+def add_arguments(parser: argparse.ArgumentParser, models: Sequence[str] = MODELS) -> None:
+    parser.add_argument("--model", required=True, choices=list(models), help="model kind to train")
+    parser.add_argument("--variant", help="size: hiera_t|hiera_s|hiera_b+|hiera_l, resnet18|34|50, "
+                        "yolo11n-seg..yolo11x-seg (default per model)")
+    parser.add_argument("--dataset", choices=["refuge", "btcv"], help="default per model")
+    parser.add_argument("--data-path", help="dataset root (default ./data/REFUGE or ./data/btcv)")
+    parser.add_argument("--prompt", choices=list(PROMPTS), help="SAM2 prompt kind (default per model)")
+    parser.add_argument("--output-root", default="runs", help="runs go to OUTPUT_ROOT/STUDY/TASK_ID")
+    parser.add_argument("--study", default="local")
+    parser.add_argument("--name", help="run directory name (default: derived from the task)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any trainer hyper-parameter (value parsed as YAML), repeatable")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from exc
+    return out
+
+
+def task_from_args(args: argparse.Namespace) -> Task:
+    variant, dataset, data_path, prompt = DEFAULTS[args.model]
+    dataset = args.dataset or dataset
+    hparams = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                 ("image_size", args.image_size), ("lr", args.lr)) if v is not None}
+    hparams.update(_parse_set(args.set))
+    return Task(
+        model=args.model,
+        variant=args.variant or variant,
+        dataset=dataset,
+        data_path=args.data_path or _DATA_PATHS.get(dataset, data_path),
+        output_root=args.output_root,
+        study=args.study,
+        seed=args.seed,
+        prompt=args.prompt or prompt,
+        hparams=hparams,
+        name=args.name,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.stop import StopRequested, install_handlers
+    from ..runner import run_task
+
+    task = task_from_args(args)
+    install_handlers()
+    print(f"[train] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
+    try:
+        metrics = run_task(task)
+    except StopRequested:
+        print(f"[train] stopped by signal; resumable from {task.run_dir.last_ckpt}", file=sys.stderr)
+        return EXIT_REQUEUE
+    summary = {k: metrics.get(k) for k in ("task_id", "dice_mean", "dice_mean_per_slice", "n_cases")}
+    print(json.dumps(summary))
+    print(f"[train] metrics: {task.run_dir.metrics_json}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, *, models: Sequence[str] | None = None,
+         prog: str = "train.py") -> int:
+    from ..cli import guarded
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_arguments(parser, models or MODELS)
+    args = parser.parse_args(argv)
+    return guarded(lambda: run(args), prog)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="not built yet")
-    p.set_defaults(func=lambda args: _not_built())
-
-
-def _not_built() -> int:
-    print("medsam2-hpc train: not built yet")
-    return 1
+    p = sub.add_parser("train", help="train one model locally (no Slurm)")
+    add_arguments(p)
+    p.set_defaults(func=run)

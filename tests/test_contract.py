@@ -1,0 +1,41 @@
+"""metrics.json: what trainers build is what the validator (and the collector) accepts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from medsam2_hpc.contract import REQUIRED_KEYS, build_metrics, validate_metrics
+from medsam2_hpc.task import Task
+
+
+def _metrics(**extra):
+    task = Task(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path="/d", study="s",
+                prompt="bbox")
+    return build_metrics(
+        task, split="val", dice_mean=0.5, per_class={"spleen": 0.5, "liver": float("nan")},
+        per_case={"img0035": {"spleen": 0.5, "liver": float("nan")}}, epochs_completed=2,
+        train_seconds=1.0, eval_seconds=0.5, params_m=38.9, **extra,
+    )
+
+
+def test_built_metrics_validate_and_serialise_nan_as_null():
+    metrics = _metrics(dice_mean_per_slice=0.6)
+    assert validate_metrics(metrics) == []
+    assert set(REQUIRED_KEYS) <= set(metrics)
+    text = json.dumps(metrics)
+    assert "NaN" not in text and json.loads(text)["per_class"]["liver"] is None
+    assert metrics["n_cases"] == 1
+
+
+def test_validator_names_every_problem():
+    metrics = _metrics()  # 3D without the per-slice number beside the volumetric one
+    assert any("dice_mean_per_slice" in p for p in validate_metrics(metrics))
+    broken = dict(metrics, dice_mean=1.5, dice_mean_per_slice=0.1)
+    del broken["seed"]
+    problems = validate_metrics(broken)
+    assert problems == ["missing key 'seed'"]
+    broken["seed"] = 0
+    assert validate_metrics(broken) == ["dice_mean 1.5 is outside [0, 1]"]
+    assert validate_metrics([]) == ["metrics.json is not a JSON object"]
+    assert not math.isnan(metrics["dice_mean"])

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Local fallback: `python train.py --model sam2-2d|sam2-3d|resnet|yolo [...]` (no Slurm needed)."""
+
+import sys
+
+from medsam2_hpc.commands.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
