@@ -1,0 +1,350 @@
+"""The Apptainer image: its definition (checked, rendered, built), its Dockerfile, its exec line.
+
+``containers/medsam2.def`` is the one source. spython 0.3.14 reads it; its Singularity writer
+corrupts %files/%labels, so the only generated artefact is the Dockerfile (Singularity ->
+Docker), with four fix-ups spython lacks, each pinned by a test, so that spython's own
+DockerParser reads the result back to the same recipe (the round trip the tests check):
+
+* %test becomes build-time ``RUN`` steps (spython would write a ``HEALTHCHECK`` Docker rejects);
+  Apptainer runs %test right after a build too, so both images are smoke-tested the same way.
+* ``exec prog "$@"`` in %runscript becomes ``ENTRYPOINT ["prog"]`` (a shell-form CMD drops args).
+* labels are written ``key="value"`` (spython writes the legacy ``LABEL key value``).
+* the single stage is not named: spython writes ``FROM img AS spython-base``, which its own
+  DockerParser cannot read back.
+
+spython's parser also takes any line containing "bootstrap", "from:" or "stage:" for a header,
+and its Docker writer passes through any ENV/RUN line containing "USER" without its keyword:
+the definition avoids those words outside the header, and ``check`` reports them.
+spython's client only knows a binary named ``singularity`` and defaults to sudo, so builds
+call ``apptainer``/``singularity`` directly with an argv we build.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spython.main.parse.parsers import SingularityParser
+from spython.main.parse.recipe import Recipe
+from spython.main.parse.writers import DockerWriter
+
+from .. import __version__
+from ..errors import InputError
+from ..spec import Bind, ContainerSpec
+
+__all__ = ["REPO_ROOT", "DEF_PATH", "DOCKERFILE_PATH", "Definition", "parse", "check", "setup_requires",
+           "def_requires", "to_dockerfile", "git_revision", "render", "find_runtime", "build_argv",
+           "cache_env", "exec_prefix", "exec_prefix_str"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEF_PATH = REPO_ROOT / "containers" / "medsam2.def"
+DOCKERFILE_PATH = REPO_ROOT / "containers" / "Dockerfile"
+SETUP_CFG = REPO_ROOT / "setup.cfg"
+
+REQUIRED_SECTIONS = ("labels", "help", "files", "environment", "post", "test", "runscript")
+REQUIRED_ENV = ("TORCH_HOME", "HF_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "YOLO_CONFIG_DIR",
+                "YOLO_OFFLINE", "YOLO_AUTOINSTALL")
+# The %post comment that introduces the install_requires command (see containers/medsam2.def).
+REQUIRES_MARKER = "# install_requires of setup.cfg"
+CHECKPOINT_DIR = "/opt/medsam2-hpc/checkpoints"
+DOCKER_HEADER = ("# Generated from containers/medsam2.def by `medsam2-hpc container dockerfile --write`;\n"
+                 "# do not edit. Build from the repository root:\n"
+                 "#   docker build -f containers/Dockerfile "
+                 "--label org.opencontainers.image.revision=$(git rev-parse HEAD) -t medsam2-hpc .\n")
+_SPYTHON_TRAPS = re.compile(r"bootstrap|from:|stage:", re.IGNORECASE)
+_RUNTIME_HELP = {
+    "apptainer": "install Apptainer (https://apptainer.org/docs/admin/main/installation.html) "
+                 "or `module load apptainer`",
+    "singularity": "install SingularityCE (https://docs.sylabs.io/guides/latest/admin-guide/) "
+                   "or `module load singularity`",
+}
+
+
+class _DefParser(SingularityParser):
+    """spython's parser, with %test kept as commands (see the module docstring)."""
+
+    def _test(self, lines: list[str]) -> None:
+        self.test_lines = list(lines)
+        self.recipe[self.active_layer].install += lines
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A parsed definition: spython's recipe plus what spython does not keep."""
+
+    path: Path
+    text: str
+    sections: tuple[str, ...]
+    recipe: Recipe  # spython's, of the single stage
+    test_lines: tuple[str, ...]
+
+    @property
+    def base_image(self) -> str:
+        return self.recipe.fromHeader or ""
+
+    @property
+    def env_keys(self) -> tuple[str, ...]:
+        return tuple(e.split("=", 1)[0].strip() for e in self.recipe.environ)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict((line.split(None, 1) + [""])[:2] for line in self.recipe.labels)
+
+
+def parse(path: str | os.PathLike = DEF_PATH) -> Definition:
+    """Parse with spython (raises InputError where spython would exit the process)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such container definition")
+    text = path.read_text(encoding="utf-8")
+    header = text.split("\n%", 1)[0]
+    if not re.search(r"^\s*bootstrap:\s*docker\s*$", header, re.IGNORECASE | re.MULTILINE):
+        raise InputError(f"{path}: the header must say 'Bootstrap: docker' (spython converts only those)")
+    parser = _DefParser(str(path))
+    stages = list(parser.recipe.values())
+    if len(stages) != 1:
+        raise InputError(f"{path}: expected one stage, found {len(stages)}")
+    sections = tuple(m.group(1).lower() for m in re.finditer(r"^%(\w+)", text, re.MULTILINE))
+    return Definition(path, text, sections, stages[0], tuple(getattr(parser, "test_lines", ())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Requirements: the image installs exactly setup.cfg's install_requires
+
+
+def _norm(requirement: str) -> str:
+    return re.sub(r"\s+", "", requirement).lower()
+
+
+def setup_requires(setup_cfg: str | os.PathLike = SETUP_CFG) -> list[str]:
+    cfg = configparser.ConfigParser()
+    if not cfg.read(setup_cfg, encoding="utf-8"):
+        raise InputError(f"{setup_cfg}: cannot be read")
+    raw = cfg.get("options", "install_requires", fallback="")
+    return [line.strip() for line in raw.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _section_body(text: str, name: str) -> list[str]:
+    match = re.search(rf"^%{name}\b[^\n]*\n(.*?)(?=^%|\Z)", text, re.MULTILINE | re.DOTALL)
+    return match.group(1).splitlines() if match else []
+
+
+def def_requires(text: str) -> list[str] | None:
+    """The requirements of the pip command that follows REQUIRES_MARKER in %post (None: no marker)."""
+    lines = [line.strip() for line in _section_body(text, "post")]
+    if REQUIRES_MARKER not in "\n".join(lines):
+        return None
+    start = next(i for i, line in enumerate(lines) if line.startswith(REQUIRES_MARKER)) + 1
+    command = ""
+    for line in lines[start:]:
+        command += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            break
+    tokens = shlex.split(command)
+    if tokens[:4] != ["python3", "-m", "pip", "install"]:
+        return []
+    return [t for t in tokens[4:] if not t.startswith("-")]
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+def _pinned(image: str) -> bool:
+    """An image is pinned by a digest, or by a tag with an exact version (never 'latest')."""
+    if "@sha256:" in image:
+        return True
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    return bool(re.match(r"\d+\.\d+\.\d+", tag))
+
+
+def check(path: str | os.PathLike = DEF_PATH, *, setup_cfg: str | os.PathLike = SETUP_CFG,
+          dockerfile: str | os.PathLike | None = DOCKERFILE_PATH) -> list[str]:
+    """Every problem of the definition, one line each; [] when it is fit to build."""
+    d = parse(path)
+    problems = [f"missing section %{s}" for s in REQUIRED_SECTIONS if s not in d.sections]
+    if not _pinned(d.base_image):
+        problems.append(f"base image {d.base_image!r} is not pinned (use an exact version tag or @sha256:)")
+    for key in REQUIRED_ENV:
+        if key not in d.env_keys:
+            problems.append(f"%environment does not set {key}")
+    if d.labels.get("org.opencontainers.image.version") != __version__:
+        problems.append(f"%labels org.opencontainers.image.version is not the package version {__version__}")
+    if "medsam2-hpc" not in (d.recipe.cmd or ""):
+        problems.append("%runscript does not run medsam2-hpc")
+    problems += _requirement_problems(d.text, setup_requires(setup_cfg))
+    problems += _trap_problems(d.text)
+    if dockerfile is not None and Path(dockerfile).is_file() and not problems:
+        if Path(dockerfile).read_text(encoding="utf-8") != to_dockerfile(path):
+            problems.append(f"{dockerfile} differs from what the definition generates "
+                            "(run: medsam2-hpc container dockerfile --write)")
+    return problems
+
+
+def _requirement_problems(text: str, wanted: list[str]) -> list[str]:
+    have = def_requires(text)
+    if have is None:
+        return [f"%post has no {REQUIRES_MARKER!r} line before the pip install of the requirements"]
+    missing = [r for r in wanted if _norm(r) not in {_norm(h) for h in have}]
+    extra = [r for r in have if _norm(r) not in {_norm(w) for w in wanted}]
+    out = []
+    if missing:
+        out.append(f"%post does not install setup.cfg requirements {', '.join(missing)}")
+    if extra:
+        out.append(f"%post installs {', '.join(extra)}, which setup.cfg does not name")
+    return out
+
+
+def _trap_problems(text: str) -> list[str]:
+    """Lines spython would misread (see the module docstring)."""
+    body = text.split("\n%", 1)[1] if "\n%" in text else ""
+    out = [f"spython would misread this line as a header: {line.strip()!r}"
+           for line in body.splitlines() if _SPYTHON_TRAPS.search(line)]
+    for section in ("environment", "post", "test"):
+        out += [f"spython's Docker writer would drop the keyword of: {line.strip()!r}"
+                for line in _section_body(text, section)
+                if "USER" in line and not line.strip().startswith("#")]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+
+
+def to_dockerfile(path: str | os.PathLike = DEF_PATH) -> str:
+    """The Dockerfile for ``path``: spython's Singularity -> Docker conversion plus the fix-ups."""
+    d = parse(path)
+    recipe = d.recipe
+    recipe.labels = [f"{k}={json.dumps(v)}" for k, v in d.labels.items()]
+    runscript = shlex.split(recipe.cmd or "")
+    if runscript[:1] == ["exec"] and runscript[-1:] == ["$@"]:
+        recipe.entrypoint, recipe.cmd = json.dumps(runscript[1:-1]), None
+    body = DockerWriter({"spython-base": recipe}).convert()
+    body = re.sub(r"^(FROM \S+) AS spython-base$", r"\1", body, count=1, flags=re.MULTILINE)
+    return DOCKER_HEADER + body + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def git_revision(root: Path = REPO_ROOT) -> str:
+    """HEAD's sha (with '-dirty' for uncommitted changes), or 'unknown' outside a git checkout."""
+    if not shutil.which("git"):
+        return "unknown"
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def render(text: str, *, revision: str, checkpoints: Iterable[str] = ()) -> str:
+    """The definition as built: the revision label filled in, checkpoints added to %files.
+
+    ``checkpoints`` are paths relative to the build context (the repository root).
+    """
+    text, n = re.subn(r"^(\s*org\.opencontainers\.image\.revision)\s+\S+\s*$",
+                      lambda m: f"{m.group(1)} {revision}", text, count=1, flags=re.MULTILINE)
+    if n != 1:
+        raise InputError("containers/medsam2.def: %labels has no org.opencontainers.image.revision line")
+    lines = "".join(f"    {c} {CHECKPOINT_DIR}/{Path(c).name}\n" for c in checkpoints)
+    return re.sub(r"^%files[^\n]*\n", lambda m: m.group(0) + lines, text, count=1, flags=re.MULTILINE)
+
+
+def find_runtime(name: str | None = None) -> str:
+    """Path of the container runtime: ``name``, else apptainer, else singularity.
+
+    Raises InputError naming the missing binary and how to get it (exit 2, one line).
+    """
+    names = [name] if name else ["apptainer", "singularity"]
+    for candidate in names:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    if name:
+        raise InputError(f"--runtime {name}: {name} is not on PATH; {_RUNTIME_HELP[name]}, "
+                         "or build elsewhere and copy the image")
+    raise InputError(f"container build: neither apptainer nor singularity is on PATH; "
+                     f"{_RUNTIME_HELP['apptainer']}, or build elsewhere and copy the image")
+
+
+def build_argv(runtime: str, out: str | os.PathLike, definition: str | os.PathLike, *,
+               fakeroot: bool = False, sandbox: bool = False, force: bool = False) -> list[str]:
+    argv = [runtime, "build"]
+    argv += ["--fakeroot"] * fakeroot + ["--sandbox"] * sandbox + ["--force"] * force
+    return argv + [os.fspath(out), os.fspath(definition)]
+
+
+# ---------------------------------------------------------------------------------------------
+# exec: the command line a task runs under
+
+
+def cache_env(cache: str | os.PathLike) -> dict[str, str]:
+    """Writable cache variables under ``cache`` (the image is read-only)."""
+    cache = os.fspath(cache)
+    sub = {"TORCH_HOME": "torch", "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib",
+           "XDG_CACHE_HOME": "xdg", "YOLO_CONFIG_DIR": "ultralytics"}
+    return {"MEDSAM2_CACHE": cache, **{k: os.path.join(cache, v) for k, v in sub.items()}}
+
+
+def _bind_arg(bind: Bind) -> str:
+    for path in (bind.src, bind.dst):
+        if "," in path or ":" in path:
+            raise InputError(f"container.binds: {path!r} contains ',' or ':', "
+                             "which apptainer --bind cannot take")
+    if bind.mode not in ("ro", "rw"):
+        raise InputError(f"container.binds: mode {bind.mode!r} of {bind.src!r} is not ro or rw")
+    return f"{bind.src}:{bind.dst}:{bind.mode}"
+
+
+def exec_prefix(container: ContainerSpec, *, gpus: int, binds: Sequence[Bind] = (),
+                cache: str | os.PathLike | None = None) -> list[str]:
+    """argv that runs a command inside the image; [] for runtime 'none' (run on the host).
+
+    ``--nv`` only when the task has GPUs (and ``container.nv`` allows it): without a GPU it
+    only warns, but on GPU-less nodes it may fail to find the driver. Binds are
+    ``container.binds`` then ``binds`` (the launcher's data ro, output and checkpoints rw),
+    deduplicated by container path. ``cache``, when given, is bound read-write and the cache
+    variables point into it. ``HOME`` in ``container.env`` becomes ``--home`` (the directory
+    must exist). The host environment is kept (no --cleanenv): Slurm's and submitit's
+    variables must reach the job; PYTHONNOUSERSITE keeps ~/.local out of it.
+    """
+    if container.runtime == "none":
+        return []
+    if not container.image:
+        raise InputError(f"container.image: runtime {container.runtime} needs an image")
+    argv = [container.runtime, "exec"]
+    if gpus > 0 and container.nv:
+        argv.append("--nv")
+    all_binds = [*container.binds, *binds]
+    if cache is not None:
+        all_binds.append(Bind(os.fspath(cache), os.fspath(cache), "rw"))
+    seen: set[str] = set()
+    for bind in all_binds:
+        if bind.dst not in seen:
+            seen.add(bind.dst)
+            argv += ["--bind", _bind_arg(bind)]
+    env = {"PYTHONNOUSERSITE": "1", **(cache_env(cache) if cache is not None else {}), **container.env}
+    if "HOME" in env:  # apptainer ignores --env HOME ("not permitted"); --home sets and binds it
+        argv += ["--home", env.pop("HOME")]
+    for key, value in env.items():
+        if "," in value:
+            raise InputError(f"container.env.{key}: {value!r} contains ',', which apptainer --env splits on")
+        argv += ["--env", f"{key}={value}"]
+    return argv + [container.image]
+
+
+def exec_prefix_str(container: ContainerSpec, *, gpus: int, binds: Sequence[Bind] = (),
+                    cache: str | os.PathLike | None = None) -> str:
+    """exec_prefix as one shell-quoted string (submitit inserts its ``python`` option verbatim)."""
+    return shlex.join(exec_prefix(container, gpus=gpus, binds=binds, cache=cache))

@@ -1,0 +1,321 @@
+"""containers/medsam2.def, its generated Dockerfile, `medsam2-hpc container`, and the exec line.
+
+No Apptainer or Singularity binary exists on these machines: tests that need one put a
+stand-in shell script named ``apptainer`` on PATH that records its argv (and the definition
+it was given) and say so in their names (``..._with_standin_apptainer``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from spython.main.parse.parsers import DockerParser, SingularityParser
+from spython.main.parse.writers import DockerWriter
+
+from medsam2_hpc import __version__
+from medsam2_hpc.cli import main
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.hpc import containers as c
+from medsam2_hpc.spec import Bind, ContainerSpec
+
+ROOT = c.REPO_ROOT
+
+
+def _write(path: Path, text: str, executable: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if executable:
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+# ------------------------------------------------------------------------------ the definition
+
+def test_spython_parses_the_definition_into_what_the_package_needs():
+    d = c.parse()
+    assert set(c.REQUIRED_SECTIONS) <= set(d.sections)
+    assert d.base_image == "pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime"
+    env = dict(e.split("=", 1) for e in d.recipe.environ)
+    assert env["YOLO_OFFLINE"] == "1" and env["YOLO_AUTOINSTALL"] == "False"
+    for key in ("TORCH_HOME", "HF_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "YOLO_CONFIG_DIR"):
+        assert "$MEDSAM2_CACHE/" in env[key], key  # under the writable cache, overridable
+    assert d.labels["org.opencontainers.image.version"] == __version__
+    assert d.recipe.cmd == 'exec medsam2-hpc "$@"'
+    assert any("import medsam2_hpc" in t for t in d.test_lines)
+    assert any("build_sam2('sam2_hiera_t.yaml', None, device='cpu')" in t for t in d.test_lines)
+    sources = [line.split()[0] for line in d.recipe.files]
+    assert {"medsam2_hpc", "setup.cfg", "pyproject.toml", "README.md"} <= set(sources)
+    assert all((ROOT / s).exists() for s in sources)  # every %files source is in the checkout
+
+
+def test_image_installs_exactly_the_requirements_of_setup_cfg():
+    assert c.def_requires(c.DEF_PATH.read_text()) == c.setup_requires()
+    assert "sam2==1.1.0" in c.setup_requires()
+
+
+def test_committed_definition_passes_check():
+    assert c.check() == []
+
+
+def test_committed_dockerfile_equals_generated():
+    assert c.DOCKERFILE_PATH.read_text() == c.to_dockerfile(), \
+        "regenerate with: medsam2-hpc container dockerfile --write"
+
+
+def test_generated_dockerfile_reads_back_to_the_same_recipe(tmp_path):
+    """The round trip: spython's DockerParser gives back what SingularityParser read."""
+    d = c.parse()
+    back = DockerParser(str(_write(tmp_path / "Dockerfile", c.to_dockerfile()))).recipe["spython-base"]
+    assert back.fromHeader == d.base_image
+    assert back.environ == d.recipe.environ
+    assert back.files == [line.split() for line in d.recipe.files]
+    assert back.entrypoint == ["medsam2-hpc"]
+    run = [x for x in back.install if not x.startswith("#") and x not in back.environ]
+    assert run == [x for x in d.recipe.install if not x.startswith("#")]  # %post then %test
+    assert [lab[0] for lab in back.labels] == [f'{k}="{v}"' for k, v in d.labels.items()]
+
+
+def test_spython_0_3_14_writer_quirks_that_the_fixups_rely_on(tmp_path):
+    """Pins spython's own Singularity -> Docker output; if this fails, revisit the fix-ups."""
+    raw = _write(tmp_path / "x.def", "Bootstrap: docker\nFrom: debian:12.5\n%labels\n    a.b 1\n"
+                 "%environment\n    export PYTHONNOUSERSITE=1\n%test\n    true\n"
+                 "%runscript\n    exec prog \"$@\"\n")
+    text = DockerWriter(SingularityParser(str(raw)).recipe).convert()
+    assert "FROM debian:12.5 AS spython-base" in text  # its DockerParser cannot read this back
+    assert "LABEL a.b 1" in text  # legacy label form
+    assert "HEALTHCHECK /bin/bash /tests.sh" in text  # not valid Docker
+    assert "\nPYTHONNOUSERSITE=1" in text  # "USER" inside a line drops the ENV keyword
+    assert 'CMD exec prog "$@"' in text
+    fixed = c.to_dockerfile(raw)
+    assert "HEALTHCHECK" not in fixed and "RUN true" in fixed
+    assert 'ENTRYPOINT ["prog"]' in fixed and 'LABEL a.b="1"' in fixed
+    assert "\nFROM debian:12.5\n" in fixed
+
+
+def _broken_def(tmp_path: Path) -> Path:
+    text = c.DEF_PATH.read_text()
+    text = text.replace("pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime\n", "pytorch/pytorch:latest\n", 1)
+    text = text.replace('        "tabulate>=0.9"', '        "tabulate>=0.9" \\\n        "requests"')
+    text = text.replace('        "pandas>=2.1" \\\n', "")
+    text = text.replace("    export YOLO_OFFLINE=1\n", "    export LOGIN_USER=me\n")
+    text = text[:text.index("%test")] + text[text.index("%runscript"):]
+    return _write(tmp_path / "containers" / "medsam2.def", text)
+
+
+def test_check_reports_every_problem(tmp_path):
+    problems = c.check(_broken_def(tmp_path), dockerfile=None)
+    text = "\n".join(problems)
+    assert "missing section %test" in text
+    assert "'pytorch/pytorch:latest' is not pinned" in text
+    assert "does not install setup.cfg requirements pandas>=2.1" in text
+    assert "installs requests, which setup.cfg does not name" in text
+    assert "%environment does not set YOLO_OFFLINE" in text
+    assert "drop the keyword of: 'export LOGIN_USER=me'" in text
+
+
+def test_container_check_command_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["container", "check", "--def", str(_broken_def(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "problem(s)" in err and "pandas" in err
+
+
+def test_container_check_command_passes_on_the_committed_files(capsys):
+    assert main(["container", "check"]) == 0
+    assert "17 requirements equal to setup.cfg" in capsys.readouterr().out
+
+
+def test_dockerfile_command_prints_and_writes(tmp_path, capsys):
+    definition = _write(tmp_path / "containers" / "medsam2.def", c.DEF_PATH.read_text())
+    assert main(["container", "dockerfile", "--def", str(definition)]) == 0
+    assert capsys.readouterr().out == c.to_dockerfile()
+    assert main(["container", "dockerfile", "--write", "--def", str(definition)]) == 0
+    assert (tmp_path / "containers" / "Dockerfile").read_text() == c.to_dockerfile()
+
+
+def test_render_fills_revision_and_bakes_checkpoints():
+    text = c.render(c.DEF_PATH.read_text(), revision="abc123",
+                    checkpoints=["checkpoints/sam2_hiera_tiny.pt"])
+    assert "org.opencontainers.image.revision abc123" in text
+    files = c._section_body(text, "files")
+    assert files[0].split() == ["checkpoints/sam2_hiera_tiny.pt",
+                                "/opt/medsam2-hpc/checkpoints/sam2_hiera_tiny.pt"]
+
+
+# ------------------------------------------------------------------------------ build
+
+STANDIN = """#!/usr/bin/env bash
+# Stand-in for the apptainer binary (none exists here): records what it was asked to do.
+printf '%s\\n' "$@" > "$RECORD/argv"
+pwd > "$RECORD/cwd"
+cp "${@: -1}" "$RECORD/build.def"
+exit "${STANDIN_EXIT:-0}"
+"""
+
+
+@pytest.fixture()
+def standin_apptainer(tmp_path, monkeypatch):
+    """A fake `apptainer` alone on PATH (besides git), recording argv, cwd and the definition."""
+    bindir, record = tmp_path / "bin", tmp_path / "record"
+    record.mkdir()
+    _write(bindir / "apptainer", STANDIN, executable=True)
+    git = shutil.which("git")
+    if git:
+        os.symlink(git, bindir / "git")
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("RECORD", str(record))
+    return record
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    """A build context: containers/medsam2.def and a (fake, small) checkpoint."""
+    ctx = tmp_path / "repo"
+    _write(ctx / "containers" / "medsam2.def", c.DEF_PATH.read_text())
+    _write(ctx / "checkpoints" / "sam2_hiera_tiny.pt", "not a real checkpoint")
+    return ctx
+
+
+def test_build_runs_the_runtime_with_standin_apptainer(tmp_path, standin_apptainer):
+    ctx = _repo_copy(tmp_path)
+    out = tmp_path / "images with space" / "m.sif"
+    code = main(["container", "build", "--fakeroot", "--with-checkpoints", "--out", str(out),
+                 "--def", str(ctx / "containers" / "medsam2.def")])
+    assert code == 0
+    argv = (standin_apptainer / "argv").read_text().splitlines()
+    assert argv[:3] == ["build", "--fakeroot", str(out)]
+    assert argv[3].startswith(".medsam2-build-") and argv[3].endswith(".def")
+    assert (standin_apptainer / "cwd").read_text().strip() == str(ctx)  # %files resolve from the root
+    assert not (ctx / argv[3]).exists()  # the rendered definition is cleaned up
+    built = (standin_apptainer / "build.def").read_text()
+    assert "checkpoints/sam2_hiera_tiny.pt /opt/medsam2-hpc/checkpoints/sam2_hiera_tiny.pt" in built
+    assert "org.opencontainers.image.revision unknown" in built  # the copy is no git checkout
+    assert out.parent.is_dir()
+
+
+def test_build_labels_the_git_revision_with_standin_apptainer(tmp_path, standin_apptainer):
+    if not (ROOT / ".git").exists():
+        pytest.skip("the checkout has no .git directory, so there is no revision to label")
+    assert main(["container", "build", "--sandbox", "--out", str(tmp_path / "sandbox")]) == 0
+    argv = (standin_apptainer / "argv").read_text().splitlines()
+    assert argv[:3] == ["build", "--sandbox", str(tmp_path / "sandbox")]
+    revision = c.git_revision(ROOT)
+    assert revision != "unknown"
+    assert f"org.opencontainers.image.revision {revision}" in (standin_apptainer / "build.def").read_text()
+
+
+def test_build_failure_exits_1_with_standin_apptainer(tmp_path, standin_apptainer, monkeypatch, capsys):
+    monkeypatch.setenv("STANDIN_EXIT", "3")
+    ctx = _repo_copy(tmp_path)
+    assert main(["container", "build", "--def", str(ctx / "containers" / "medsam2.def"),
+                 "--out", str(tmp_path / "m.sif")]) == 1
+    assert "apptainer build failed (exit 3)" in capsys.readouterr().err
+
+
+def test_build_checks_inputs_before_running_with_standin_apptainer(tmp_path, standin_apptainer, capsys):
+    ctx = _repo_copy(tmp_path)
+    (ctx / "checkpoints" / "sam2_hiera_tiny.pt").unlink()
+    definition = str(ctx / "containers" / "medsam2.def")
+    assert main(["container", "build", "--with-checkpoints", "--def", definition,
+                 "--out", str(tmp_path / "m.sif")]) == 2
+    assert "--with-checkpoints: no " in capsys.readouterr().err
+    existing = _write(tmp_path / "old.sif", "")
+    assert main(["container", "build", "--def", definition, "--out", str(existing)]) == 2
+    assert "exists; remove it or pass --force" in capsys.readouterr().err
+    assert not (standin_apptainer / "argv").exists()  # the runtime never ran
+
+
+def test_build_without_a_runtime_exits_2_naming_the_binary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: neither binary is there
+    assert main(["container", "build"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither apptainer nor singularity is on PATH" in err[0]
+    assert main(["container", "build", "--runtime", "singularity"]) == 2
+    assert "--runtime singularity: singularity is not on PATH" in capsys.readouterr().err
+
+
+def test_build_sh_calls_the_same_command(tmp_path):
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", str(ROOT / "containers" / "build.sh"), "--runtime", "apptainer"],
+                          capture_output=True, text=True, env=env)
+    if not (ROOT / ".venv" / "bin" / "medsam2-hpc").exists():
+        assert proc.returncode == 2 and "make venv" in proc.stderr
+    else:
+        assert proc.returncode == 2 and "--runtime apptainer: apptainer is not on PATH" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ exec line
+
+DATA = "/shared/my data/REFUGE"
+OUT = "/scratch/runs out"
+CKPT = "/shared/ckpts"
+
+
+def _spec(**kw) -> ContainerSpec:
+    return ContainerSpec(**{"image": "/images/medsam2 v1.sif", "runtime": "apptainer", **kw})
+
+
+def _binds() -> list[Bind]:
+    return [Bind(DATA, DATA, "ro"), Bind(OUT, OUT, "rw"), Bind(CKPT, CKPT, "rw")]
+
+
+def test_exec_prefix_runs_on_the_host_for_runtime_none():
+    assert c.exec_prefix(ContainerSpec(), gpus=1, binds=_binds()) == []
+
+
+def test_exec_prefix_adds_nv_only_with_gpus():
+    assert "--nv" not in c.exec_prefix(_spec(), gpus=0, binds=_binds())
+    assert c.exec_prefix(_spec(), gpus=2, binds=_binds())[:3] == ["apptainer", "exec", "--nv"]
+    assert "--nv" not in c.exec_prefix(_spec(nv=False), gpus=1, binds=_binds())
+
+
+def test_exec_prefix_binds_data_ro_output_and_checkpoints_rw_and_the_cache():
+    argv = c.exec_prefix(_spec(binds=(Bind("/site", "/site", "ro"),), env={"OMP_NUM_THREADS": "4"}),
+                         gpus=1, binds=_binds(), cache="/scratch/cache dir")
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert binds == ["/site:/site:ro", f"{DATA}:{DATA}:ro", f"{OUT}:{OUT}:rw", f"{CKPT}:{CKPT}:rw",
+                     "/scratch/cache dir:/scratch/cache dir:rw"]
+    env = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--env")
+    assert env["TORCH_HOME"] == "/scratch/cache dir/torch"
+    assert env["YOLO_CONFIG_DIR"] == "/scratch/cache dir/ultralytics"
+    assert env["MPLCONFIGDIR"] == "/scratch/cache dir/matplotlib"
+    assert env["PYTHONNOUSERSITE"] == "1" and env["OMP_NUM_THREADS"] == "4"
+    assert argv[-1] == "/images/medsam2 v1.sif"
+
+
+def test_exec_prefix_sets_home_with_the_home_flag():
+    """apptainer refuses --env HOME ("Overriding HOME ... is not permitted"): use --home."""
+    argv = c.exec_prefix(_spec(env={"HOME": "/scratch/cache dir/home"}), gpus=0)
+    assert argv[argv.index("--home") + 1] == "/scratch/cache dir/home"
+    assert not any(a.startswith("HOME=") for a in argv)
+
+
+def test_exec_prefix_keeps_the_first_bind_of_a_container_path():
+    argv = c.exec_prefix(_spec(binds=(Bind(DATA, DATA, "ro"),)), gpus=0, binds=[Bind(DATA, DATA, "rw")])
+    assert argv.count("--bind") == 1 and f"{DATA}:{DATA}:ro" in argv
+
+
+def test_exec_prefix_rejects_what_apptainer_would_split():
+    with pytest.raises(InputError, match="container.binds: '/a,b'"):
+        c.exec_prefix(_spec(), gpus=0, binds=[Bind("/a,b", "/a,b", "ro")])
+    with pytest.raises(InputError, match="container.env.X"):
+        c.exec_prefix(_spec(env={"X": "1,2"}), gpus=0)
+
+
+def test_exec_prefix_string_survives_the_shell_with_standin_apptainer(tmp_path):
+    """submitit pastes its python option into a shell line: paths with spaces must stay whole."""
+    record = tmp_path / "argv"
+    standin = _write(tmp_path / "bin" / "apptainer",
+                     f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {shlex.quote(str(record))}\n",
+                     executable=True)
+    argv = c.exec_prefix(_spec(), gpus=1, binds=_binds(), cache="/tmp/c d")
+    line = c.exec_prefix_str(_spec(), gpus=1, binds=_binds(), cache="/tmp/c d")
+    env = {**os.environ, "PATH": f"{standin.parent}:{os.environ['PATH']}"}
+    subprocess.run(f"{line} python -u -m submitit.core._submit '/sub mit'", shell=True, check=True, env=env)
+    got = record.read_text().splitlines()
+    assert got == argv[1:] + [
+        "python", "-u", "-m", "submitit.core._submit", "/sub mit"]
