@@ -1,0 +1,180 @@
+"""ResNet baseline trainer: a ResNet-encoder U-Net (see resnet_net.py) trained per 2D image/slice.
+
+REFUGE: one sigmoid channel per class (cup, and disc where present; the disc contains the cup,
+so the classes overlap and a softmax would not fit), Dice+focal or weighted BCE like SAM2.
+BTCV: softmax over background + 13 organs with Dice+CE, slice by slice; test volumes are
+predicted slice by slice, stacked and scored volumetrically (baseline_data.py), exactly
+like the SAM2 3D trainer. The shared TrainLoop gives resume, TensorBoard and best/last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..contract import build_metrics
+from ..engine import (
+    LoopConfig,
+    TrainLoop,
+    autocast,
+    count_params_m,
+    load_checkpoint,
+    peak_memory_gb,
+    pick_device,
+    progress,
+    seed_everything,
+)
+from ..engine.distributed import barrier, init_distributed, is_main_process, make_sampler, wrap_model
+from ..engine.runtime import reset_peak_memory
+from ..errors import InputError
+from ..losses import make_loss
+from ..options import config_from_dict, look_up
+from ..task import RunDir, Task
+from .baseline_data import Predict, check_data, load_data
+from .resnet_net import VARIANTS, build_network
+
+__all__ = ["ResNetConfig", "check", "train", "make_predictor"]
+
+
+@dataclass
+class ResNetConfig:
+    """``task.hparams`` of the ResNet baseline (unknown keys are rejected with a near miss)."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    image_size: int = 256
+    out_size: int | None = None  # REFUGE ground-truth size for scoring (default: image_size)
+    val_freq: int = 1
+    num_workers: int = 2
+    amp: Literal["bf16", "fp16", "none"] = "bf16"
+    device: str = "auto"
+    loss: Literal["dicefocal", "bce"] = "dicefocal"  # REFUGE; BTCV always uses Dice + CE
+    pos_weight: float = 2.0
+    classes: list[str] | None = None  # REFUGE classes (default: every class the layout has)
+    pretrained_weights: str | None = None  # local torchvision ResNet state dict (ImageNet)
+    hd95: bool = False
+
+
+def _config(task: Task) -> ResNetConfig:
+    cfg = config_from_dict(ResNetConfig, task.hparams, "hparams")
+    for key in ("epochs", "batch_size", "image_size", "val_freq"):
+        if getattr(cfg, key) < 1:
+            raise InputError(f"hparams.{key}: must be >= 1, got {getattr(cfg, key)}")
+    if cfg.pretrained_weights and not Path(cfg.pretrained_weights).is_file():
+        raise InputError(f"hparams.pretrained_weights {cfg.pretrained_weights}: no such file")
+    return cfg
+
+
+def check(task: Task) -> None:
+    """Hyper-parameters, variant, weights file and data (a non-empty training split); writes nothing."""
+    cfg = _config(task)
+    look_up(task.variant, VARIANTS, "variant")
+    if task.variant.startswith("deeplab") and cfg.batch_size < 2:  # its ASPP pooling has BatchNorm on 1x1
+        raise InputError(f"hparams.batch_size: {task.variant} needs >= 2 images per batch, "
+                         f"got {cfg.batch_size}")
+    pick_device(cfg.device)
+    make_loss(cfg.loss, cfg.pos_weight)
+    check_data(task, cfg.classes)
+
+
+class _Criterion(nn.Module):
+    """Multi-label loss on [B,C,H,W] masks (REFUGE) or Dice+CE on [B,H,W] label maps (BTCV)."""
+
+    def __init__(self, multilabel: bool, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.multilabel = multilabel
+        self.loss = make_loss(cfg.loss, cfg.pos_weight) if multilabel else DiceCELoss(to_onehot_y=True,
+                                                                                        softmax=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            return self.loss(logits.float(), target.float())
+        return self.loss(logits.float(), target[:, None].long())
+
+
+def train(task: Task, run: RunDir) -> dict[str, Any]:
+    cfg = _config(task)
+    seed_everything(task.seed)
+    device = pick_device(cfg.device)
+    init_distributed(device)  # one process per GPU (multi-GPU profile): DDP; else a no-op
+    data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes)
+    model = build_network(task.variant, data.num_outputs, cfg.pretrained_weights).to(device)
+    net = wrap_model(model, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
+    criterion = _Criterion(data.multilabel, cfg)
+    loop = TrainLoop(run, model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq),
+                     extra_state={"config": asdict(cfg)})
+    loop.resume()
+    reset_peak_memory(device)
+    predict = make_predictor(model, device, cfg.amp, data.multilabel)
+    sampler = make_sampler(data.train, shuffle=True, seed=task.seed)  # a shard per rank; None alone
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        model.train()
+        lonely = len(data.train) % cfg.batch_size == 1 and len(data.train) > 1  # BatchNorm on one image
+        shuffle = torch.Generator().manual_seed(task.seed + epoch)  # same order after a resume
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                            drop_last=lonely, num_workers=cfg.num_workers, generator=shuffle)
+        total, n = 0.0, 0
+        for batch in progress(loader, f"train {epoch + 1}/{cfg.epochs}"):
+            loop.check_stop()
+            images, target = batch["image"].to(device), batch["target"].to(device)
+            with autocast(device, cfg.amp):
+                loss = criterion(net(images), target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total, n = total + float(loss.detach()) * len(images), n + len(images)
+        scheduler.step()
+        return {"loss": total / max(n, 1)}
+
+    def validate(epoch: int) -> dict[str, float]:
+        scores = data.evaluate(predict, None, batch_size=cfg.batch_size, split="val")
+        return {"dice": scores.dice_mean, **scores.extra}
+
+    loop.fit(train_epoch, validate)
+    barrier()  # rank 0 has finished writing best.pt
+    model.load_state_dict(load_checkpoint(run.best_ckpt, what="best checkpoint")["model"])
+    t0 = time.perf_counter()
+    out_dir = run.predictions if is_main_process() else None
+    scores = data.evaluate(predict, out_dir, batch_size=cfg.batch_size, hd95=cfg.hd95)
+    return build_metrics(
+        task, split="test", dice_mean=scores.dice_mean, per_class=scores.per_class,
+        per_case=scores.per_case, hd95_mean=scores.hd95_mean, epochs_completed=loop.state.epoch,
+        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
+        params_m=count_params_m(model), peak_gpu_mem_gb=peak_memory_gb(device),
+        best_epoch=loop.state.best_epoch + 1, image_size=cfg.image_size, **scores.extra,
+    )
+
+
+def make_predictor(model: nn.Module, device: torch.device, amp: str, multilabel: bool) -> Predict:
+    """``images -> scores in [0,1]`` on the CPU: sigmoid per class, or softmax over the label set."""
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        with autocast(device, amp):
+            logits = model(images.to(device)).float()
+        return (torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)).cpu()
+
+    return predict
+
