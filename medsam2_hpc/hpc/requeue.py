@@ -1,0 +1,148 @@
+"""Preemption and time limits: the task callable submitit checkpoints, and requeue from containers.
+
+How a task survives a preemption or the pre-timeout ``USR2`` (``--signal=USR2@<signal_delay_s>``):
+
+1. submitit's signal handler (global rank 0) calls :meth:`TaskCall.checkpoint`. It raises the
+   engine's stop flag and returns a ``DelayedSubmission`` of a fresh ``TaskCall`` for the same
+   :class:`~medsam2_hpc.task.Task`; submitit pickles it over the job's submitted pickle, runs
+   ``scontrol requeue <job>`` and exits. Nothing is saved in the handler: the training loop writes
+   ``checkpoints/last.pt`` (atomically) after every epoch, so the next attempt loses at most the
+   unfinished epoch, and a kill in the middle of a save keeps the previous file.
+2. The exit unwinds through ``run_task``; :meth:`TaskCall.__call__` sees the stop flag and leaves
+   status.json at ``preempted`` (not ``failed``).
+3. The requeued attempt runs the same task id, hence the same run directory: ``run_task`` counts
+   the attempt in status.json and the trainer resumes from ``last.pt``. ``metrics.json`` is
+   written once, at the end; an attempt that finds it returns it without training again.
+   Time-limit requeues are capped by submitit's ``max_num_timeout`` (the profile's
+   ``max_requeues``); past it the task is marked ``failed`` (``resubmit --failed`` picks it up).
+   Preemptions are not capped.
+
+Inside a container ``scontrol`` is absent, so step 1's requeue would fail (submitit issue 1601,
+pyxis issue 129). Binding the host's scontrol, libslurm, slurm.conf and munge socket into the
+image is fragile (library versions must match the host's). Instead the job step runs under a
+small host-side bash wrapper (:data:`HOST_WRAPPER`), and the container gets a stand-in
+``scontrol`` (:data:`SCONTROL_SHIM`) that only records "requeue <job>" in a marker file on the
+shared file system. When the container exits, the wrapper, which runs on the host where the real
+scontrol is, performs the requeue. The wrapper ignores ``USR2``/``TERM`` itself: Slurm signals
+every process of the step, so the python inside receives the signal directly. Both scripts are
+written into the study's submitit folder (shared storage, bound into the container) at
+submission; a job whose python runs on the host (runtime ``none``) needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from submitit.core.utils import UncompletedJobError
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from ..atomic import write_text
+from ..engine.stop import clear_stop, request_stop, stop_requested
+from ..task import Task
+
+__all__ = ["TaskCall", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV", "wrapper_path",
+           "write_helpers"]
+
+MARKER_ENV = "MEDSAM2_REQUEUE_MARKER"
+SHIM_ENV = "MEDSAM2_REQUEUE_SHIM"
+
+HOST_WRAPPER = r"""#!/bin/bash
+# medsam2-hpc host-side wrapper (written by medsam2_hpc.hpc.requeue): runs one job step's
+# containerised python and performs the requeue it asked for, since scontrol exists only here.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+marker="$here/requeue.${SLURM_JOB_ID:-nojob}.${SLURM_PROCID:-0}"
+rm -f "$marker"
+for prefix in "" APPTAINERENV_ SINGULARITYENV_; do
+    export "${prefix}MEDSAM2_REQUEUE_MARKER=$marker" "${prefix}MEDSAM2_REQUEUE_SHIM=$here/shim"
+done
+# Slurm signals every process of the step, the python inside included: survive, do not forward.
+trap ':' USR2 TERM CONT
+"$@" &
+child=$!
+while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+wait "$child"
+rc=$?
+if [ -s "$marker" ]; then
+    job="$(cat "$marker")"
+    rm -f "$marker"
+    echo "medsam2-hpc: requeueing job $job from the host" >&2
+    scontrol requeue "$job" || exit $?
+fi
+exit "$rc"
+"""
+
+SCONTROL_SHIM = r"""#!/bin/sh
+# Stand-in for scontrol inside the container (written by medsam2_hpc.hpc.requeue): records
+# 'requeue JOB' for the host-side wrapper, which calls the real scontrol after the step ends.
+if [ "$1" = requeue ] && [ -n "$2" ] && [ -n "$MEDSAM2_REQUEUE_MARKER" ]; then
+    printf '%s\n' "$2" > "$MEDSAM2_REQUEUE_MARKER" || exit 1  # read only after this process ends
+    exit 0
+fi
+echo "scontrol $*: not available inside the container (medsam2-hpc stand-in)" >&2
+exit 1
+"""
+
+
+def wrapper_path(folder: str | os.PathLike) -> Path:
+    return Path(folder) / "requeue-host.sh"
+
+
+def write_helpers(folder: str | os.PathLike) -> Path:
+    """Write the host wrapper and the in-container scontrol stand-in; return the wrapper's path."""
+    folder = Path(folder)
+    wrapper = write_text(wrapper_path(folder), HOST_WRAPPER)
+    shim = write_text(folder / "shim" / "scontrol", SCONTROL_SHIM)
+    for path in (wrapper, shim):
+        path.chmod(0o755)
+    return wrapper
+
+
+def _use_scontrol_shim() -> None:
+    """Put the stand-in first on PATH when the real scontrol is missing (inside a container)."""
+    shim = os.environ.get(SHIM_ENV)
+    if shim and shutil.which("scontrol") is None:
+        os.environ["PATH"] = shim + os.pathsep + os.environ.get("PATH", "")
+
+
+class TaskCall(Checkpointable):
+    """What each array element runs: ``fn(task)`` (default ``runner.run_task``), requeueable.
+
+    ``fn`` is a seam for tests and benchmarks (a module-level function, pickled by reference).
+    """
+
+    def __init__(self, fn: Callable[[Task], Any] | None = None) -> None:
+        self.fn = fn
+
+    def __call__(self, task: Task) -> Any:
+        clear_stop()
+        _use_scontrol_shim()
+        run = task.run_dir
+        done = run.metrics()
+        if done is not None:  # written once, last: an attempt that finds it has nothing to do
+            if run.status().get("state") != "completed":
+                run.mark_completed()
+            return done
+        fn = self.fn
+        if fn is None:
+            from ..runner import run_task as fn
+        try:
+            return fn(task)
+        except BaseException as exc:
+            # submitit's exit after checkpoint() unwinds through here; UncompletedJobError means
+            # it did not requeue (too many timeouts), which stays 'failed' with that reason
+            if stop_requested() and not isinstance(exc, UncompletedJobError):
+                run.mark_preempted()
+                run.update_status(error=None)
+            raise
+
+    def checkpoint(self, task: Task) -> DelayedSubmission:
+        """Called by submitit on USR2/preemption: stop, and resubmit the same task."""
+        request_stop()
+        print(f"[medsam2-hpc] {task.task_id}: stop requested; the next attempt resumes from "
+              f"{task.run_dir.last_ckpt}", file=sys.stderr, flush=True)
+        return DelayedSubmission(TaskCall(self.fn), task)

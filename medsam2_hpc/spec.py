@@ -1,0 +1,557 @@
+"""jobs.yaml: schema, validation and sweep expansion into :class:`~medsam2_hpc.task.Task` lists.
+
+A jobs file holds shared settings (output root, executor, container, resource profiles,
+defaults) and one or more ``studies``; each study may override the shared settings and
+lists ``experiments`` (model x variants x dataset x hyper-parameter sweep x seeds).
+``load(path, study)`` validates the *whole* file and reports every problem at once, each with
+its key path, YAML line and near-miss suggestion, so a user fixes a file in one round.
+Relative paths (output root, data paths, image, binds) are resolved against the directory of
+the jobs file, so jobs see the same absolute paths whatever their working directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+from .options import suggest
+from .task import DATASETS, MODELS, PROMPTS, Task
+
+__all__ = ["RUNTIMES", "EXECUTORS", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
+
+RUNTIMES = ("apptainer", "singularity", "none")
+EXECUTORS = ("slurm", "local", "debug")
+SAM2_MODELS = ("sam2-2d", "sam2-3d")
+
+FILE_KEYS = ("version", "output_root", "executor", "container", "profiles", "defaults", "studies",
+             "default_study")
+STUDY_KEYS = ("description", "output_root", "executor", "container", "profiles", "defaults", "experiments")
+DEFAULT_KEYS = ("profile", "seeds", "hparams", "sweep")
+EXPERIMENT_KEYS = ("name", "model", "variants", "dataset", "data_path", "prompt", "hparams", "sweep",
+                   "seeds", "profile")
+CONTAINER_KEYS = ("image", "runtime", "binds", "nv", "env")
+PROFILE_KEYS = ("partition", "account", "qos", "gpus", "cpus", "mem", "time", "constraint", "nodes",
+                "tasks_per_node", "array_parallelism", "signal_delay_s", "max_requeues", "setup", "sbatch")
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One bind mount ``src:dst:mode`` (mode ``ro`` or ``rw``) for the container runtime."""
+
+    src: str
+    dst: str
+    mode: str = "rw"
+
+    def __str__(self) -> str:
+        return f"{self.src}:{self.dst}:{self.mode}"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Where the job's python runs: ``runtime`` none means on the host, else ``image`` via apptainer.
+
+    ``nv`` allows ``--nv``; the launcher asks for it only when the profile has GPUs. ``env``
+    is set inside the container (the launcher adds the writable cache variables).
+    """
+
+    image: str | None = None
+    runtime: str = "none"
+    binds: tuple[Bind, ...] = ()
+    nv: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.runtime != "none"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A Slurm resource request; all tasks of one profile go into one job array."""
+
+    name: str
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus: int = 0  # per node
+    cpus: int = 1  # per task
+    mem_gb: float | None = None  # per node
+    time_min: int = 60
+    constraint: str | None = None
+    nodes: int = 1
+    tasks_per_node: int | None = None  # default: one task per GPU (DDP), else 1
+    array_parallelism: int = 32
+    signal_delay_s: int = 90
+    max_requeues: int = 3
+    setup: tuple[str, ...] = ()
+    sbatch: Mapping[str, str | int | bool] = field(default_factory=dict)
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(self.gpus, 1)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One validated study: its settings and its tasks, in file order (experiment x variant x
+    sweep point x seed); the expansion happens once, at validation."""
+
+    name: str
+    base_dir: Path  # the jobs file's directory: relative paths were resolved against it
+    output_root: Path
+    executor: str
+    container: ContainerSpec
+    profiles: Mapping[str, Profile]
+    tasks: tuple[Task, ...]
+
+    @property
+    def study_dir(self) -> Path:
+        return self.output_root / self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem collection with YAML line numbers
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _line_map(node: yaml.Node | None, path: tuple[Any, ...], lines: dict, dupes: list) -> dict:
+    """Map key paths to 1-based YAML lines; note duplicate keys, which safe_load drops silently."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value in node.value:
+            key = key_node.value
+            sub = (*path, key)
+            if key in seen:
+                dupes.append(sub)
+            seen.add(key)
+            lines[sub] = key_node.start_mark.line + 1
+            _line_map(value, sub, lines, dupes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            lines[(*path, i)] = value.start_mark.line + 1
+            _line_map(value, (*path, i), lines, dupes)
+    return lines
+
+
+class _Checker:
+    """Collects every problem (submitit's auto.py habit) and raises one InputError at the end."""
+
+    def __init__(self, source: str, lines: Mapping[tuple[Any, ...], int] | None = None) -> None:
+        self.source = source
+        self.lines = lines or {}
+        self.problems: list[str] = []
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = f" (line {self.lines[probe]})" if probe in self.lines else ""
+        self.problems.append(f"{_dotted(path)}{line}: {message}")
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        self.problems = list(dict.fromkeys(self.problems))  # a shared section is checked per study
+        count = len(self.problems)
+        head = f"{self.source}: {count} problems: " if count > 1 else f"{self.source}: "
+        raise InputError(head + "; ".join(self.problems))
+
+    # typed readers: each returns a usable value (or the default) and records what is wrong
+    def mapping(self, value: Any, path: tuple[Any, ...], allowed: Iterable[str] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(path, f"expected a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if not isinstance(key, str):
+                self.add((*path, key), f"keys must be strings, got {type(key).__name__} {key!r}")
+            elif allowed is not None and key not in allowed:
+                self.add((*path, key), f"unknown key {key!r}{suggest(key, allowed)}")
+        return value
+
+    def string(self, value: Any, path: tuple[Any, ...], default: str | None = None) -> str | None:
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            self.add(path, f"expected a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def integer(self, value: Any, path: tuple[Any, ...], default: int, minimum: int = 0) -> int:
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(path, f"expected an integer, got {type(value).__name__} {value!r}")
+            return default
+        if value < minimum:
+            self.add(path, f"must be >= {minimum}, got {value}")
+            return default
+        return value
+
+    def boolean(self, value: Any, path: tuple[Any, ...], default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.add(path, f"expected true or false, got {value!r}")
+            return default
+        return value
+
+    def choice(self, value: Any, path: tuple[Any, ...], choices: Iterable[str],
+               default: str | None) -> str | None:
+        choices = tuple(choices)
+        if value is None:
+            return default
+        if value not in choices:
+            self.add(path, f"{value!r} is not one of {', '.join(choices)}{suggest(str(value), choices)}")
+            return default
+        return value
+
+    def items(self, value: Any, path: tuple[Any, ...], read: Callable[[Any, tuple], Any]) -> list:
+        """A non-empty list whose elements pass ``read``; duplicates are rejected."""
+        if value is None:
+            return []
+        if not isinstance(value, list) or not value:
+            self.add(path, f"expected a non-empty list, got {value!r}")
+            return []
+        out = [read(v, (*path, i)) for i, v in enumerate(value)]
+        seen = set()
+        for i, v in enumerate(value):
+            if isinstance(v, (str, int, float)) and v in seen:
+                self.add((*path, i), f"duplicate value {v!r}")
+            seen.add(v if isinstance(v, (str, int, float)) else id(v))
+        return [o for o in out if o is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+(?::\d+){0,2})$")
+_MEM = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)B?$", re.IGNORECASE)
+
+
+def _minutes(value: Any, path: tuple, chk: _Checker) -> int:
+    """Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or an integer of minutes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        minutes = value
+    elif isinstance(value, str) and (m := _TIME.match(value.strip())):
+        parts = [int(p) for p in m.group(2).split(":")]
+        if m.group(1) is not None:  # D-H[:M[:S]]
+            h, mi, sec = (parts + [0, 0])[:3]
+            seconds = ((int(m.group(1)) * 24 + h) * 60 + mi) * 60 + sec
+        else:  # M | M:S | H:M:S
+            h, mi, sec = parts if len(parts) == 3 else (0, parts[0], (parts + [0])[1])
+            seconds = (h * 60 + mi) * 60 + sec
+        minutes = -(-seconds // 60)  # Slurm rounds seconds up to the next minute
+    else:
+        chk.add(path, f"expected minutes or a Slurm time like '24:00:00' or '2-00:00:00', got {value!r}")
+        return 60
+    if minutes <= 0:
+        chk.add(path, f"must be positive, got {value!r}")
+        return 60
+    return minutes
+
+
+def _gigabytes(value: Any, path: tuple, chk: _Checker) -> float | None:
+    """Memory: a number of GB or a string like '32G', '500M', '1T'."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        gb = float(value)
+    elif isinstance(value, str) and (m := _MEM.match(value.strip())):
+        scale = {"K": 1 / 2**20, "M": 1 / 1024, "G": 1.0, "T": 1024.0, "": 1 / 1024}[m.group(2).upper()]
+        gb = float(m.group(1)) * scale
+    else:
+        chk.add(path, f"expected GB or a size like '32G' / '500M', got {value!r}")
+        return None
+    if gb <= 0:
+        chk.add(path, f"must be positive, got {value!r}")
+        return None
+    return gb
+
+
+def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
+    d = chk.mapping(raw, path, PROFILE_KEYS)
+    time_min = _minutes(d["time"], (*path, "time"), chk) if "time" in d else 60
+    signal_delay = chk.integer(d.get("signal_delay_s"), (*path, "signal_delay_s"), 90)
+    if signal_delay >= time_min * 60:
+        chk.add((*path, "signal_delay_s"), f"{signal_delay} s leaves no time to train within "
+                                           f"time={time_min} min")
+    sbatch = chk.mapping(d.get("sbatch"), (*path, "sbatch"))
+    for key, value in sbatch.items():
+        if not isinstance(value, (str, int, bool)) or isinstance(value, float):
+            chk.add((*path, "sbatch", key), f"expected a string, integer or true, got {value!r}")
+        if isinstance(key, str) and key.replace("-", "_") in ("array", "signal", "output", "error"):
+            chk.add((*path, "sbatch", key), "is set by the launcher and cannot be overridden")
+    gpus = chk.integer(d.get("gpus"), (*path, "gpus"), 0)
+    return Profile(
+        name=name,
+        partition=chk.string(d.get("partition"), (*path, "partition")),
+        account=chk.string(d.get("account"), (*path, "account")),
+        qos=chk.string(d.get("qos"), (*path, "qos")),
+        gpus=gpus,
+        cpus=chk.integer(d.get("cpus"), (*path, "cpus"), 1, minimum=1),
+        mem_gb=_gigabytes(d.get("mem"), (*path, "mem"), chk),
+        time_min=time_min,
+        constraint=chk.string(d.get("constraint"), (*path, "constraint")),
+        nodes=chk.integer(d.get("nodes"), (*path, "nodes"), 1, minimum=1),
+        tasks_per_node=chk.integer(d.get("tasks_per_node"), (*path, "tasks_per_node"), 0, minimum=1) or None,
+        array_parallelism=chk.integer(d.get("array_parallelism"), (*path, "array_parallelism"), 32,
+                                      minimum=1),
+        signal_delay_s=signal_delay,
+        max_requeues=chk.integer(d.get("max_requeues"), (*path, "max_requeues"), 3),
+        setup=tuple(chk.items(d.get("setup"), (*path, "setup"), chk.string)),
+        sbatch={str(k): v for k, v in sbatch.items()},
+    )
+
+
+def _bind(value: Any, path: tuple, chk: _Checker, base: Path) -> Bind | None:
+    """'src[:dst[:ro|rw]]'; a relative src is taken from the jobs file's directory."""
+    if not isinstance(value, str) or not value.strip():
+        chk.add(path, f"expected 'src[:dst[:ro|rw]]', got {value!r}")
+        return None
+    parts = value.split(":")
+    if len(parts) > 3 or not parts[0]:
+        chk.add(path, f"expected 'src[:dst[:ro|rw]]', got {value!r}")
+        return None
+    src = str((base / os.path.expanduser(parts[0])).resolve())
+    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    mode = parts[2] if len(parts) > 2 else "rw"
+    if mode not in ("ro", "rw"):
+        chk.add(path, f"mode {mode!r} is not ro or rw{suggest(mode, ('ro', 'rw'))}")
+        return None
+    if not dst.startswith("/"):
+        chk.add(path, f"container path {dst!r} must be absolute")
+        return None
+    return Bind(src, dst, mode)
+
+
+def _container(raw: Mapping[str, Any], path: tuple, chk: _Checker, base: Path) -> ContainerSpec:
+    d = chk.mapping(raw, path, CONTAINER_KEYS)
+    runtime = chk.choice(d.get("runtime"), (*path, "runtime"), RUNTIMES, "none")
+    image = chk.string(d.get("image"), (*path, "image"))
+    if runtime != "none" and image is None:
+        chk.add((*path, "image"), f"runtime {runtime} needs an image (a .sif path or URI)")
+    if image is not None and "://" not in image:
+        image = str((base / os.path.expanduser(image)).resolve())
+    env = chk.mapping(d.get("env"), (*path, "env"))
+    for key, value in env.items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            chk.add((*path, "env", key), f"expected a string or number, got {value!r}")
+    binds = chk.items(d.get("binds"), (*path, "binds"), lambda v, p: _bind(v, p, chk, base))
+    return ContainerSpec(image=image, runtime=runtime or "none", binds=tuple(binds),
+                         nv=chk.boolean(d.get("nv"), (*path, "nv"), True),
+                         env={str(k): str(v) for k, v in env.items()})
+
+
+def _seed(value: Any, path: tuple, chk: _Checker) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        chk.add(path, f"a seed is a non-negative integer, got {value!r}")
+        return None
+    return value
+
+
+def _sweep(raw: Any, path: tuple, chk: _Checker) -> dict[str, list]:
+    d = chk.mapping(raw, path)
+    out = {}
+    for key, values in d.items():
+        if not isinstance(values, list) or not values:
+            chk.add((*path, key), f"a sweep lists the values to try, got {values!r}")
+            continue
+        out[key] = values
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments and studies
+
+
+def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: dict,
+                profiles: Mapping[str, Profile], study: str, output_root: Path) -> list[Task]:
+    d = chk.mapping(raw, path, EXPERIMENT_KEYS)
+    if not d:
+        if raw is not None and isinstance(raw, dict):
+            chk.add(path, "an experiment needs model, variants, dataset and data_path")
+        return []
+    for key in ("model", "variants", "dataset", "data_path"):
+        if key not in d:
+            chk.add(path, f"missing required key {key!r}")
+    model = chk.choice(d.get("model"), (*path, "model"), MODELS, None)
+    dataset = chk.choice(d.get("dataset"), (*path, "dataset"), DATASETS, None)
+    variants = chk.items(d.get("variants"), (*path, "variants"), chk.string)
+    data_path = chk.string(d.get("data_path"), (*path, "data_path"))
+    prompt = chk.choice(d.get("prompt"), (*path, "prompt"), PROMPTS, None)
+    if model in SAM2_MODELS and prompt in (None, "none"):
+        chk.add((*path, "prompt"), f"{model} needs a prompt: bbox, click or mask")
+    elif model is not None and model not in SAM2_MODELS and prompt not in (None, "none"):
+        chk.add((*path, "prompt"), f"{model} takes no prompt (got {prompt!r})")
+    own_hparams = chk.mapping(d.get("hparams"), (*path, "hparams"))
+    own_sweep = _sweep(d.get("sweep"), (*path, "sweep"), chk)
+    for key in own_sweep:
+        if key in own_hparams:
+            chk.add((*path, "sweep", key), "is also fixed in hparams of the same experiment; keep one")
+    hparams = {**defaults.get("hparams", {}), **own_hparams}
+    sweep = {**defaults.get("sweep", {}), **own_sweep}
+    seeds = (chk.items(d["seeds"], (*path, "seeds"), lambda v, p: _seed(v, p, chk)) if "seeds" in d
+             else defaults.get("seeds", [0]))
+    profile = chk.string(d.get("profile"), (*path, "profile"), defaults.get("profile", "default"))
+    if profile not in profiles:
+        where = (*path, "profile") if "profile" in d else path
+        chk.add(where, f"profile {profile!r} is not defined under profiles"
+                       f"{suggest(str(profile), profiles) or ' (' + ', '.join(profiles) + ')'}")
+    if None in (model, dataset, data_path) or not variants or not seeds:
+        return []
+    data_path = str((base / os.path.expanduser(data_path)).resolve())
+    keys = list(sweep)
+    tasks = []
+    for variant in variants:
+        for combo in itertools.product(*(sweep[k] for k in keys)):
+            for seed in seeds:
+                tasks.append(Task(
+                    model=model, variant=variant, dataset=dataset, data_path=data_path,
+                    output_root=str(output_root), study=study, seed=seed,
+                    prompt=prompt or "none", hparams={**hparams, **dict(zip(keys, combo, strict=True))},
+                    profile=str(profile),
+                ))
+    return tasks
+
+
+def _defaults(raw: Any, path: tuple, chk: _Checker, inherited: dict) -> dict:
+    d = chk.mapping(raw, path, DEFAULT_KEYS)
+    out = dict(inherited)
+    if "profile" in d:
+        out["profile"] = chk.string(d["profile"], (*path, "profile"), inherited.get("profile"))
+    if "seeds" in d:
+        out["seeds"] = chk.items(d["seeds"], (*path, "seeds"), lambda v, p: _seed(v, p, chk))
+    out["hparams"] = {**inherited.get("hparams", {}), **chk.mapping(d.get("hparams"), (*path, "hparams"))}
+    out["sweep"] = {**inherited.get("sweep", {}), **_sweep(d.get("sweep"), (*path, "sweep"), chk)}
+    return out
+
+
+def _profiles(raw: Any, path: tuple, chk: _Checker, inherited: Mapping[str, Profile]) -> dict[str, Profile]:
+    out = dict(inherited)
+    for name, body in chk.mapping(raw, path).items():
+        out[str(name)] = _profile(str(name), body, (*path, name), chk)
+    return out
+
+
+def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, shared: dict) -> Study:
+    d = chk.mapping(raw, path, STUDY_KEYS)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        chk.add(path, "a study name is a directory name: letters, digits, '.', '_' or '-'")
+    root = chk.string(d.get("output_root"), (*path, "output_root"), shared["output_root"])
+    output_root = (base / os.path.expanduser(str(root))).resolve()
+    executor = chk.choice(d.get("executor"), (*path, "executor"), EXECUTORS, shared["executor"])
+    container = _container({**shared["container"], **chk.mapping(d.get("container"), (*path, "container"))},
+                           (*path, "container") if "container" in d else ("container",), chk, base)
+    profiles = _profiles(d.get("profiles"), (*path, "profiles"), chk, shared["profiles"])
+    defaults = _defaults(d.get("defaults"), (*path, "defaults"), chk, shared["defaults"])
+    if "experiments" not in d:
+        chk.add(path, "missing required key 'experiments'")
+    experiments = d.get("experiments")
+    if experiments is not None and (not isinstance(experiments, list) or not experiments):
+        chk.add((*path, "experiments"), "expected a non-empty list of experiments")
+        experiments = []
+    tasks: list[Task] = []
+    for i, exp in enumerate(experiments or []):
+        tasks += _experiment(exp, (*path, "experiments", i), chk, base=base, defaults=defaults,
+                             profiles=profiles, study=name, output_root=output_root)
+    seen: dict[str, int] = {}
+    for task in tasks:
+        if task.task_id in seen:
+            chk.add((*path, "experiments"), f"two experiments produce the same task {task.task_id}")
+        seen[task.task_id] = 1
+    return Study(name=name, base_dir=base, output_root=output_root, executor=executor or "slurm",
+                 container=container, profiles=profiles, tasks=tuple(tasks))
+
+
+def from_dict(data: Any, *, source: str = "jobs.yaml", base: str | os.PathLike = ".",
+              study: str | None = None, lines: Mapping[tuple[Any, ...], int] | None = None) -> Study:
+    """Validate a parsed jobs file and return the selected study (every study is checked)."""
+    chk = _Checker(source, lines)
+    base = Path(base).resolve()
+    top = chk.mapping(data, (), FILE_KEYS)
+    if data is not None and not isinstance(data, dict):
+        chk.raise_if_any()
+    if "version" in top and top["version"] != 1:
+        chk.add(("version",), f"only version 1 is understood, got {top['version']!r}")
+    shared = {
+        "output_root": chk.string(top.get("output_root"), ("output_root",), "runs"),
+        "executor": chk.choice(top.get("executor"), ("executor",), EXECUTORS, "slurm"),
+        "container": chk.mapping(top.get("container"), ("container",), CONTAINER_KEYS),
+        "profiles": _profiles(top.get("profiles"), ("profiles",), chk, {"default": Profile("default")}),
+        "defaults": _defaults(top.get("defaults"), ("defaults",), chk, {"profile": "default", "seeds": [0]}),
+    }
+    studies_raw = chk.mapping(top.get("studies"), ("studies",))
+    if not studies_raw:
+        chk.add(("studies",), "expected at least one study under 'studies'")
+    studies = {str(n): _study(str(n), body, ("studies", n), chk, base=base, shared=shared)
+               for n, body in studies_raw.items()}
+    chosen = _choose(study, top.get("default_study"), list(studies), chk)
+    chk.raise_if_any()
+    return studies[chosen]
+
+
+def _choose(flag: str | None, default: Any, names: list[str], chk: _Checker) -> str:
+    if flag is not None:
+        if flag not in names:
+            raise InputError(f"--study {flag!r} is not in {chk.source} ({', '.join(names) or 'no studies'})"
+                             f"{suggest(flag, names)}")
+        return flag
+    if default is not None:
+        if default not in names:
+            chk.add(("default_study",), f"{default!r} is not a study{suggest(str(default), names)}")
+            return names[0] if names else ""
+        return str(default)
+    if len(names) > 1:
+        chk.add(("studies",), f"several studies ({', '.join(names)}): choose one with --study or set "
+                              "default_study")
+    return names[0] if names else ""
+
+
+def _read(path: Path) -> tuple[Any, dict, list]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise InputError(f"{path}:{where} is not valid YAML ({problem})") from exc
+    dupes: list = []
+    lines = _line_map(node, (), {}, dupes)
+    return data, lines, dupes
+
+
+def load(path: str | os.PathLike, study: str | None = None) -> Study:
+    """Read ``path`` with yaml.safe_load, validate all of it, and return the chosen study."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such jobs file")
+    data, lines, dupes = _read(path)
+    if dupes:
+        chk = _Checker(str(path), lines)
+        for dup in dupes:
+            chk.add(dup, "duplicate key (YAML keeps only the last one)")
+        chk.raise_if_any()
+    return from_dict(data, source=str(path), base=path.parent, study=study, lines=lines)
+
+

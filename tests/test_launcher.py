@@ -1,0 +1,435 @@
+"""The launcher with submitit's local and debug executors, and the Slurm/Apptainer paths with stand-ins.
+
+A tiny but real trainer (``check``/``train`` below: a linear model in the shared TrainLoop, so
+last.pt, resume and status.json are the real ones) runs through ``runner.run_task``. Programs
+that cannot exist here (sbatch, srun, squeue, scancel, scontrol, apptainer) are replaced by
+small scripts named "stand-in" that record how they were called; the real-Slurm tests live in
+tests/slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import torch
+from submitit.helpers import DelayedSubmission
+
+from medsam2_hpc import runner, spec
+from medsam2_hpc.cli import main
+from medsam2_hpc.contract import build_metrics, validate_metrics
+from medsam2_hpc.engine import LoopConfig, TrainLoop
+from medsam2_hpc.engine.stop import clear_stop
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.hpc import launcher
+from medsam2_hpc.hpc.requeue import TaskCall, write_helpers
+from medsam2_hpc.task import RunDir, Task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- a tiny real trainer (runner.TRAINERS points a model kind at this module) ----------------
+
+
+def check(task: Task) -> None:
+    if not Path(task.data_path).is_dir():
+        raise InputError(f"data_path {task.data_path}: no such directory")
+
+
+def _log(run: RunDir, line: str) -> None:
+    with open(run.path / "trainer.log", "a") as fh:
+        fh.write(line + "\n")
+
+
+def train(task: Task, run: RunDir) -> dict:
+    torch.manual_seed(task.seed)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loop = TrainLoop(run, model=model, optimizer=opt, config=LoopConfig(epochs=int(task.hp("epochs", 2))))
+    loop.resume()
+    _log(run, f"start {loop.state.epoch}")
+    if (Path(task.data_path) / f"FAIL_{task.seed}").exists():
+        raise RuntimeError(f"planned failure of seed {task.seed}")
+
+    def train_epoch(epoch: int) -> dict:
+        if epoch == task.hp("hold_at", -1) and run.status()["attempts"] == 1:
+            (run.path / "ready").write_text(str(os.getpid()))  # the test signals this process now
+            for _ in range(1200):
+                time.sleep(0.05)
+            raise RuntimeError("no stop signal arrived")
+        loss = model(torch.ones(4, 2)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    state = loop.fit(train_epoch, lambda epoch: {"dice": 0.5})
+    _log(run, "evaluate")
+    return build_metrics(task, split="test", dice_mean=0.5, per_class={"cup": 0.5},
+                         per_case={"case0": {"cup": 0.5}}, epochs_completed=state.epoch,
+                         train_seconds=state.train_seconds, eval_seconds=0.0, params_m=3e-6)
+
+
+def run_tiny(task: Task) -> dict:
+    """The callable jobs run in a subprocess: the real run_task with this module as the trainer."""
+    runner.TRAINERS[task.model] = __name__
+    return runner.run_task(task)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_request_left():
+    """checkpoint() raises the process-wide stop flag; other test modules must not inherit it."""
+    yield
+    clear_stop()
+
+
+@pytest.fixture
+def tiny_trainer(monkeypatch):
+    """In-process runs (debug executor) use the default run_task with the tiny trainer."""
+    monkeypatch.setitem(runner.TRAINERS, "resnet", __name__)
+
+
+def make_study(tmp_path: Path, *, executor: str = "debug", seeds=(0, 1), hparams=None,
+               profiles: str = "", container: str = "", root: str = "runs", data: str = "data") -> spec.Study:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    text = (f"output_root: {json.dumps(root)}\nexecutor: {executor}\n{container}"
+            "profiles:\n  default: {time: 30, signal_delay_s: 20, array_parallelism: 1}\n" + profiles +
+            "studies:\n  s:\n    experiments:\n"
+            f"      - {{model: resnet, variants: [resnet18], dataset: refuge, data_path: {json.dumps(data)}, "
+            f"seeds: {list(seeds)}, hparams: {json.dumps(hparams or {'epochs': 2})}}}\n")
+    (tmp_path / "jobs.yaml").write_text(text)
+    return spec.load(tmp_path / "jobs.yaml")
+
+
+def standin(bin_dir: Path, name: str, body: str) -> Path:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f"#!/bin/bash\n# Stand-in for {name} (not installed here): see the module docstring.\n"
+                    + body)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def slurm_standins(tmp_path, monkeypatch) -> Path:
+    """sbatch/srun/squeue/scancel stand-ins on PATH; calls and scripts are recorded in the log dir."""
+    log = tmp_path / "standin-log"
+    log.mkdir()
+    bin_dir = tmp_path / "standin-bin"
+    standin(bin_dir, "sbatch", 'n=$(( $(cat "$STANDIN_LOG/count" 2>/dev/null || echo 1000) + 1 ))\n'
+                               'echo $n > "$STANDIN_LOG/count"\ncp "$1" "$STANDIN_LOG/script.$n"\n'
+                               'echo "Submitted batch job $n"\n')
+    standin(bin_dir, "srun", "exit 99\n")
+    standin(bin_dir, "squeue", 'echo "$*" >> "$STANDIN_LOG/squeue.calls"\n'
+                               'cat "$STANDIN_LOG/queue" 2>/dev/null\nexit 0\n')
+    standin(bin_dir, "scancel", 'echo "$*" >> "$STANDIN_LOG/scancel.calls"\n')
+    monkeypatch.setenv("STANDIN_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+# --- dry run and the python command ----------------------------------------------------------
+
+
+def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path):
+    study = make_study(
+        tmp_path, executor="slurm", seeds=(0, 1, 2), root="out dir",
+        container="container: {runtime: apptainer, image: img.sif}\n",
+        profiles="  gpu: {gpus: 1, cpus: 4, mem: 16G, time: '2:00:00', array_parallelism: 2, "
+                 "partition: gpu, sbatch: {mail-type: END}}\n")
+    text = study.base_dir.joinpath("jobs.yaml").read_text().replace(
+        "seeds: [0, 1, 2]", "seeds: [0, 1, 2], profile: gpu")
+    text = text.replace("      - {model", "      - {model: resnet, variants: [resnet34], dataset: btcv, "
+                        "data_path: data}\n      - {model", 1)
+    study.base_dir.joinpath("jobs.yaml").write_text(text)
+    study = spec.load(study.base_dir / "jobs.yaml")
+    out = StringIO()
+    launch = launcher.submit(study, dry_run=True, out=out)
+    text = out.getvalue()
+    assert launch.n_to_run == 4 and not launch.job_ids
+    for task in study.tasks:
+        assert task.task_id in text
+    scripts = text.split("#!/bin/bash")[1:]
+    assert len(scripts) == 2  # profiles default (1 task: a plain job) and gpu (an array of 3)
+    gpu = next(s for s in scripts if "--array" in s)
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=16G",
+                 "#SBATCH --time=120", "#SBATCH --partition=gpu", "#SBATCH --mail-type=END",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --signal=USR2@90"):
+        assert line in gpu
+    command = gpu.strip().splitlines()[-1]
+    argv = shlex.split(command)
+    root = str(tmp_path / "out dir")
+    assert argv[argv.index("--error") + 2] == f"{root}/s/.submitit/requeue-host.sh"
+    assert argv[argv.index("--error") + 3: argv.index("--error") + 6] == ["apptainer", "exec", "--nv"]
+    assert f"{root}:{root}:rw" in argv and f"{tmp_path}/data:{tmp_path}/data:ro" in argv
+    assert argv[argv.index("--home") + 1] == f"{root}/.cache/home"
+    assert f"TORCH_HOME={root}/.cache/torch" in argv
+    assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/%j"]
+    plain = next(s for s in scripts if "--array" not in s)
+    assert "--nv" not in plain  # profile without GPUs
+    assert not (tmp_path / "out dir").exists()
+
+
+def test_python_runs_on_the_host_or_in_the_image(tmp_path):
+    host = make_study(tmp_path)
+    assert launcher.python_argv(host, host.profiles["default"], host.tasks, launcher.LocalBackend(),
+                                tmp_path) is None
+    boxed = make_study(tmp_path, container="container: {runtime: singularity, image: a.sif, nv: false}\n",
+                       profiles="  gpu: {gpus: 2}\n")
+    argv = launcher.python_argv(boxed, boxed.profiles["gpu"], boxed.tasks, launcher.LocalBackend(), tmp_path)
+    assert argv[:2] == ["singularity", "exec"] and "--nv" not in argv
+    assert argv[-2:] == [str(tmp_path / "a.sif"), "python"]
+
+
+# --- debug and local executors --------------------------------------------------------------
+
+
+def test_debug_executor_runs_every_task_and_submitting_again_is_safe(tmp_path, tiny_trainer):
+    study = make_study(tmp_path)
+    out = StringIO()
+    launch = launcher.submit(study, out=out)
+    assert launch.errors == [] and len(launch.job_ids) == 1
+    for task in study.tasks:
+        metrics = json.loads(task.run_dir.metrics_json.read_text())
+        assert validate_metrics(metrics) == [] and metrics["epochs_completed"] == 2
+        assert task.run_dir.status()["state"] == "completed" and task.run_dir.status()["attempts"] == 1
+    record = launcher.submissions(study.study_dir)
+    assert record[0]["executor"] == "debug" and set(record[0]["tasks"]) == {t.task_id for t in study.tasks}
+    again = launcher.submit(study, out=out)
+    assert again.n_to_run == 0 and set(again.skipped.values()) == {"completed"}
+    assert "nothing to submit" in out.getvalue()
+    assert len(launcher.submissions(study.study_dir)) == 1
+
+
+def test_failed_task_is_reported_and_resubmit_failed_reruns_only_it(tmp_path, tiny_trainer, capsys):
+    study = make_study(tmp_path)
+    (tmp_path / "data" / "FAIL_1").touch()
+    launch = launcher.submit(study, out=StringIO())
+    assert launch.errors == ["RuntimeError: planned failure of seed 1"]
+    ok, bad = study.tasks
+    assert ok.run_dir.status()["state"] == "completed"
+    assert bad.run_dir.status()["state"] == "failed" and "planned failure" in bad.run_dir.status()["error"]
+    assert main(["status", str(study.study_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "completed 1, failed 1" in out and "RuntimeError: planned failure of seed 1" in out
+
+    (tmp_path / "data" / "FAIL_1").unlink()
+    assert main(["resubmit", str(tmp_path / "jobs.yaml"), "--failed"]) == 0
+    assert bad.run_dir.status()["state"] == "completed" and bad.run_dir.status()["attempts"] == 2
+    assert (ok.run_dir.path / "trainer.log").read_text() == "start 0\nevaluate\n"  # not run again
+    assert main(["status", str(tmp_path / "jobs.yaml")]) == 0
+    assert "2 task(s): completed 2" in capsys.readouterr().out
+
+
+def test_missing_data_is_refused_before_anything_is_written(tmp_path):
+    study = make_study(tmp_path)
+    (tmp_path / "data").rmdir()
+    with pytest.raises(InputError, match="data_path .*data does not exist"):
+        launcher.submit(study, out=StringIO())
+    assert not study.study_dir.exists()
+    assert main(["resubmit", str(tmp_path / "jobs.yaml")]) == 2
+
+
+def test_local_executor_runs_tasks_in_processes_in_waves(tmp_path):
+    study = make_study(tmp_path, executor="local")
+    launch = launcher.submit(study, fn=run_tiny, out=StringIO())
+    assert launch.errors == [] and len(launch.job_ids) == 2  # array_parallelism 1: one wave per task
+    for task in study.tasks:
+        assert validate_metrics(json.loads(task.run_dir.metrics_json.read_text())) == []
+        assert task.run_dir.status()["state"] == "completed"
+
+
+@pytest.mark.slow
+def test_real_resnet_trainer_through_the_local_executor(tmp_path, refuge_multirater):
+    hparams = {"epochs": 1, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
+               "amp": "none"}
+    study = make_study(tmp_path, executor="local", seeds=(0,), hparams=hparams, data=str(refuge_multirater))
+    assert main(["submit", str(tmp_path / "jobs.yaml")]) == 0  # default callable: runner.run_task
+    for task in study.tasks:
+        metrics = json.loads(task.run_dir.metrics_json.read_text())
+        assert validate_metrics(metrics) == [] and metrics["model"] == "resnet"
+        assert task.run_dir.best_ckpt.exists() and task.run_dir.status()["attempts"] == 1
+
+
+# --- preemption -----------------------------------------------------------------------------
+
+
+def _wait_for(path: Path, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+    time.sleep(0.2)  # the writer has finished the tiny file
+    return path.read_text()
+
+
+@pytest.mark.slow
+def test_preempted_local_task_checkpoints_requeues_and_resumes(tmp_path):
+    study = make_study(tmp_path, executor="local", seeds=(0,), hparams={"epochs": 3, "hold_at": 1})
+    task = study.tasks[0]
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(launch=launcher.submit(study, fn=run_tiny,
+                                                                                  out=StringIO())))
+    thread.start()
+    pid = int(_wait_for(task.run_dir.path / "ready"))
+    os.kill(pid, signal.SIGUSR2)  # what Slurm sends before the time limit or on preemption
+    thread.join(timeout=300)
+    assert not thread.is_alive() and result["launch"].errors == []
+    status = task.run_dir.status()
+    assert status["state"] == "completed" and status["attempts"] == 2
+    # epoch 0 finished before the signal; the second attempt resumed after it; evaluated once
+    assert (task.run_dir.path / "trainer.log").read_text() == "start 0\nstart 1\nevaluate\n"
+    assert json.loads(task.run_dir.metrics_json.read_text())["epochs_completed"] == 3
+
+
+def _image_path() -> str:
+    """The stand-in image's PATH: the host's, without any directory that has an scontrol."""
+    dirs = [d for d in os.environ["PATH"].split(os.pathsep) if d and not (Path(d) / "scontrol").exists()]
+    return os.pathsep.join(dirs)
+
+
+@pytest.mark.slow
+def test_requeue_from_inside_a_container_goes_through_the_host_wrapper(tmp_path):
+    """submitit inside the 'image' has no scontrol: the stand-in records the request, the host
+    wrapper calls the (stand-in) host scontrol, and the next attempt resumes and finishes."""
+    study = make_study(tmp_path, seeds=(0,), hparams={"epochs": 3, "hold_at": 1})
+    task = study.tasks[0]
+    folder = study.study_dir / ".submitit"
+    wrapper = write_helpers(folder)
+    submission = DelayedSubmission(TaskCall(run_tiny), task)
+    submission.set_timeout(30, 3)
+    submission.dump(folder / "123_4_submitted.pkl")
+    bin_dir = tmp_path / "host-bin"
+    standin(bin_dir, "scontrol", f'echo "$*" >> {shlex.quote(str(tmp_path / "scontrol.calls"))}\n')
+    runtime = standin(bin_dir, "apptainer", (
+        "# 'exec [--nv] [--bind B] [--env K=V] IMAGE CMD...' runs CMD on this host with the --env\n"
+        "# variables and the image's PATH (no scontrol), as Apptainer would inside the image.\n"
+        '[ "$1" = exec ] || exit 64; shift\n'
+        'while [ $# -gt 0 ]; do case "$1" in --nv) shift;; --bind) shift 2;; --env) export "$2"; shift 2;;'
+        " *) break;; esac; done\n"
+        'shift; export PATH="$STANDIN_IMAGE_PATH"; exec "$@"\n'))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "STANDIN_IMAGE_PATH": _image_path(), "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "130",
+           "SLURM_ARRAY_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": "4", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1"}
+    argv = [str(wrapper), str(runtime), "exec", "--bind", f"{tmp_path}:{tmp_path}", "--env", "FROM_ENV=1",
+            "image.sif", sys.executable, "-u", "-m", "submitit.core._submit", str(folder)]
+
+    step = subprocess.Popen(argv, env=env, cwd=REPO)
+    pid = int(_wait_for(task.run_dir.path / "ready"))
+    for target in (step.pid, pid):  # Slurm signals every process of the step
+        os.kill(target, signal.SIGUSR2)
+    assert step.wait(timeout=120) != 0
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 123_4\n"
+    status = task.run_dir.status()
+    assert status["state"] == "preempted" and status["attempts"] == 1 and status["error"] is None
+    assert not list(folder.glob("requeue.*"))  # the marker was consumed
+    assert not task.run_dir.metrics_json.exists()
+
+    # Slurm starts the requeued job: same command, same job id, the checkpointed submission
+    assert subprocess.run(argv, env=env, cwd=REPO, timeout=300).returncode == 0
+    status = task.run_dir.status()
+    assert status["state"] == "completed" and status["attempts"] == 2
+    assert (task.run_dir.path / "trainer.log").read_text() == "start 0\nstart 1\nevaluate\n"
+    assert (tmp_path / "scontrol.calls").read_text() == "requeue 123_4\n"
+
+
+def test_scontrol_shim_records_only_requeue(tmp_path):
+    write_helpers(tmp_path)
+    marker = tmp_path / "marker"
+    shim = str(tmp_path / "shim" / "scontrol")
+    env = {**os.environ, "MEDSAM2_REQUEUE_MARKER": str(marker)}
+    assert subprocess.run([shim, "requeue", "9_1"], env=env).returncode == 0
+    assert marker.read_text() == "9_1\n"
+    other = subprocess.run([shim, "show", "job"], env=env, capture_output=True, text=True)
+    assert other.returncode == 1 and "not available inside the container" in other.stderr
+
+
+# --- Slurm with stand-ins -------------------------------------------------------------------
+
+
+def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path, slurm_standins):
+    study = make_study(tmp_path, executor="slurm", seeds=(0, 1, 2),
+                       profiles="  big: {cpus: 2, time: 60, array_parallelism: 2}\n")
+    text = (tmp_path / "jobs.yaml").read_text().replace(
+        "experiments:\n", "experiments:\n      - {model: resnet, variants: [resnet50], dataset: btcv, "
+                          "data_path: data, seeds: [0, 1], profile: big}\n")
+    (tmp_path / "jobs.yaml").write_text(text)
+    study = spec.load(tmp_path / "jobs.yaml")
+    launch = launcher.submit(study, out=StringIO())
+    scripts = sorted(slurm_standins.glob("script.*"))
+    assert len(scripts) == 2 == len(study.profiles)  # one sbatch per profile
+    assert launch.job_ids == ["1001", "1002"]
+    texts = [p.read_text() for p in scripts]
+    assert "#SBATCH --array=0-1%2" in texts[0] and "#SBATCH --array=0-2%1" in texts[1]
+    record = launcher.submissions(study.study_dir)
+    elements = {t: j for sub in record for t, j in sub["tasks"].items()}
+    assert sorted(elements.values()) == ["1001_0", "1001_1", "1002_0", "1002_1", "1002_2"]
+
+    (slurm_standins / "queue").write_text("1001_0|RUNNING\n1001_1|PENDING\n1002_0|RUNNING\n")
+    again = launcher.submit(study, out=StringIO())
+    assert again.n_to_run == 2 and len(list(slurm_standins.glob("script.*"))) == 3  # 1002_1, 1002_2
+    assert sum("in queue as" in reason for reason in again.skipped.values()) == 3
+
+    rows = launcher.status_rows(study.study_dir)
+    assert {r["queue"] for r in rows if r["job"] in ("1001_0", "1002_0")} == {"RUNNING"}
+    assert launcher.cancel(study.study_dir) == ["1001", "1002"]
+    assert (slurm_standins / "scancel.calls").read_text() == "1001 1002\n"
+
+
+def test_slurm_without_sbatch_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    study = make_study(tmp_path, executor="slurm")
+    with pytest.raises(InputError, match="sbatch/srun are not on PATH"):
+        launcher.submit(study, out=StringIO())
+
+
+def _stopped_by(exc: BaseException):
+    def fn(task: Task) -> dict:
+        from medsam2_hpc.engine.stop import request_stop
+
+        task.run_dir.prepare(task)
+        task.run_dir.mark_running()
+        request_stop()  # what checkpoint() does in submitit's signal handler
+        try:
+            raise exc
+        except BaseException as err:
+            task.run_dir.mark_failed(err)  # what run_task does on any exception
+            raise
+    return fn
+
+
+def test_task_call_status_after_requeue_exit_or_too_many_timeouts(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    task = make_study(tmp_path, seeds=(0,)).tasks[0]
+    with pytest.raises(SystemExit):
+        TaskCall(_stopped_by(SystemExit(-1)))(task)  # requeued: resumable, not an error
+    assert task.run_dir.status()["state"] == "preempted" and task.run_dir.status()["error"] is None
+    with pytest.raises(UncompletedJobError):
+        TaskCall(_stopped_by(UncompletedJobError("timed-out too many times")))(task)
+    assert task.run_dir.status()["state"] == "failed"
+    assert "timed-out too many times" in task.run_dir.status()["error"]
+
+
+def test_task_call_never_trains_twice_once_metrics_exist(tmp_path):
+    task = make_study(tmp_path, seeds=(0,)).tasks[0]
+    task.run_dir.write_metrics({"done": True})  # e.g. stopped between metrics.json and status.json
+    assert TaskCall(_stopped_by(RuntimeError("must not run")))(task) == {"done": True}
+    assert task.run_dir.status()["state"] == "completed"
+    call = TaskCall(run_tiny)
+    resubmission = call.checkpoint(task)
+    assert isinstance(resubmission.function, TaskCall) and resubmission.args == (task,)
+    assert resubmission.function.fn is run_tiny
