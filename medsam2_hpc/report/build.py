@@ -1,0 +1,126 @@
+"""``collect_study``: a study directory in, the comparison (tables, plots, MODEL_COMPARISON.md) out.
+
+The one function behind ``medsam2-hpc collect`` and the demo. It checks its arguments and
+reads the study before writing anything, so bad input leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import write_text
+from . import stats, tables
+from .collect import Study, load_study
+from .formats import parse_formats, to_markdown, write_table
+from .plots import write_plots
+
+__all__ = ["Report", "collect_study"]
+
+DOCUMENT = "MODEL_COMPARISON.md"
+_MAX_ERROR_DETAILS = 50
+
+
+@dataclass
+class Report:
+    """What ``collect_study`` found and wrote; ``str(report)`` is the terminal summary."""
+
+    study: Study
+    out_dir: Path
+    tables: dict[str, tables.Table]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.study.warnings
+
+    @property
+    def document(self) -> Path:
+        return self.out_dir / DOCUMENT
+
+    def state_counts(self) -> dict[str, int]:
+        counts = self.study.runs["state"].value_counts()
+        return {str(k): int(v) for k, v in counts.sort_index().items()}
+
+    def headline_text(self) -> str:
+        """The headline table as a Markdown pipe table (readable in a terminal as is)."""
+        return to_markdown(self.tables["headline"].display)
+
+    def __str__(self) -> str:
+        runs = self.study.runs
+        counts = ", ".join(f"{n} {state}" for state, n in self.state_counts().items())
+        return (f"{len(runs)} runs in {self.study.path} ({counts}); {int(runs['ok'].sum())} in the tables\n\n"
+                f"{self.headline_text()}\nreport: {self.document}")
+
+
+def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                  formats: str | Sequence[str] = ("md", "csv", "tex"),
+                  with_published: bool = False) -> Report:
+    """Collect every run under ``study_dir`` into ``out_dir`` (default ``<study_dir>/comparison``).
+
+    Raises:
+        InputError: ``study_dir`` is not a study directory or a format is unknown.
+    """
+    chosen = parse_formats(formats)
+    study = load_study(study_dir)
+    out = Path(out_dir) if out_dir is not None else study.path / "comparison"
+    cases = stats.case_scores(study)
+    tests = stats.paired_tests(study, cases)
+    built = {"headline": tables.headline(study, tests, with_published)}
+    if (study.scored["dataset"] == "btcv").any():
+        built["btcv_organs"] = tables.btcv_organs(study, with_published)
+        built["btcv_per_slice"] = tables.btcv_per_slice(study)
+    if (study.scored["dataset"] == "refuge").any():
+        built["refuge"] = tables.refuge(study, with_published)
+    built["paired_tests"] = tables.paired(tests)
+    built["incomplete_runs"] = tables.incomplete(study)
+    report = Report(study, out, built)
+    for table in built.values():
+        report.files += write_table(table, out / "tables", chosen)
+    report.files.append(write_text(out / "tables" / "runs.csv", study.runs.to_csv(index=False)))
+    plots = write_plots(study, cases, built.get("btcv_organs"), out / "plots")
+    report.files += plots
+    report.files.append(write_text(report.document, _document(report, plots, with_published)))
+    return report
+
+
+def _section(table: tables.Table) -> str:
+    caption = f"\n{table.caption}\n" if table.caption else ""
+    return f"## {table.title}\n\n{to_markdown(table.display)}{caption}"
+
+
+def _document(report: Report, plots: list[Path], with_published: bool) -> str:
+    """MODEL_COMPARISON.md: every table, the plots, and every run left out with its reason."""
+    study, runs = report.study, report.study.runs
+    counts = ", ".join(f"{n} {state}" for state, n in report.state_counts().items())
+    parts = [f"# Model comparison: {study.path.name}\n",
+             f"Collected from {len(runs)} run directories ({counts}); {int(runs['ok'].sum())} have valid "
+             "metrics and are in the tables below. Means are over seeds; Dice on BTCV is volumetric.\n"]
+    if with_published:
+        parts.append("Rows whose model reads `published: ...` are numbers from the literature on their own "
+                     "splits and preprocessing (see the source in brackets), shown for orientation only.\n")
+    if report.warnings:
+        parts.append("## Warnings\n\n" + "".join(f"- {w}\n" for w in report.warnings))
+    for name in ("headline", "btcv_organs", "btcv_per_slice", "refuge", "paired_tests"):
+        if name in report.tables and not report.tables[name].empty:
+            parts.append(_section(report.tables[name]))
+    if plots:
+        parts.append("## Plots\n\n" + "".join(
+            f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})\n" for p in plots))
+    parts.append(_incomplete_section(report.tables["incomplete_runs"]))
+    return "\n".join(parts)
+
+
+def _incomplete_section(table: tables.Table) -> str:
+    if table.empty:
+        return f"## {table.title}\n\nNone: every run has valid metrics.\n"
+    text = _section(table)
+    failed = table.data[table.data["error"].astype(bool)]
+    for _, row in failed.head(_MAX_ERROR_DETAILS).iterrows():
+        text += (f"\n<details><summary>{row['run']}: error tail</summary>\n\n"
+                 f"```\n{row['error']}\n```\n</details>\n")
+    if len(failed) > _MAX_ERROR_DETAILS:
+        text += f"\n{len(failed) - _MAX_ERROR_DETAILS} more error tails in tables/runs.csv\n"
+    return text
