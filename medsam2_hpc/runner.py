@@ -11,8 +11,9 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from .engine.stop import StopRequested
+from .engine.stop import StopRequested, stop_requested
 from .errors import InputError
+from .jobenv import job_identity
 from .task import Task
 
 __all__ = ["TRAINERS", "trainer_for", "run_task"]
@@ -44,15 +45,20 @@ def run_task(task: Task) -> dict[str, Any]:
         return done
     trainer = trainer_for(task.model)
     trainer.check(task)
+    if job_identity().global_rank != 0:
+        # Multi-GPU task (DDP): the other ranks train beside rank 0, which owns the run's files.
+        return trainer.train(task, run)
     run.prepare(task)
     run.mark_running()
     try:
         metrics = trainer.train(task, run)
-    except StopRequested:
-        run.mark_preempted()
-        raise
     except BaseException as exc:
-        run.mark_failed(exc)
+        # submitit's checkpoint handler may end the process with its own exception after the
+        # stop flag is set: that is a preemption too, never a failure.
+        if isinstance(exc, StopRequested) or stop_requested():
+            run.mark_preempted()
+        else:
+            run.mark_failed(exc)
         raise
     run.write_metrics(metrics)
     run.mark_completed()
