@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""SAM2 throughput and peak memory, printed as one JSON object.
+
+    python benchmarks/bench_sam2.py --mode train2d --config sam2_hiera_t --image-size 1024 --batch 4
+
+Modes are functions in ``MODES`` (mode -> fn(args) -> dict); every mode's result goes through
+:func:`emit`, so all figures share one format. Inputs are synthetic (random images, one disc
+per image as the mask), weights random unless ``--ckpt`` is given: speed and memory do not
+depend on what the pixels show. Peak memory is CUDA's allocator peak on a GPU, else the
+process's peak RSS (``mem_kind`` says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsam2_hpc.atomic import write_json
+from medsam2_hpc.cli import guarded
+from medsam2_hpc.engine.runtime import peak_memory_gb, peak_rss_gb, pick_device, reset_peak_memory
+
+__all__ = ["MODES", "emit", "build_parser", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _synthetic_batch(batch: int, image_size: int, out_size: int, rng: np.random.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(rng.random((batch, 3, image_size, image_size), dtype=np.float32))
+    yy, xx = np.mgrid[:out_size, :out_size]
+    masks = np.zeros((batch, 1, out_size, out_size), dtype=np.float32)
+    for b in range(batch):
+        cy, cx = rng.uniform(0.3, 0.7, 2) * out_size
+        masks[b, 0] = (yy - cy) ** 2 + (xx - cx) ** 2 <= (0.15 * out_size) ** 2
+    return images, torch.from_numpy(masks)
+
+
+def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
+    """Training steps of the 2D trainer's forward/backward/optimizer path (sam2_2d.Predictor)."""
+    from medsam2_hpc.losses import make_loss
+    from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
+    from medsam2_hpc.trainers.sam2_2d import Predictor, Sam2Config2D
+    from medsam2_hpc.trainers.sam2_common import optimizer_for, point_prompts
+
+    device = pick_device(args.device)
+    cfg = Sam2Config2D(image_size=args.image_size, out_size=args.image_size, batch_size=args.batch,
+                       amp=args.amp, memory_bank_size=args.memory_bank_size, trainable=args.trainable)
+    model = build_sam2_model(args.config, args.ckpt or "none", image_size=args.image_size, device=device,
+                             allow_random=args.ckpt is None)
+    trainable = set_trainable(model, cfg.trainable)
+    model.train()
+    optimizer = optimizer_for(model, cfg)
+    loss_fn = make_loss("bce")
+    predictor = Predictor(model, cfg, 1, device)
+    rng = np.random.default_rng(0)
+    images, masks = _synthetic_batch(args.batch, args.image_size, args.image_size, rng)
+    # prompts are made once: the trainer makes them in DataLoader workers, off the timed path
+    coords, labels, present = point_prompts(masks[:, 0], "click", rng, args.image_size)
+    batch = {"image": images, "coords": coords[:, None], "labels": labels[:, None],
+             "present": present[:, None]}
+
+    def step() -> float:
+        logits, present = predictor(batch)
+        loss = loss_fn(logits[present][:, None], masks.to(device)[present][:, None])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        return float(loss.detach())
+
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(args.steps)]
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {
+        "config": args.config, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
+        "warmup": args.warmup, "amp": args.amp if device.type == "cuda" else "none",
+        "memory_bank_size": args.memory_bank_size, "trainable": args.trainable,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "trainable_m": trainable / 1e6,
+        "seconds": seconds, "step_seconds": seconds / args.steps,
+        "images_per_s": args.batch * args.steps / seconds, "final_loss": losses[-1],
+        **_memory(device),
+    }
+
+
+def _memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_mem_gb": peak_memory_gb(device), "mem_kind": "cuda"}
+    return {"peak_mem_gb": peak_rss_gb(), "mem_kind": "rss"}
+
+
+MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"train2d": bench_train2d}
+
+
+def _load_3d() -> Any:
+    """The 3D modes live beside this file (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("_bench_sam2_3d.py")
+    spec = importlib.util.spec_from_file_location("_bench_sam2_3d", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BENCH_3D = _load_3d()
+MODES.update(_BENCH_3D.MODES_3D)
+
+
+def emit(mode: str, result: dict[str, Any], device: torch.device, out: Path | None) -> dict[str, Any]:
+    """Print the result (one JSON line) with the environment that produced it; also write ``out``."""
+    record = {
+        "mode": mode, "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result,
+    }
+    print(json.dumps(record, sort_keys=True))
+    if out is not None:
+        write_json(out, record)
+    return record
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_sam2.py", description=__doc__.splitlines()[0])
+    p.add_argument("--mode", required=True, choices=sorted(MODES))
+    p.add_argument("--config", default="sam2_hiera_t", help="sam2_hiera_t|s|b+|l or sam2.1_hiera_*")
+    p.add_argument("--ckpt", default=None, help="weights (default: random; speed does not depend on them)")
+    p.add_argument("--image-size", type=_positive, default=1024)
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--steps", type=_positive, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--memory-bank-size", type=int, default=0)
+    p.add_argument("--trainable", default="all-but-encoder")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    _BENCH_3D.add_arguments(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        emit(args.mode, MODES[args.mode](args), pick_device(args.device), args.out)
+        return 0
+
+    return guarded(run, "bench_sam2.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""SAM2 fine-tuning on 2D images (REFUGE optic cup/disc) with click or box prompts.
+
+One prompt per (image, class) drawn from the ground truth; the mask decoder predicts one mask
+per prompt, scored at ``out_size`` with Dice and IoU on sigmoid probabilities > 0.5. Validation
+runs on the test split every ``val_freq`` epochs (as Medical-SAM2 does; REFUGE has no
+validation split), and ``best.pt`` is evaluated on it once more at the end for metrics.json.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import metrics
+from ..contract import build_metrics
+from ..engine import (
+    LoopConfig,
+    TrainLoop,
+    autocast,
+    count_params_m,
+    peak_memory_gb,
+    pick_device,
+    progress,
+    seed_everything,
+)
+from ..engine.runtime import reset_peak_memory
+from ..errors import InputError
+from ..losses import make_loss
+from ..models.sam2 import set_trainable
+from ..options import config_from_dict
+from ..task import RunDir, Task
+from .sam2_common import (
+    Sam2Config,
+    build_model,
+    check_model,
+    decode,
+    encode,
+    load_weights_from,
+    optimizer_for,
+    point_prompts,
+    upsample,
+)
+from .sam2_memory import MemoryBank
+from .sam2_vis import mask_png, overlay_png
+
+__all__ = ["Sam2Config2D", "config", "check", "train", "Prompted", "Predictor", "evaluate"]
+
+
+@dataclass(kw_only=True)
+class Sam2Config2D(Sam2Config):
+    """2D keys on top of :class:`Sam2Config`: out_size (side at which masks are scored),
+    memory_bank_size (earlier images' memories per class; 0 = off), classes (REFUGE classes,
+    default: the layout's). Prompts are drawn from the task seed."""
+
+    val_freq: int = 5
+    out_size: int = 1024
+    memory_bank_size: int = 16
+    classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.out_size < 1 or self.memory_bank_size < 0:
+            raise InputError("hparams: out_size must be >= 1 and memory_bank_size >= 0")
+
+
+def config(task: Task) -> Sam2Config2D:
+    return config_from_dict(Sam2Config2D, task.hparams, "hparams")
+
+
+def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
+    from ..data.refuge import RefugeDataset
+
+    kw = dict(image_size=cfg.image_size, out_size=cfg.out_size, classes=cfg.classes)
+    return RefugeDataset(task.data_path, "train", **kw), RefugeDataset(task.data_path, "test", **kw)
+
+
+def check(task: Task) -> None:
+    """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
+    cfg = config(task)
+    if task.dataset != "refuge":
+        raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
+    if task.prompt not in ("click", "bbox"):
+        raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
+    _datasets(task, cfg)
+    pick_device(cfg.device)
+    check_model(task, cfg)
+
+
+class Prompted(Dataset):
+    """A dataset whose items also carry their ground-truth prompts (``coords``, ``labels``, ``present``).
+
+    Prompts are made in the DataLoader workers: a click needs a distance transform of the mask,
+    about 0.1 s at 1024 px, which on the main process kept the GPU waiting. The generator is
+    seeded by (seed, epoch, index) alone, so prompts do not depend on worker count or on resume.
+    """
+
+    EVAL_EPOCH = 2**31 - 1  # every evaluation uses the same prompts
+
+    def __init__(self, base: Dataset, kind: str, image_size: int, seed: int, epoch: int) -> None:
+        self.base, self.kind, self.image_size, self.seed, self.epoch = base, kind, image_size, seed, epoch
+        self.classes = base.classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.base[index])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        item["coords"], item["labels"], item["present"] = point_prompts(item["mask"], self.kind, rng,
+                                                                        self.image_size)
+        return item
+
+
+class Predictor:
+    """Prompted SAM2 forward pass for a batch, with the memory bank of the current pass."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Sam2Config2D, n_classes: int,
+                 device: torch.device) -> None:
+        self.model, self.cfg, self.n_classes, self.device = model, cfg, n_classes, device
+        self.bank = MemoryBank(cfg.memory_bank_size, n_classes)
+
+    def reset(self) -> None:
+        self.bank = MemoryBank(self.cfg.memory_bank_size, self.n_classes)
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B,C,O,O] at out_size, present [B,C]) for a batch of :class:`Prompted` items."""
+        b, c = batch["present"].shape
+        coords, labels = batch["coords"].flatten(0, 1), batch["labels"].flatten(0, 1)
+        with autocast(self.device, self.cfg.amp):
+            feats = encode(self.model, batch["image"].to(self.device, non_blocking=True)).repeat(c)
+            embed = self.bank.condition(self.model, feats, c)
+            low, _, obj = decode(self.model, embed, feats.high_res, coords, labels)
+        logits = upsample(low, self.cfg.out_size)
+        if self.cfg.memory_bank_size:
+            with autocast(self.device, self.cfg.amp):
+                self.bank.add(self.model, feats, upsample(low, self.cfg.image_size), obj, c)
+        return logits.view(b, c, *logits.shape[-2:]), batch["present"].to(self.device)
+
+
+@dataclass
+class Scores:
+    dice: float
+    iou: float
+    per_case: dict[str, dict[str, float]]
+    per_class: dict[str, float]
+
+
+@torch.no_grad()
+def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
+             vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
+    """Dice/IoU per case and class on thresholded probabilities; deterministic for given weights."""
+    predictor.model.eval()
+    predictor.reset()
+    classes = dataset.classes
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    dice_cases: dict[str, dict[str, float]] = {}
+    iou_cases: dict[str, dict[str, float]] = {}
+    for i, batch in enumerate(progress(loader, desc=f"{tag}")):
+        logits, present = predictor(batch)
+        pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]
+        truth = batch["mask"].bool()
+        for k, name in enumerate(batch["name"]):
+            dice_cases[name] = {cls: metrics.dice(pred[k, j], truth[k, j]) for j, cls in enumerate(classes)}
+            iou_cases[name] = {cls: metrics.iou(pred[k, j], truth[k, j]) for j, cls in enumerate(classes)}
+            if pred_dir is not None:
+                for j, cls in enumerate(classes):
+                    mask_png(pred_dir / f"{name}_{cls}.png", pred[k, j])
+            if vis_every and vis_dir is not None and i % vis_every == 0:
+                overlay_png(vis_dir / f"{tag}_{name}.png", batch["image"][k], truth[k], pred[k])
+    per_class, dice_mean = metrics.summarise(dice_cases)
+    _, iou_mean = metrics.summarise(iou_cases)
+    return Scores(dice_mean, iou_mean, dice_cases, per_class)
+
+
+def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float) -> None:
+    """Backward, clip, update; the fp16 scaler unscales before clipping so the norm is real."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    scaler = loop.scaler
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(loop.optimizer)
+    else:
+        loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    if scaler is not None:
+        scaler.step(loop.optimizer)
+        scaler.update()
+    else:
+        loop.optimizer.step()
+
+
+def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_fn: torch.nn.Module,
+                 scheduler: Any, cfg: Sam2Config2D, task: Task, epoch: int) -> dict[str, float]:
+    model = predictor.model
+    model.train()
+    predictor.reset()
+    prompted = Prompted(dataset, task.prompt, cfg.image_size, task.seed, epoch)
+    loader = DataLoader(prompted, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, steps = 0.0, 0
+    for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}")):
+        masks = batch["mask"]
+        logits, present = predictor(batch)
+        if not present.any():
+            continue
+        with autocast(predictor.device, cfg.amp):
+            loss = loss_fn(logits[present][:, None], masks.to(logits.device)[present][:, None])
+        _step(loop, loss, params, cfg.grad_clip)
+        scheduler.step()
+        total, steps = total + float(loss.detach()), steps + 1
+        if cfg.train_vis and cfg.vis and i % cfg.vis == 0:
+            pred = metrics.probs_to_mask(logits.detach()).cpu()
+            overlay_png(loop.run.vis / f"train_e{epoch + 1}_{batch['name'][0]}.png", batch["image"][0],
+                        masks[0].bool(), pred[0])
+        loop.check_stop()
+    return {"loss": total / steps if steps else math.nan}
+
+
+def train(task: Task, run: RunDir) -> dict[str, Any]:
+    cfg = config(task)
+    device = pick_device(cfg.device)
+    seed_everything(task.seed)
+    train_ds, test_ds = _datasets(task, cfg)
+    model = build_model(task, cfg, device)
+    set_trainable(model, cfg.trainable)
+    optimizer = optimizer_for(model, cfg)
+    steps = cfg.epochs * math.ceil(len(train_ds) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1),
+                                                           eta_min=cfg.lr * 0.01)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
+    loop = TrainLoop(run, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
+                                       seed_view=run.path / "Model" if cfg.seed_view else None))
+    loop.resume()
+    predictor = Predictor(model, cfg, len(train_ds.classes), device)
+    test_prompted = Prompted(test_ds, task.prompt, cfg.image_size, task.seed, Prompted.EVAL_EPOCH)
+    loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
+    eval_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    reset_peak_memory(device)
+
+    def validate(epoch: int) -> dict[str, float]:
+        s = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, tag=f"val_e{epoch + 1}",
+                     **eval_kw)
+        return {"dice": s.dice, "iou": s.iou}
+
+    loop.fit(lambda epoch: _train_epoch(loop, predictor, train_ds, loss_fn, scheduler, cfg, task, epoch),
+             validate)
+    load_weights_from(model, run.best_ckpt)
+    t0 = time.perf_counter()
+    scores = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, pred_dir=run.predictions,
+                      tag="test", **eval_kw)
+    return build_metrics(
+        task, split="test", dice_mean=scores.dice, per_class=scores.per_class, per_case=scores.per_case,
+        epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
+        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
+        peak_gpu_mem_gb=peak_memory_gb(device), iou_mean=scores.iou, best_epoch=loop.state.best_epoch + 1,
+        image_size=cfg.image_size, out_size=cfg.out_size)

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Fine-tune SAM2 on 2D images with the Medical-SAM2 command users know.
+
+    python train_2d.py -net sam2 -exp_name REFUGE_MedSAM2 -vis 1 -sam_ckpt ./checkpoints/sam2_hiera_small.pt
+        -sam_config sam2_hiera_s -image_size 1024 -out_size 1024 -b 4 -val_freq 1 -dataset REFUGE
+        -data_path ./data/REFUGE [-epoch 100 -seed 0 -amp bf16 -prompt click -loss bce -resume]
+
+Output: logs/<exp_name>_<timestamp>/ (run directory contract + Model/best_dice_epoch.pth).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from medsam2_hpc.cli import guarded
+from medsam2_hpc.errors import EXIT_REQUEUE
+from medsam2_hpc.seedcli import common_hparams, common_parser, nonneg_int, positive_int, seed_task
+
+
+def run(argv: Sequence[str] | None) -> int:
+    parser = common_parser("train_2d.py", __doc__.splitlines()[1], datasets=("REFUGE",))
+    parser.add_argument("-out_size", type=positive_int, default=1024, help="side at which masks are scored")
+    parser.add_argument("-memory_bank_size", type=nonneg_int, default=16,
+                        help="memories of earlier images per class; 0 = off")
+    args = parser.parse_args(argv)
+    hparams = common_hparams(args)
+    hparams.update(out_size=args.out_size, memory_bank_size=args.memory_bank_size)
+    task = seed_task(args, "sam2-2d", hparams)
+
+    from medsam2_hpc.engine.stop import StopRequested, install_handlers
+    from medsam2_hpc.runner import run_task
+
+    install_handlers()
+    print(f"[train_2d] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
+    try:
+        metrics = run_task(task)
+    except StopRequested:
+        print(f"[train_2d] stopped by signal; resume with -resume {task.run_dir.path}", file=sys.stderr)
+        return EXIT_REQUEUE
+    print(json.dumps({k: metrics.get(k) for k in ("task_id", "dice_mean", "iou_mean", "n_cases")}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return guarded(lambda: run(argv), "train_2d.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
