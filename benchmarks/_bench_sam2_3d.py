@@ -1,0 +1,155 @@
+"""SAM2 3D modes of ``bench_sam2.py``: ``train3d`` and ``infer3d`` (imported by it into MODES).
+
+    python benchmarks/bench_sam2.py --mode train3d --config sam2_hiera_s --frames 8 --organs 13
+    python benchmarks/bench_sam2.py --mode infer3d --config sam2_hiera_s --frames 100 --organs 13
+
+Both time the code that trains and predicts (``trainers/sam2_3d_step.clip_loss``,
+``infer.predict_volume``) on synthetic slices: K disc-shaped organs at fixed places in every
+slice, random pixels (speed does not depend on them). ``train3d`` reports slices/s of whole
+optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice volume with one
+box per organ on the middle slice, and the encoder's share of the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=None, help="3D: slices per clip (train3d, default 8) "
+                   "or per volume (infer3d, default 100)")
+    p.add_argument("--organs", type=int, default=13, help="3D: organs (objects) per clip/volume")
+    p.add_argument("--prompt-freq", type=int, default=2, help="train3d: prompt every k-th slice")
+
+
+def synthetic_volume(frames: int, organs: int, size: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(image (D,S,S) float32 in [0,1], label (D,S,S) uint8 with organs 1..K as discs on a grid)."""
+    image = rng.random((frames, size, size), dtype=np.float32)
+    label = np.zeros((frames, size, size), np.uint8)
+    side = int(np.ceil(np.sqrt(organs)))
+    cell = size / side
+    yy, xx = np.mgrid[:size, :size]
+    for k in range(organs):
+        cy, cx = (k // side + 0.5) * cell, (k % side + 0.5) * cell
+        label[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= (0.35 * cell) ** 2] = k + 1
+    return image, label
+
+
+def _model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    from medsam2_hpc.models.sam2 import build_sam2_model
+
+    return build_sam2_model(args.config, args.ckpt or "none", image_size=args.image_size, device=device,
+                            allow_random=args.ckpt is None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _memory(device: torch.device) -> dict[str, Any]:
+    from medsam2_hpc.engine.runtime import peak_memory_gb, peak_rss_gb
+
+    if device.type == "cuda":
+        return {"peak_mem_gb": peak_memory_gb(device), "mem_kind": "cuda"}
+    return {"peak_mem_gb": peak_rss_gb(), "mem_kind": "rss"}
+
+
+def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
+    """Optimizer steps on one clip of N slices with K organs batched as objects."""
+    from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
+    from medsam2_hpc.losses import make_loss
+    from medsam2_hpc.models.sam2 import set_trainable
+    from medsam2_hpc.models.sam2_video import VideoPropagator
+    from medsam2_hpc.trainers.sam2_3d_step import clip_loss, param_groups
+
+    device = pick_device(args.device)
+    frames = args.frames or 8
+    model = _model(args, device)
+    trainable = set_trainable(model, args.trainable)
+    model.train()
+    propagator = VideoPropagator(model)
+    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
+    loss_fn = make_loss("bce")
+    rng = np.random.default_rng(0)
+    image, label = synthetic_volume(frames, args.organs, args.image_size, rng)
+    clip = {"image": torch.from_numpy(image)[:, None].expand(-1, 3, -1, -1).contiguous(),
+            "label": torch.from_numpy(label).long()}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> float:
+        with autocast(device, args.amp):
+            parts = clip_loss(propagator, clip, "bbox", args.prompt_freq, loss_fn, rng, device)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        return float(parts["loss"].detach())
+
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    losses = [step() for _ in range(args.steps)]
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
+            "prompt_freq": args.prompt_freq, "steps": args.steps, "warmup": args.warmup,
+            "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
+            "trainable_m": trainable / 1e6, "seconds": seconds, "step_seconds": seconds / args.steps,
+            "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1], **_memory(device)}
+
+
+def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
+    """Whole-volume prediction (encoder once per slice, K organs batched), one box per organ."""
+    from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
+    from medsam2_hpc.infer import SlicePrompt, predict_volume, resize_volume
+    from medsam2_hpc.models.sam2_video import VideoPropagator
+
+    device = pick_device(args.device)
+    frames = args.frames or 100
+    model = _model(args, device).eval()
+    propagator = VideoPropagator(model)
+    image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
+    mid = frames // 2
+    prompts = {}
+    for organ in range(1, args.organs + 1):
+        rows, cols = np.nonzero(label[mid] == organ)
+        prompts[organ] = {mid: SlicePrompt("box", box=(cols.min(), rows.min(), cols.max(), rows.max()))}
+
+    def run() -> np.ndarray:
+        return predict_volume(propagator, image, prompts, image_size=args.image_size, device=device,
+                              amp=args.amp)
+
+    for _ in range(args.warmup):
+        run()
+    _sync(device)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        pred = run()
+    _sync(device)
+    seconds = (time.perf_counter() - t0) / args.steps
+    with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
+        t1 = time.perf_counter()
+        for lo in range(0, frames, 8):
+            propagator.encode(resize_volume(image[lo:lo + 8], args.image_size).to(device))
+        _sync(device)
+        encode_seconds = time.perf_counter() - t1
+    return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
+            "runs": args.steps, "warmup": args.warmup, "amp": args.amp if device.type == "cuda" else "none",
+            "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
+            "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),
+            **_memory(device)}
+
+
+MODES_3D = {"train3d": bench_train3d, "infer3d": bench_infer3d}

@@ -1,0 +1,207 @@
+"""3D inference over whole volumes: shared by validation, ``inference_3d.py`` and the benchmark.
+
+Every organ of a volume is one object of a single batched SAM2 pass
+(:class:`~medsam2_hpc.models.sam2_video.VideoPropagator`); organs that were prompted on the
+same slices share a pass. Each slice is encoded once. Overlaps are resolved per voxel by the
+highest probability (> 0.5), so the output is one label volume of organ ids.
+
+Evaluation protocol (recorded in metrics.json by :func:`protocol`): prompts from the ground
+truth on every ``prompt_freq``-th slice from slice 0 for every organ present in the case (an
+empty-mask prompt where the organ is absent on such a slice, as the reference trains), SAM2
+propagates to all other slices; Dice is volumetric over the whole volume (every labelled
+slice, not the reference's first quarter), with the per-slice mean beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.btcv import ORGANS, Volume
+from .data.prompts import make_prompt
+from .engine.runtime import autocast
+from .metrics import summarise, volume_scores
+from .models.sam2_video import ObjectPrompts, VideoPropagator
+
+__all__ = ["SlicePrompt", "VolumePrompts", "prompt_from_mask", "gt_prompts", "object_prompts",
+           "predict_volume", "EvalResult", "evaluate", "protocol", "resize_volume"]
+
+
+@dataclass(frozen=True, eq=False)
+class SlicePrompt:
+    """One organ's prompt on one slice, in that slice's pixels ((x, y) = (column, row)).
+
+    ``empty`` says the organ is absent on this slice (fed to SAM2 as an empty mask).
+    """
+
+    kind: Literal["box", "points", "mask", "empty"]
+    box: tuple[float, float, float, float] | None = None
+    points: np.ndarray | None = None  # (N, 2) float (x, y)
+    labels: np.ndarray | None = None  # (N,) 1 positive / 0 negative
+    mask: np.ndarray | None = None  # (H, W) bool
+
+
+VolumePrompts = dict[int, dict[int, SlicePrompt]]  # organ id -> slice -> prompt
+
+
+def prompt_from_mask(mask: np.ndarray, kind: str, rng: np.random.Generator) -> SlicePrompt:
+    """The ``kind`` prompt (bbox | click | mask) of one organ's mask on one slice."""
+    prompt = make_prompt(mask, kind, rng)
+    if not prompt.present:
+        return SlicePrompt("empty")
+    if kind == "bbox":
+        return SlicePrompt("box", box=tuple(float(v) for v in prompt.box))
+    if kind == "click":
+        return SlicePrompt("points", points=prompt.points, labels=prompt.point_labels)
+    return SlicePrompt("mask", mask=mask.astype(bool))
+
+
+def gt_prompts(label: np.ndarray, kind: str, prompt_freq: int, rng: np.random.Generator,
+               organs: Iterable[int] | None = None) -> VolumePrompts:
+    """Ground-truth prompts on slices 0, f, 2f, ... for every organ present in ``label`` (D, H, W)."""
+    present = [int(o) for o in np.unique(label) if o != 0] if organs is None else list(organs)
+    slices = range(0, label.shape[0], max(1, int(prompt_freq)))
+    return {o: {t: prompt_from_mask(label[t] == o, kind, rng) for t in slices} for o in present}
+
+
+def object_prompts(specs: list[SlicePrompt], hw: tuple[int, int], image_size: int,
+                   device: torch.device | str) -> ObjectPrompts:
+    """The K organs' prompts on one slice as model-input tensors (coordinates rescaled)."""
+    k, (h, w), s = len(specs), hw, image_size
+    use_mask = torch.tensor([p.kind in ("mask", "empty") for p in specs], dtype=torch.bool)
+    masks = None
+    if bool(use_mask.any()):
+        masks = torch.zeros(k, 1, s, s)
+        for i, p in enumerate(specs):
+            if p.kind == "mask":
+                m = torch.from_numpy(np.asarray(p.mask, dtype=np.float32))[None, None]
+                masks[i] = (F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False) > 0.5)[0]
+    coords = labels = None
+    point_specs = [p for p in specs if p.kind in ("box", "points")]
+    if point_specs:
+        n = max(2 if p.kind == "box" else len(p.points) for p in point_specs)
+        coords = torch.zeros(k, n, 2)
+        labels = -torch.ones(k, n, dtype=torch.int32)
+        for i, p in enumerate(specs):
+            if p.kind == "box":
+                x0, y0, x1, y1 = p.box
+                coords[i, :2] = torch.tensor([[x0, y0], [x1, y1]])
+                labels[i, :2] = torch.tensor([2, 3], dtype=torch.int32)
+            elif p.kind == "points":
+                pts = torch.as_tensor(np.asarray(p.points, dtype=np.float32)).reshape(-1, 2)
+                coords[i, :len(pts)] = pts
+                labels[i, :len(pts)] = torch.as_tensor(np.asarray(p.labels), dtype=torch.int32)
+        # pixel centres of the slice -> pixel units of the model input
+        scale = torch.tensor([s / w, s / h])
+        coords = (coords + 0.5) * scale - 0.5
+    return ObjectPrompts(use_mask.to(device), None if masks is None else masks.to(device),
+                         None if coords is None else coords.to(device),
+                         None if labels is None else labels.to(device))
+
+
+def resize_volume(image: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """(T, H, W) grey in [0, 1] -> (T, 3, S, S), as SAM2 takes RGB."""
+    x = torch.as_tensor(image, dtype=torch.float32)[:, None]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).expand(-1, 3, -1, -1)
+
+
+@torch.inference_mode()
+def predict_volume(propagator: VideoPropagator, image: np.ndarray, prompts: VolumePrompts, *,
+                   image_size: int, device: torch.device, amp: str = "bf16", chunk: int = 8) -> np.ndarray:
+    """Label volume (D, H, W) uint8 of organ ids for ``image`` (D, H, W) in [0, 1].
+
+    The model must already be in eval mode on ``device``.
+    """
+    depth, h, w = image.shape
+    out = torch.zeros(depth, h, w, dtype=torch.uint8, device=device)
+    if not prompts:
+        return out.cpu().numpy()
+    best = torch.full((depth, h, w), 0.5, dtype=torch.float16, device=device)
+    with autocast(device, amp):
+        feats = []
+        for lo in range(0, depth, chunk):
+            batch = resize_volume(image[lo:lo + chunk], image_size).to(device)
+            feats += propagator.encode(batch, chunk=chunk)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for organ in sorted(prompts):
+            groups.setdefault(tuple(sorted(prompts[organ])), []).append(organ)
+        for slices, organs in groups.items():
+            ids = torch.tensor(organs, dtype=torch.uint8, device=device)
+            per_slice = {t: object_prompts([prompts[o][t] for o in organs], (h, w), image_size, device)
+                         for t in slices}
+            for t, res in propagator.propagate(feats, per_slice, depth, len(organs)):
+                logits = F.interpolate(res.low_res.float(), size=(h, w), mode="bilinear", align_corners=False)
+                prob, arg = torch.sigmoid(logits[:, 0]).max(0)
+                take = prob > best[t]
+                out[t][take] = ids[arg][take]
+                best[t][take] = prob[take].half()
+    return out.cpu().numpy()
+
+
+def protocol(kind: str, prompt_freq: int, prompt_file: str | None = None) -> dict[str, Any]:
+    """How the numbers were made, for metrics.json (so 3D results are never compared blind)."""
+    if prompt_file:
+        return {"prompts": "file", "prompt_file": str(prompt_file), "scored": "whole volume",
+                "dice": "volumetric per case and organ"}
+    return {"prompts": "ground truth", "prompt": kind, "prompt_freq": int(prompt_freq),
+            "prompt_slices": f"every {prompt_freq}th slice from 0, every organ present in the case "
+                             "(empty-mask prompt where absent on that slice)",
+            "scored": "whole volume (every labelled slice)", "dice": "volumetric per case and organ",
+            "dice_mean_per_slice": "mean 2D Dice over the slices holding the organ"}
+
+
+@dataclass
+class EvalResult:
+    """Scores of a set of cases; NaN (organ absent in truth and prediction) left out."""
+
+    per_case: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_case_slice: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_case_hd95: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, case: str, scores: dict[str, dict[str, float]]) -> None:
+        def keep(d: dict[str, float]) -> dict[str, float]:
+            return {k: float(v) for k, v in d.items() if v is not None and math.isfinite(v)}
+        self.per_case[case] = keep(scores["dice"])
+        self.per_case_slice[case] = keep(scores["per_slice"])
+        self.per_case_hd95[case] = keep(scores["hd95"])
+
+    def summary(self) -> dict[str, Any]:
+        per_class, dice_mean = summarise(self.per_case)
+        per_class_slice, slice_mean = summarise(self.per_case_slice)
+        per_class_hd95, hd95_mean = summarise(self.per_case_hd95)
+        return {"dice_mean": dice_mean, "per_class": per_class, "per_case": self.per_case,
+                "dice_mean_per_slice": slice_mean, "per_class_per_slice": per_class_slice,
+                "hd95_mean": hd95_mean, "per_class_hd95": per_class_hd95}
+
+
+def evaluate(propagator: VideoPropagator, volumes: Iterable[Volume], *, kind: str, prompt_freq: int,
+             image_size: int, device: torch.device, amp: str, seed: int = 0, hd95: bool = True,
+             file_prompts: dict[str, VolumePrompts] | None = None,
+             on_case: Callable[[Volume, np.ndarray], None] | None = None) -> EvalResult:
+    """Predict every volume (GT prompts, or ``file_prompts[case]``) and score those with labels."""
+    model = propagator.model
+    was_training = model.training
+    model.eval()
+    result = EvalResult()
+    try:
+        for i, volume in enumerate(volumes):
+            if file_prompts is not None:
+                prompts = file_prompts.get(volume.case, {})
+            else:
+                prompts = gt_prompts(volume.label, kind, prompt_freq, np.random.default_rng([seed, i]))
+            pred = predict_volume(propagator, volume.image, prompts, image_size=image_size,
+                                  device=device, amp=amp)
+            if volume.label is not None:
+                result.add(volume.case, volume_scores(pred, volume.label, ORGANS, volume.spacing, hd95=hd95))
+            if on_case is not None:
+                on_case(volume, pred)
+    finally:
+        model.train(was_training)
+    return result

@@ -1,0 +1,148 @@
+"""``python inference_3d.py``: predict every case of a BTCV split with SAM2 over whole volumes.
+
+Flags follow the reference (``-checkpoint -sam_config -data_path -dataset -prompt -output_dir
+-save_vis``) plus ``-split -prompt_file -prompt_freq -image_size -gpu_device``. ``-checkpoint``
+is one of our training checkpoints (``best.pt``, ``Model/best_dice_epoch.pth``) or a plain Meta
+checkpoint for zero-shot SAM2. Everything is checked (checkpoint against config, prompt file
+against the cases, labels for ground-truth prompts) before anything is written.
+
+Writes into ``-output_dir``: ``<case>.npy`` label volumes (organ ids), ``<case>.nii.gz`` on the
+source grid for NIfTI input, ``dice.csv`` and ``metrics.json`` when the split has labels, and
+``vis/<case>_slice<k>.png`` with ``-save_vis``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import write_json
+from .contract import build_metrics
+from .data.btcv import BTCVVolumes, write_prediction
+from .engine.checkpoint import load_checkpoint
+from .engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
+from .errors import InputError
+from .infer import evaluate, protocol
+from .infer_io import load_prompt_file, save_vis, write_dice_csv
+from .models.sam2 import CONFIGS, build_sam2_model, resolve_config, variant_of
+from .models.sam2_video import VideoPropagator
+from .options import look_up
+from .seedcli import SeedParser, nonneg_int, positive_int
+from .task import Task
+
+__all__ = ["build_parser", "run", "main"]
+
+
+def build_parser(prog: str = "inference_3d.py") -> SeedParser:
+    p = SeedParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("-checkpoint", required=True,
+                   help="our checkpoint (best.pt) or Meta's sam2_hiera_*.pt; 'none' = random weights")
+    p.add_argument("-sam_config", default=None,
+                   help=f"one of {', '.join(CONFIGS)} (default: the one our checkpoint was trained with)")
+    p.add_argument("-data_path", required=True, help="BTCV root (either layout)")
+    p.add_argument("-dataset", default="btcv", help="btcv")
+    p.add_argument("-split", default="test", help="train | val | test")
+    p.add_argument("-prompt", default="bbox", help="bbox | click | mask (ground-truth prompts)")
+    p.add_argument("-prompt_freq", type=positive_int, default=2,
+                   help="ground-truth prompt on every k-th slice")
+    p.add_argument("-prompt_file", default=None,
+                   help="JSON prompts (case, slice, organ, box|points): no labels needed")
+    p.add_argument("-image_size", type=positive_int, default=None,
+                   help="model input side (default: the checkpoint's, else 1024)")
+    p.add_argument("-output_dir", default="inference_3d_output")
+    p.add_argument("-save_vis", action="store_true", help="write image | truth | prediction PNGs")
+    p.add_argument("-gpu_device", type=nonneg_int, default=None, help="CUDA device index (default: auto)")
+    p.add_argument("-amp", default="bf16", help="bf16 | fp16 | none (CUDA only)")
+    p.add_argument("-max_cond_frames", type=int, default=4,
+                   help="prompted slices each slice attends to, closest first (-1 = all)")
+    p.add_argument("-no_hd95", action="store_true", help="skip HD95 (the slow score)")
+    p.add_argument("-seed", type=nonneg_int, default=0, help="seed of the ground-truth click sampling")
+    return p
+
+
+def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, str, int, str]:
+    """(model, config, image size, checkpoint kind) with the checkpoint checked against the config."""
+    extra: dict[str, Any] = {}
+    kind = "random"
+    if str(args.checkpoint).lower() != "none":
+        ckpt = load_checkpoint(args.checkpoint, what="-checkpoint")
+        extra = ckpt.get("extra") or {}
+        kind = "ours" if "loop" in ckpt else "meta"
+    trained = extra.get("sam_config")
+    config = resolve_config(args.sam_config) if args.sam_config else trained
+    if config is None:
+        raise InputError(f"-sam_config: needed for {args.checkpoint} (one of {', '.join(CONFIGS)})")
+    if trained and trained != config:
+        raise InputError(f"-checkpoint {args.checkpoint}: trained with -sam_config {trained}, not {config}")
+    image_size = args.image_size or int(extra.get("image_size", 1024))
+    model = build_sam2_model(config, None if kind == "random" else args.checkpoint, image_size=image_size,
+                             allow_random=kind == "random")
+    return model, config, image_size, kind
+
+
+def run(args: argparse.Namespace) -> int:
+    look_up(str(args.dataset).lower(), ("btcv",), "-dataset")
+    look_up(args.prompt, ("bbox", "click", "mask"), "-prompt")
+    look_up(args.amp, ("bf16", "fp16", "none"), "-amp")
+    if args.max_cond_frames != -1 and args.max_cond_frames < 2:
+        raise InputError(f"-max_cond_frames {args.max_cond_frames}: must be -1 or >= 2")
+    if not Path(args.data_path).is_dir():
+        raise InputError(f"-data_path {args.data_path}: no such directory")
+    volumes = BTCVVolumes(args.data_path, args.split)
+    if not len(volumes):
+        raise InputError(f"-data_path {args.data_path}: no cases in split {args.split}")
+    cases = list(volumes)  # decode everything now: bad files fail before anything is written
+    file_prompts = load_prompt_file(args.prompt_file, cases) if args.prompt_file else None
+    if file_prompts is None:
+        unlabelled = [v.case for v in cases if v.label is None]
+        if unlabelled:
+            raise InputError(f"-split {args.split}: case {unlabelled[0]} has no labels, so ground-truth "
+                             "prompts are impossible; pass -prompt_file")
+    model, config, image_size, kind = _load(args)
+    device = pick_device(None if args.gpu_device is None else str(args.gpu_device))
+    model.to(device).eval()
+    propagator = VideoPropagator(model, max_cond_frames=args.max_cond_frames)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(volume: Any, pred: Any) -> None:
+        write_prediction(volume, pred, out)
+        if args.save_vis:
+            save_vis(volume, pred, out / "vis")
+        print(f"[inference_3d] {volume.case}: {tuple(pred.shape)} -> {out}", file=sys.stderr, flush=True)
+
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    result = evaluate(propagator, cases, kind=args.prompt, prompt_freq=args.prompt_freq,
+                      image_size=image_size, device=device, amp=args.amp, seed=args.seed,
+                      hd95=not args.no_hd95,
+                      file_prompts=file_prompts, on_case=write)
+    seconds = time.perf_counter() - t0
+    s = result.summary()
+    if result.per_case:
+        write_dice_csv(out / "dice.csv", result.per_case, result.per_case_slice, result.per_case_hd95)
+    task = Task(model="sam2-3d", variant=variant_of(config), dataset="btcv", data_path=str(args.data_path),
+                output_root=str(out), seed=args.seed, prompt=args.prompt, name="inference_3d")
+    metrics = build_metrics(
+        task, split=args.split, dice_mean=s["dice_mean"], per_class=s["per_class"], per_case=s["per_case"],
+        epochs_completed=0, train_seconds=0.0, eval_seconds=seconds, params_m=count_params_m(model),
+        hd95_mean=s["hd95_mean"], peak_gpu_mem_gb=peak_memory_gb(device),
+        dice_mean_per_slice=s["dice_mean_per_slice"], per_class_per_slice=s["per_class_per_slice"],
+        per_class_hd95=s["per_class_hd95"], checkpoint=str(args.checkpoint), checkpoint_kind=kind,
+        image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
+        cases=[v.case for v in cases])
+    write_json(out / "metrics.json", metrics)
+    print(f"[inference_3d] {len(cases)} case(s), dice_mean={metrics['dice_mean']} -> {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "inference_3d.py") -> int:
+    from .cli import guarded
+
+    return guarded(lambda: run(build_parser(prog).parse_args(argv)), prog)

@@ -1,0 +1,211 @@
+"""SAM2 3D fine-tuning on BTCV volumes (``--model sam2-3d``, ``train_3d.py``).
+
+A clip of ``video_length`` consecutive slices is a short video. Every organ present in the
+clip is one object of a single batched SAM2 pass (:mod:`medsam2_hpc.models.sam2_video`): on
+every ``prompt_freq``-th slice each organ gets its prompt (bbox | click | mask; an empty mask
+where it is absent), and SAM2's memory carries it through the other slices with gradients
+flowing through the memories. By default the mask decoder (with the prompt encoder) and the
+memory modules train, each with its own learning rate (the reference hard-codes them).
+Validation predicts whole validation volumes (:mod:`medsam2_hpc.infer`) and scores
+volumetric Dice per organ and case, the per-slice Dice beside it, and HD95.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..contract import build_metrics
+from ..data.btcv import BTCVClips, BTCVVolumes
+from ..engine import LoopConfig, TrainLoop, autocast, count_params_m, peak_memory_gb, pick_device, progress
+from ..engine.runtime import reset_peak_memory, seed_everything
+from ..errors import InputError
+from ..infer import evaluate, protocol
+from ..losses import make_loss
+from ..models.sam2 import set_trainable
+from ..models.sam2_video import VideoPropagator
+from ..options import config_from_dict
+from ..task import RunDir, Task
+from .sam2_3d_step import clip_loss, param_groups
+from .sam2_common import Sam2Config, build_model, check_model, load_weights_from, sam2_config_name
+
+__all__ = ["Sam2Config3D", "config", "check", "train", "validate_volumes"]
+
+
+@dataclass(kw_only=True)
+class Sam2Config3D(Sam2Config):
+    """The 3D keys on top of :class:`Sam2Config` (same names as the seed flags).
+
+    video_length (slices per training clip), prompt_freq (prompt every k-th slice),
+    lr (mask decoder + prompt encoder), memory_lr (memory attention, memory encoder, object
+    pointers and memory embeddings; the reference hard-codes 1e-8), encoder_lr (only with
+    trainable=all), obj_score_weight (BCE on SAM2's "object on this slice" logit: without it a
+    head that says "absent" gets no mask gradient), max_cond_frames (prompted slices each
+    slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip), hd95.
+    """
+
+    trainable: str = "decoder+memory"
+    video_length: int = 2
+    prompt_freq: int = 2
+    memory_lr: float = 1e-5
+    encoder_lr: float = 1e-5
+    obj_score_weight: float = 1.0
+    max_cond_frames: int = 4
+    clips_per_epoch: int = 0
+    hd95: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("video_length", "prompt_freq"):
+            if getattr(self, key) < 1:
+                raise InputError(f"hparams.{key}: {getattr(self, key)} must be >= 1")
+        if self.max_cond_frames != -1 and self.max_cond_frames < 2:
+            raise InputError(f"hparams.max_cond_frames: {self.max_cond_frames} must be -1 or >= 2")
+        if self.clips_per_epoch < 0 or self.obj_score_weight < 0:
+            raise InputError("hparams: clips_per_epoch and obj_score_weight must be >= 0")
+        if not (self.memory_lr > 0 and self.encoder_lr > 0):
+            raise InputError("hparams: memory_lr and encoder_lr must be > 0")
+
+
+def config(task: Task) -> Sam2Config3D:
+    return config_from_dict(Sam2Config3D, task.hparams, "hparams")
+
+
+def _volumes(task: Task) -> dict[str, BTCVVolumes]:
+    return {split: BTCVVolumes(task.data_path, split) for split in ("train", "val", "test")}
+
+
+def check(task: Task) -> None:
+    """Hyper-parameters, prompt kind, data layout and checkpoints; writes nothing."""
+    cfg = config(task)
+    if task.dataset != "btcv":
+        raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
+    if task.prompt not in ("bbox", "click", "mask"):
+        raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
+    for split, volumes in _volumes(task).items():
+        if not len(volumes):
+            raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
+    check_model(task, cfg)
+
+
+def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
+                     device: torch.device, **kwargs: Any) -> dict[str, Any]:
+    """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of infer.py)."""
+    result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
+                      image_size=cfg.image_size, device=device, amp=cfg.amp, seed=task.seed,
+                      hd95=cfg.hd95, **kwargs)
+    return result.summary()
+
+
+def _first(batch: list[dict]) -> dict:
+    """Clips differ in organ count, so each is its own batch of objects."""
+    return batch[0]
+
+
+def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips, cfg: Sam2Config3D,
+                 task: Task, epoch: int, device: torch.device) -> dict[str, float]:
+    model = propagator.model
+    model.train()
+    loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
+    gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
+    loader = DataLoader(clips, batch_size=1, shuffle=True, generator=gen, num_workers=cfg.num_workers,
+                        collate_fn=_first)
+    n = min(len(clips), cfg.clips_per_epoch or len(clips))
+    rng = np.random.default_rng([task.seed, epoch])
+    totals, count, pending = {"loss": 0.0, "mask": 0.0, "obj": 0.0}, 0, 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loop.optimizer.zero_grad(set_to_none=True)
+    for i, clip in enumerate(progress(loader, f"epoch {epoch + 1}", total=n)):
+        if i >= n:
+            break
+        with autocast(device, cfg.amp):
+            parts = clip_loss(propagator, clip, task.prompt, cfg.prompt_freq, loss_fn, rng, device,
+                              obj_score_weight=cfg.obj_score_weight)
+        if parts is None:  # no organ in this clip
+            continue
+        (parts["loss"] / cfg.batch_size).backward()
+        pending += 1
+        for key in totals:
+            totals[key] += float(parts[key].detach())
+        count += 1
+        if pending == cfg.batch_size:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            loop.optimizer.step()
+            loop.optimizer.zero_grad(set_to_none=True)
+            pending = 0
+        loop.check_stop()
+    if pending:
+        loop.optimizer.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def train(task: Task, run: RunDir) -> dict[str, Any]:
+    cfg = config(task)
+    device = pick_device(cfg.device)
+    seed_everything(task.seed)
+    volumes = _volumes(task)
+    clips = BTCVClips(volumes["train"], cfg.video_length, cfg.image_size)
+    model = build_model(task, cfg, device)
+    set_trainable(model, cfg.trainable)
+    propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
+                                  weight_decay=cfg.weight_decay)
+    loop = TrainLoop(run, model=model, optimizer=optimizer,
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
+                                       seed_view=run.path / "Model" if cfg.seed_view else None),
+                     extra_state={"sam_config": sam2_config_name(task, cfg), "image_size": cfg.image_size,
+                                  "prompt": task.prompt, "prompt_freq": cfg.prompt_freq})
+    for split in ("val", "test"):
+        unlabelled = [c for c in volumes[split].cases if volumes[split].get(c).label is None]
+        if unlabelled:
+            raise InputError(f"{task.data_path}: {split} case {unlabelled[0]} has no labels; ground-truth "
+                             "prompts need them (inference_3d.py -prompt_file serves unlabelled cases)")
+    loop.resume()
+    reset_peak_memory(device)
+
+    def validate(epoch: int) -> dict[str, float]:
+        s = validate_volumes(propagator, volumes["val"], task, cfg, device)
+        return {"dice": s["dice_mean"], "dice_per_slice": s["dice_mean_per_slice"], "hd95": s["hd95_mean"]}
+
+    loop.fit(lambda epoch: _train_epoch(loop, propagator, clips, cfg, task, epoch, device), validate)
+    load_weights_from(model, run.best_ckpt)
+    t0 = time.perf_counter()
+    writer = _PredictionWriter(run, cfg.vis > 0)
+    s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
+    peak = peak_memory_gb(device)
+    return build_metrics(
+        task, split="test", dice_mean=_finite(s["dice_mean"]), per_class=s["per_class"],
+        per_case=s["per_case"], epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
+        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
+        hd95_mean=_finite(s["hd95_mean"]), peak_gpu_mem_gb=peak,
+        dice_mean_per_slice=_finite(s["dice_mean_per_slice"]), per_class_per_slice=s["per_class_per_slice"],
+        per_class_hd95=s["per_class_hd95"], best_epoch=loop.state.best_epoch + 1,
+        protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
+        video_length=cfg.video_length, trainable=cfg.trainable)
+
+
+class _PredictionWriter:
+    """Writes each test case's label volume (and overlay PNGs) as soon as it is predicted."""
+
+    def __init__(self, run: RunDir, vis: bool) -> None:
+        self.run, self.vis = run, vis
+
+    def __call__(self, volume: Any, pred: np.ndarray) -> None:
+        from ..data.btcv import write_prediction
+        from ..infer_io import save_vis
+
+        write_prediction(volume, pred, self.run.predictions)
+        if self.vis:
+            save_vis(volume, pred, self.run.vis)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)

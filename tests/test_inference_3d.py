@@ -1,0 +1,151 @@
+"""inference_3d.py: whole-volume prediction files, prompt files, errors; the real MNI152 volume.
+
+Hiera-T with random weights at 64 px (CPU). A "Meta" checkpoint here is a plain
+``{"model": state_dict}`` file of that random model, which is the format Meta ships.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsam2_hpc.contract import validate_metrics
+from medsam2_hpc.data.btcv import BTCVVolumes
+from medsam2_hpc.infer_cli import main
+from medsam2_hpc.models.sam2 import build_sam2_model
+from medsam2_hpc.runner import run_task
+from medsam2_hpc.task import Task
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def meta_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True)
+    path = tmp_path_factory.mktemp("ckpt") / "sam2_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def _args(ckpt, data, out, *extra):
+    return ["-checkpoint", str(ckpt), "-sam_config", "sam2_hiera_t", "-data_path", str(data),
+            "-dataset", "btcv", "-image_size", str(SIZE), "-output_dir", str(out), "-split", "test", *extra]
+
+
+def test_nifti_predictions_keep_grid_and_ids(btcv_nifti, meta_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, btcv_nifti, out, "-prompt", "bbox", "-save_vis")) == 0
+    volumes = BTCVVolumes(btcv_nifti, "test")
+    for volume in volumes:
+        source = nib.load(str(volume.source))
+        written = nib.load(str(out / f"{volume.case}.nii.gz"))
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine)
+        pred = np.load(out / f"{volume.case}.npy")
+        assert pred.shape == volume.image.shape and pred.dtype == np.uint8
+        assert set(np.unique(pred)) <= set(np.unique(volume.label))
+        # the NIfTI holds the same labels as the .npy, laid back onto the source grid
+        assert np.bincount(np.asarray(written.dataobj, dtype=np.uint8).ravel(), minlength=14).tolist() == \
+            np.bincount(pred.ravel(), minlength=14).tolist()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert validate_metrics(metrics) == []
+    assert metrics["checkpoint_kind"] == "meta" and metrics["protocol"]["prompts"] == "ground truth"
+    assert set(metrics["per_case"]) == set(volumes.cases)
+    rows = (out / "dice.csv").read_text().splitlines()
+    assert rows[0] == "case,organ,dice,dice_per_slice,hd95_mm" and len(rows) > 1
+    assert list((out / "vis").glob("*.png"))
+
+
+def test_prompt_file_drives_prediction(btcv_slices, meta_ckpt, tmp_path):
+    case = BTCVVolumes(btcv_slices, "test").cases[0]
+    prompts = [{"case": case, "slice": 10, "organ": "liver", "box": [10, 10, 40, 50]},
+               {"case": case, "slice": 12, "organ": 2, "points": [[60, 40]], "labels": [1]}]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, btcv_slices, out, "-prompt_file", str(tmp_path / "p.json"))) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["prompts"] == "file" and validate_metrics(metrics) == []
+    assert np.load(out / f"{case}.npy").shape == BTCVVolumes(btcv_slices, "test").get(case).image.shape
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"case": "img9999", "slice": 1, "organ": 1, "box": [1, 1, 5, 5]}, "case: 'img9999'"),
+    ({"case": None, "slice": 99, "organ": 1, "box": [1, 1, 5, 5]}, "slice: 99"),
+    ({"case": None, "slice": 1, "organ": "livr", "box": [1, 1, 5, 5]}, "did you mean 'liver'"),
+    ({"case": None, "slice": 1, "organ": 1}, "exactly one of 'box' or 'points'"),
+])
+def test_bad_prompt_file_is_one_line_exit_2(btcv_slices, meta_ckpt, tmp_path, capsys, entry, message):
+    entry = {**entry, "case": entry["case"] or BTCVVolumes(btcv_slices, "test").cases[0]}
+    (tmp_path / "p.json").write_text(json.dumps([entry]))
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, btcv_slices, out, "-prompt_file", str(tmp_path / "p.json"))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "entry 0" in err[0]
+    assert not out.exists()
+
+
+def test_checkpoint_for_another_config_is_exit_2(btcv_slices, meta_ckpt, tmp_path, capsys):
+    args = _args(meta_ckpt, btcv_slices, tmp_path / "out")
+    args[args.index("-sam_config") + 1] = "sam2_hiera_s"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit -sam_config sam2_hiera_s" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unlabelled_split_with_gt_prompts_is_exit_2(btcv_slices, meta_ckpt, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "btcv"
+    shutil.copytree(btcv_slices, data)
+    shutil.rmtree(data / "Test" / "mask")
+    assert main(_args(meta_ckpt, data, tmp_path / "out")) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def _mni_btcv(root):
+    """nilearn's MNI152 T1 (2 mm) with its brain mask as organ 1, in the raw BTCV layout."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    t1, mask = load_mni152_template(resolution=2), load_mni152_brain_mask(resolution=2)
+    data = np.asarray(t1.dataobj, dtype=np.float32)
+    hu = data / max(float(data.max()), 1.0) * 425.0 - 175.0  # into the CT window the loader applies
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(hu, t1.affine), root / "imagesTr" / "img0001.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine),
+             root / "labelsTr" / "label0001.nii.gz")
+    entry = [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}]
+    (root / "dataset_0.json").write_text(json.dumps({"training": entry, "validation": entry}))
+    return root
+
+
+@pytest.mark.slow
+def test_mni152_trains_one_step_and_predicts(tmp_path):
+    data = _mni_btcv(tmp_path / "mni")
+    task = Task(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path=str(data),
+                output_root=str(tmp_path / "runs"), prompt="bbox",
+                hparams={"epochs": 1, "image_size": SIZE, "sam_ckpt": "none", "num_workers": 0,
+                         "video_length": 2, "clips_per_epoch": 1, "prompt_freq": 8, "hd95": False})
+    metrics = run_task(task)
+    assert validate_metrics(metrics) == [] and metrics["per_case"]["img0001"]
+    out = tmp_path / "infer"
+    args = _args(task.run_dir.best_ckpt, data, out, "-prompt_freq", "8", "-no_hd95")
+    args.remove("-sam_config")
+    args.remove("sam2_hiera_t")  # our checkpoint knows its config
+    assert main(args) == 0
+    written = nib.load(str(out / "img0001.nii.gz"))
+    source = nib.load(str(data / "imagesTr" / "img0001.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    assert json.loads((out / "metrics.json").read_text())["checkpoint_kind"] == "ours"

@@ -1,0 +1,171 @@
+"""SAM2 3D trainer: one epoch writes the run contract, training learns, objects batch exactly.
+
+Hiera-T with random weights at 64 px on the synthetic BTCV fixtures (CPU).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from medsam2_hpc.contract import validate_metrics
+from medsam2_hpc.data import synthetic
+from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.infer import evaluate
+from medsam2_hpc.losses import make_loss
+from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
+from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
+from medsam2_hpc.runner import run_task
+from medsam2_hpc.task import Task
+from medsam2_hpc.trainers import sam2_3d
+from medsam2_hpc.trainers.sam2_3d_step import clip_loss, param_groups
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+SIZE = 64
+
+
+def _tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True)
+
+
+def _task(root, out, **hp) -> Task:
+    hparams = {"epochs": 1, "image_size": SIZE, "sam_ckpt": "none", "num_workers": 0, "video_length": 4,
+               "clips_per_epoch": 2, "vis": 1, "hd95": True, **hp}
+    return Task(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path=str(root), output_root=str(out),
+                prompt="bbox", hparams=hparams)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["slices", "nifti"])
+def test_one_epoch_writes_every_output(layout, request, tmp_path):
+    root = request.getfixturevalue(f"btcv_{layout}")
+    task = _task(root, tmp_path)
+    metrics = run_task(task)
+    run = task.run_dir
+    assert validate_metrics(metrics) == []
+    assert metrics["model"] == "sam2-3d" and metrics["variant"] == "hiera_t" and metrics["prompt"] == "bbox"
+    assert metrics["epochs_completed"] == 1 and metrics["protocol"]["prompt_freq"] == 2
+    assert set(metrics["per_case"]) == set(BTCVVolumes(root, "test").cases)
+    assert all(0.0 <= d <= 1.0 for case in metrics["per_case"].values() for d in case.values())
+    assert metrics["dice_mean_per_slice"] is not None and metrics["hd95_mean"] is not None
+    for path in (run.last_ckpt, run.best_ckpt, run.metrics_json, run.status_json):
+        assert path.is_file()
+    assert list((run.logs / "tensorboard").iterdir())
+    assert list(run.vis.glob("*.png"))
+    for case in metrics["per_case"]:
+        pred = np.load(run.predictions / f"{case}.npy")
+        assert pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1, 2, 3, 6}
+        assert (run.predictions / f"{case}.nii.gz").is_file() == (layout == "nifti")
+    assert run.status()["state"] == "completed"
+
+
+def test_overfitting_one_volume_raises_dice(tmp_path):
+    root = synthetic.make_btcv(tmp_path / "one", "slices", n_train=1, n_test=1, depth=8, size=SIZE,
+                               organs=(1, 6), seed=0)
+    volumes = BTCVVolumes(root, "train")
+    clips = BTCVClips(volumes, 4, SIZE)
+    model = _tiny_model()
+    set_trainable(model, "decoder+memory")
+    prop = VideoPropagator(model)
+    opt = torch.optim.AdamW(param_groups(model, 1e-3, 1e-4, 1e-4), weight_decay=0.0)
+    loss_fn, rng, cpu = make_loss("bce"), np.random.default_rng(0), torch.device("cpu")
+
+    def dice() -> float:
+        result = evaluate(prop, volumes, kind="bbox", prompt_freq=4, image_size=SIZE, device=cpu, amp="none",
+                          hd95=False)
+        return result.summary()["dice_mean"]
+
+    before = dice()
+    for step in range(30):
+        model.train()
+        parts = clip_loss(prop, clips[step % len(clips)], "bbox", 4, loss_fn, rng, cpu)
+        opt.zero_grad()
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the trainer (grad_clip 1.0)
+        opt.step()
+    after = dice()
+    assert after > before + 0.3, (before, after)
+
+
+def test_batched_objects_match_one_by_one():
+    model = _tiny_model(1).eval()
+    # random heads call every object absent (masks all -1024); make them present so masks differ
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    prop = VideoPropagator(model)
+    frames, k = 5, 3
+    images = torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
+    labels = torch.tensor([[2, 3]] * k, dtype=torch.int32)
+    masks = torch.zeros(k, 1, SIZE, SIZE)
+    masks[2, 0, 10:20, 10:20] = 1
+    prompts = {0: ObjectPrompts(torch.tensor([False, False, True]), masks, boxes, labels),
+               3: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes, labels)}
+    with torch.no_grad():
+        feats = prop.encode(images)
+        batched = dict(prop.propagate(feats, prompts, frames, k))
+        assert batched[1].high_res.std() > 0  # real masks, not the constant "absent" value
+        for i in range(k):
+            one = {t: ObjectPrompts(p.use_mask[i:i + 1], None if p.masks is None else p.masks[i:i + 1],
+                                    p.point_coords[i:i + 1], p.point_labels[i:i + 1])
+                   for t, p in prompts.items()}
+            single = dict(prop.propagate(feats, one, frames, 1))
+            for t in range(frames):
+                torch.testing.assert_close(single[t].high_res[0], batched[t].high_res[i],
+                                           atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(single[t].object_score[0], batched[t].object_score[i],
+                                           atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_reach_memory_modules_through_propagation(btcv_slices):
+    model = _tiny_model()
+    set_trainable(model, "decoder+memory")
+    clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
+    parts = clip_loss(VideoPropagator(model), clip, "click", 2, make_loss("dicefocal"),
+                      np.random.default_rng(0), torch.device("cpu"))
+    parts["loss"].backward()
+    touched = {n.split(".")[0] for n, p in model.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"memory_attention", "memory_encoder", "sam_mask_decoder"} <= touched
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prompt": "none"}, "needs bbox, click or mask"),
+    ({"hparams": {"prompt_frq": 2}}, "did you mean 'prompt_freq'"),
+    ({"hparams": {"max_cond_frames": 1}}, "max_cond_frames"),
+    ({"dataset": "refuge"}, "btcv"),
+])
+def test_check_rejects_bad_input(btcv_slices, tmp_path, change, message):
+    base = dict(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path=str(btcv_slices),
+                output_root=str(tmp_path), prompt="bbox", hparams={"sam_ckpt": "none", "image_size": SIZE})
+    with pytest.raises(InputError, match=message):
+        sam2_3d.check(Task(**{**base, **change}))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("mode, extra", [("train3d", ["--frames", "4", "--organs", "3", "--trainable",
+                                                        "decoder+memory"]),
+                                          ("infer3d", ["--frames", "6", "--organs", "2"])])
+def test_benchmark_modes_smoke(mode, extra, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sam2.py"
+    spec = importlib.util.spec_from_file_location("bench_sam2", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    argv = ["--mode", mode, "--config", "sam2_hiera_t", "--image-size", str(SIZE), "--steps", "1",
+            "--warmup", "0", "--device", "cpu", "--out", str(out), *extra]
+    assert bench.main(argv) == 0
+    import json
+
+    record = json.loads(out.read_text())
+    assert record["mode"] == mode and record["slices_per_s"] > 0 and record["peak_mem_gb"] > 0
