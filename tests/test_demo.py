@@ -1,0 +1,50 @@
+"""`make demo` / `medsam2-hpc demo`: the demo study of jobs.yaml end to end through the launcher."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medsam2_hpc.commands.demo import run_demo
+from medsam2_hpc.contract import validate_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_study_end_to_end(tmp_path):
+    """Data generation, four model kinds trained by the local executor, tables and plots."""
+    out = io.StringIO()
+    rc = run_demo(ROOT / "jobs.yaml", tmp_path / "demo", "local", tmp_path / "no-checkpoints", out=out)
+    log = out.getvalue()
+    assert rc == 0, log
+    for stage in ("[demo 1/4]", "[demo 2/4]", "[demo 3/4]", "[demo 4/4]", "[epoch 1/"):
+        assert stage in log
+    study = tmp_path / "demo" / "runs" / "demo"
+    metrics = list(study.glob("*/metrics.json"))
+    assert len(metrics) == 4
+    for path in metrics:
+        assert validate_metrics(pd.read_json(path, typ="series").to_dict()) == []
+    headline = pd.read_csv(study / "comparison" / "headline.csv")
+    assert set(headline["model"]) == {"sam2-2d", "sam2-3d", "resnet", "yolo"}
+    dice_col = next(c for c in headline.columns if c.startswith("dice_mean"))
+    assert all(math.isfinite(v) for v in headline[dice_col])
+    comparison = study / "comparison"
+    assert (comparison / "MODEL_COMPARISON.md").is_file()
+    assert list(comparison.glob("*.png"))
+    assert "MODEL_COMPARISON.md" in log  # the table and the paths are printed at the end
+
+
+def test_demo_with_a_bad_jobs_file_is_one_line_and_exit_2(tmp_path, capsys):
+    from medsam2_hpc.cli import main
+
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text("version: 1\nstudies: {demo: {experiments: [{model: unet}]}}\n")
+    assert main(["demo", "--jobs", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unet" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,157 @@
+"""Every command in README.md's code blocks is exercised: run here, or named with the test that runs it.
+
+Training commands run for real in a sandbox holding synthetic data in the real layouts and a
+random Hiera-S checkpoint in Meta's file format, with only their sizes shrunk (listed in
+SHRINK). A new README command without an entry below fails
+``test_every_readme_command_is_accounted_for``, so the README cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+DOWNLOAD = "download: needs the internet (offline behaviour in tests/test_download_scripts.py)"
+# command prefix -> how it is exercised: "run" (here, below) or the test that runs it
+EXERCISED: dict[str, str] = {
+    "make demo": "tests/test_demo.py::test_demo_study_end_to_end (the same `medsam2-hpc demo`)",
+    "make test": "CI: .ci/run calls it",
+    "bash checkpoints/download_ckpts.sh": DOWNLOAD,
+    "bash data/download_refuge.sh": DOWNLOAD,
+    "bash data/download_btcv.sh": DOWNLOAD,
+    "source .venv/bin/activate": "shell set-up (make venv is part of make test)",
+    "python train_2d.py": "run",
+    "python train_3d.py": "run",
+    "python inference_3d.py": "run",
+    "python train.py": "run",
+    "python baselines/train.py": "run",
+    "medsam2-hpc container check": "run",
+    "medsam2-hpc container build": "run: no Apptainer here, so the clear refusal (exit 2) is checked",
+    "medsam2-hpc submit jobs.yaml --dry-run": "run",
+    "medsam2-hpc submit jobs.yaml": "tests/test_launcher.py::test_slurm_submits_one_sbatch_per_profile_skips_"
+                                    "queued_and_cancels; tests/slurm/test_launcher_slurm.py (real Slurm)",
+    "medsam2-hpc status jobs.yaml": "run",
+    "medsam2-hpc resubmit jobs.yaml --failed": "run",
+    "medsam2-hpc cancel jobs.yaml": "run",
+    "medsam2-hpc collect": "tests/test_collect.py::test_cli_prints_headline_and_warnings",
+    "sbatch slurm/train_slurm.sh": "tests/slurm/test_train_slurm.py::test_sbatch_trains_resnet_end_to_end "
+                                   "(real Slurm; the model argument only picks train.py --model)",
+    "sbatch --time=2:00:00 slurm/train_slurm.sh": "tests/slurm/test_train_slurm.py (real Slurm)",
+    "bash slurm/train_both_models.sh": "run (with --dry-run: it would train two SAM2 models)",
+}
+
+# Sizes shrunk so the real commands finish on a CPU; nothing else about them changes.
+SHRINK = [("-image_size 1024", "-image_size 64"), ("-out_size 1024", "-out_size 64"), ("-b 4", "-b 2"),
+          ("--epochs 50", "--epochs 1")]
+EXTRA = {"train_2d.py": ["-epoch", "1"], "train_3d.py": ["-epoch", "1"],
+         "train.py": ["--image-size", "64", "--epochs", "1"], "train_both_models.sh": ["--dry-run"]}
+
+
+def readme_commands() -> list[str]:
+    """Shell commands of README.md's ```bash blocks, comments stripped, continuations joined."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def _entry(command: str) -> tuple[str, str]:
+    matches = [k for k in EXERCISED if command == k or command.startswith(k + " ")]
+    assert matches, f"README command not exercised by any test: {command}"
+    key = max(matches, key=len)
+    return key, EXERCISED[key]
+
+
+def test_every_readme_command_is_accounted_for():
+    commands = readme_commands()
+    assert len(commands) >= 20
+    for command in commands:
+        key, how = _entry(command)
+        for ref in re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", how):
+            path = ROOT / ref[0]
+            assert path.is_file(), f"{command}: names {ref[0]}, which does not exist"
+            if ref[1]:
+                assert f"def {ref[1]}(" in path.read_text(), f"{command}: no test {ref[1]} in {ref[0]}"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """A working directory like a user's: data in the real layouts, a Meta-format checkpoint."""
+    import torch
+
+    from medsam2_hpc.data import synthetic
+    from medsam2_hpc.models.sam2 import build_sam2_model
+
+    root = tmp_path_factory.mktemp("readme")
+    synthetic.make_refuge(root / "data" / "REFUGE", n_train=2, n_test=1, size=64)
+    synthetic.make_btcv(root / "data" / "btcv", layout="nifti", n_train=1, n_test=1, size=64, depth=8)
+    model = build_sam2_model("sam2_hiera_s", None, image_size=64, allow_random=True)
+    (root / "checkpoints").mkdir()
+    torch.save({"model": model.state_dict()}, root / "checkpoints" / "sam2_hiera_small.pt")
+    return root
+
+
+def _argv(command: str) -> list[str]:
+    for old, new in SHRINK:
+        command = command.replace(old, new)
+    argv = shlex.split(command)
+    program = Path(argv[1] if argv[0] in ("python", "bash") else argv[0]).name
+    if argv[0] == "python":
+        argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
+    elif argv[0] == "bash":
+        argv = ["bash", str(ROOT / argv[1]), *argv[2:]]
+    elif argv[0] == "medsam2-hpc":
+        argv = [str(BIN / "medsam2-hpc"), *argv[1:]]
+    return argv + EXTRA.get(program, [])
+
+
+def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    argv = _argv(command)
+    if "*" in command:  # the inference command's checkpoint is a shell glob, as a user types it
+        argv = ["bash", "-c", " ".join(a if "*" in a else shlex.quote(a) for a in argv)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _runnable(prefixes: tuple[str, ...]) -> list[str]:
+    return [c for c in readme_commands() if _entry(c)[1].startswith("run") and c.startswith(prefixes)]
+
+
+@pytest.mark.slow
+def test_readme_training_and_inference_commands_run(sandbox):
+    """train_2d, train_3d, inference on the 3D run's best checkpoint, then the train.py commands."""
+    for command in _runnable(("python",)):
+        out = _run(command, sandbox)
+        assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+    assert list(sandbox.glob("logs/REFUGE_MedSAM2_Small_*/Model/best_dice_epoch.pth"))
+    assert list(sandbox.glob("logs/BTCV_MedSAM2_Small_*/metrics.json"))
+    assert list((sandbox / "inference_results").rglob("*.nii.gz"))
+    metrics = sorted(p.parent.name.split("_")[0] for p in (sandbox / "runs").rglob("metrics.json"))
+    assert metrics == ["resnet", "yolo", "yolo"]
+
+
+def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
+    """Dry run, status, resubmit and cancel on the committed jobs.yaml; container check and build."""
+    for command in _runnable(("medsam2-hpc", "bash slurm")):
+        out = _run(command, ROOT)
+        if command.startswith("medsam2-hpc container build"):
+            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+            assert "apptainer" in out.stderr
+            continue
+        assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
+        if command.endswith("--dry-run"):
+            assert "#SBATCH" in out.stdout
+    assert not (ROOT / "runs" / "main").exists() or not any((ROOT / "runs" / "main").glob("*/task.yaml"))
