@@ -29,13 +29,13 @@ def test_demo_study_end_to_end(tmp_path):
     assert len(metrics) == 4
     for path in metrics:
         assert validate_metrics(pd.read_json(path, typ="series").to_dict()) == []
-    headline = pd.read_csv(study / "comparison" / "headline.csv")
+    headline = pd.read_csv(study / "comparison" / "tables" / "headline.csv")
     assert set(headline["model"]) == {"sam2-2d", "sam2-3d", "resnet", "yolo"}
     dice_col = next(c for c in headline.columns if c.startswith("dice_mean"))
     assert all(math.isfinite(v) for v in headline[dice_col])
     comparison = study / "comparison"
     assert (comparison / "MODEL_COMPARISON.md").is_file()
-    assert list(comparison.glob("*.png"))
+    assert list((comparison / "plots").glob("*.png"))
     assert "MODEL_COMPARISON.md" in log  # the table and the paths are printed at the end
 
 
