@@ -10,12 +10,10 @@ Output: logs/<exp_name>_<timestamp>/ (run directory contract + Model/best_dice_e
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 
 from medsam2_hpc.cli import guarded
-from medsam2_hpc.errors import EXIT_REQUEUE
 from medsam2_hpc.seedcli import common_hparams, common_parser, positive_float, positive_int, seed_task
 
 
@@ -33,18 +31,9 @@ def run(argv: Sequence[str] | None) -> int:
                    trainable=args.trainable)
     task = seed_task(args, "sam2-3d", hparams)
 
-    from medsam2_hpc.engine.stop import StopRequested, install_handlers
-    from medsam2_hpc.runner import run_task
+    from medsam2_hpc.runner import run_in_foreground
 
-    install_handlers()
-    print(f"[train_3d] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
-    try:
-        metrics = run_task(task)
-    except StopRequested:
-        print(f"[train_3d] stopped by signal; resume with -resume {task.run_dir.path}", file=sys.stderr)
-        return EXIT_REQUEUE
-    print(json.dumps({k: metrics.get(k) for k in ("task_id", "dice_mean", "dice_mean_per_slice", "n_cases")}))
-    return 0
+    return run_in_foreground(task, "train_3d")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,8 @@ Trainers are imported lazily: Ultralytics alone takes seconds to import.
 from __future__ import annotations
 
 import importlib
+import json
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -16,7 +18,7 @@ from .errors import InputError
 from .jobenv import job_identity
 from .task import Task
 
-__all__ = ["TRAINERS", "trainer_for", "run_task"]
+__all__ = ["TRAINERS", "trainer_for", "run_task", "run_in_foreground"]
 
 TRAINERS = {
     "sam2-2d": "medsam2_hpc.trainers.sam2_2d",
@@ -63,3 +65,26 @@ def run_task(task: Task) -> dict[str, Any]:
     run.write_metrics(metrics)
     run.mark_completed()
     return metrics
+
+
+def run_in_foreground(task: Task, prog: str) -> int:
+    """What every local front end does (train.py, train_2d.py, train_3d.py, medsam2-hpc train).
+
+    Slurm's signals become a stop request; a stopped run returns EXIT_REQUEUE (75) so a
+    host-side wrapper can requeue it, and the summary line is JSON for scripts to read.
+    """
+    from .engine.stop import install_handlers
+    from .errors import EXIT_REQUEUE
+
+    install_handlers()
+    print(f"[{prog}] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
+    try:
+        metrics = run_task(task)
+    except StopRequested:
+        print(f"[{prog}] stopped by signal; rerun the same command to resume from "
+              f"{task.run_dir.last_ckpt}", file=sys.stderr)
+        return EXIT_REQUEUE
+    keys = ("task_id", "dice_mean", "dice_mean_per_slice", "iou_mean", "n_cases")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    print(f"[{prog}] metrics: {task.run_dir.metrics_json}", file=sys.stderr)
+    return 0

@@ -7,14 +7,12 @@ same Task as jobs.yaml and the sbatch script, and calls the same run_task.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from ..errors import EXIT_REQUEUE, InputError
+from ..errors import InputError
 from ..task import MODELS, PROMPTS, Task
 
 __all__ = ["DEFAULTS", "add_arguments", "task_from_args", "main", "register"]
@@ -82,21 +80,9 @@ def task_from_args(args: argparse.Namespace) -> Task:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.stop import StopRequested, install_handlers
-    from ..runner import run_task
+    from ..runner import run_in_foreground
 
-    task = task_from_args(args)
-    install_handlers()
-    print(f"[train] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
-    try:
-        metrics = run_task(task)
-    except StopRequested:
-        print(f"[train] stopped by signal; resumable from {task.run_dir.last_ckpt}", file=sys.stderr)
-        return EXIT_REQUEUE
-    summary = {k: metrics.get(k) for k in ("task_id", "dice_mean", "dice_mean_per_slice", "n_cases")}
-    print(json.dumps(summary))
-    print(f"[train] metrics: {task.run_dir.metrics_json}", file=sys.stderr)
-    return 0
+    return run_in_foreground(task_from_args(args), "train")
 
 
 def main(argv: Sequence[str] | None = None, *, models: Sequence[str] | None = None,
