@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..task import RunDir
 from .checkpoint import link_into, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import any_process, is_main_process, unwrap_model
 from .stop import StopRequested, stop_requested
 
 __all__ = ["LoopConfig", "LoopState", "TrainLoop", "progress"]
@@ -69,7 +70,7 @@ class TrainLoop:
     # checkpoints -------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": unwrap_model(self.model).state_dict(),  # no DDP "module." prefix
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -79,6 +80,9 @@ class TrainLoop:
         }
 
     def save(self, is_best: bool) -> None:
+        """Rank 0 writes; under DDP the other ranks hold identical weights."""
+        if not is_main_process():
+            return
         payload = self.payload()
         save_checkpoint(self.run.last_ckpt, payload)
         if is_best:
@@ -94,7 +98,7 @@ class TrainLoop:
         if not Path(path).exists():
             return False
         ckpt = load_checkpoint(path, what="resume checkpoint")
-        self.model.load_state_dict(ckpt["model"])
+        unwrap_model(self.model).load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -115,14 +119,19 @@ class TrainLoop:
         return self._writer
 
     def log_scalars(self, scalars: dict[str, float], epoch: int) -> None:
+        if not is_main_process():
+            return
         for key, value in scalars.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
     def check_stop(self) -> None:
-        """Call between batches: leaves the epoch when Slurm asked the job to stop."""
-        if stop_requested():
+        """Call between batches: leaves the epoch when Slurm asked the job to stop.
+
+        Under DDP every rank must call it equally often: all ranks stop together.
+        """
+        if any_process(stop_requested()):
             raise StopRequested("stop requested by signal; resume from last.pt")
 
     # the loop ----------------------------------------------------------------------
@@ -147,7 +156,8 @@ class TrainLoop:
                 self.state.history.append({"epoch": float(epoch), **scalars})
                 self.save(is_best=is_best or not self.run.best_ckpt.exists())
                 self.log_scalars(scalars, epoch)
-                print(_epoch_line(epoch, cfg.epochs, scalars), file=sys.stderr, flush=True)
+                if is_main_process():
+                    print(_epoch_line(epoch, cfg.epochs, scalars), file=sys.stderr, flush=True)
                 self.check_stop()
         finally:
             if self._writer is not None:
