@@ -171,8 +171,9 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     command = gpu.strip().splitlines()[-1]
     argv = shlex.split(command)
     root = str(tmp_path / "out dir")
-    assert argv[argv.index("--error") + 2] == f"{root}/s/.submitit/requeue-host.sh"
-    assert argv[argv.index("--error") + 3: argv.index("--error") + 6] == ["apptainer", "exec", "--nv"]
+    wrapper = argv.index(f"{root}/s/.submitit/requeue-host.sh")
+    assert "--open-mode=append" in argv[:wrapper]  # a requeued step must not truncate the logs
+    assert argv[wrapper + 1: wrapper + 4] == ["apptainer", "exec", "--nv"]
     assert f"{root}:{root}:rw" in argv and f"{tmp_path}/data:{tmp_path}/data:ro" in argv
     assert argv[argv.index("--home") + 1] == f"{root}/.cache/home"
     assert f"TORCH_HOME={root}/.cache/torch" in argv

@@ -43,6 +43,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from ..atomic import write_text
 from ..engine.stop import clear_stop, request_stop, stop_requested
+from ..jobenv import job_identity
 from ..task import Task
 
 __all__ = ["TaskCall", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV", "wrapper_path",
@@ -135,7 +136,8 @@ class TaskCall(Checkpointable):
         except BaseException as exc:
             # submitit's exit after checkpoint() unwinds through here; UncompletedJobError means
             # it did not requeue (too many timeouts), which stays 'failed' with that reason
-            if stop_requested() and not isinstance(exc, UncompletedJobError):
+            if (stop_requested() and not isinstance(exc, UncompletedJobError)
+                    and job_identity().global_rank == 0):  # rank 0 owns the run's files
                 run.mark_preempted()
                 run.update_status(error=None)
             raise
