@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or per volume (infer3d, default 100)")
     p.add_argument("--organs", type=int, default=13, help="3D: organs (objects) per clip/volume")
     p.add_argument("--prompt-freq", type=int, default=2, help="train3d: prompt every k-th slice")
+    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
+                   help="train3d: keep every activation (the trainer recomputes per-slice ones by default)")
+    p.add_argument("--attention", default="default", choices=["default", "cudnn"],
+                   help="3D: fused attention kernel tried first (sam2_video.ATTENTION)")
 
 
 def synthetic_volume(frames: int, organs: int, size: int, rng: np.random.Generator
@@ -76,13 +80,15 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     model = _model(args, device)
     trainable = set_trainable(model, args.trainable)
     model.train()
-    propagator = VideoPropagator(model)
+    propagator = VideoPropagator(model, checkpoint=args.checkpoint, attention=args.attention)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
     loss_fn = make_loss("bce")
     rng = np.random.default_rng(0)
     image, label = synthetic_volume(frames, args.organs, args.image_size, rng)
     clip = {"image": torch.from_numpy(image)[:, None].expand(-1, 3, -1, -1).contiguous(),
             "label": torch.from_numpy(label).long()}
+    if device.type == "cuda":  # as the trainer's DataLoader (pin_memory) hands them over
+        clip = {key: value.pin_memory() for key, value in clip.items()}
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> float:
@@ -103,7 +109,9 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     _sync(device)
     seconds = time.perf_counter() - t0
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
-            "prompt_freq": args.prompt_freq, "steps": args.steps, "warmup": args.warmup,
+            "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint, "attention": args.attention,
+            "steps": args.steps,
+            "warmup": args.warmup,
             "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
             "trainable_m": trainable / 1e6, "seconds": seconds, "step_seconds": seconds / args.steps,
             "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1], **_memory(device)}
@@ -118,7 +126,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     frames = args.frames or 100
     model = _model(args, device).eval()
-    propagator = VideoPropagator(model)
+    propagator = VideoPropagator(model, attention=args.attention)
     image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
     mid = frames // 2
     prompts = {}
@@ -146,7 +154,8 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
         _sync(device)
         encode_seconds = time.perf_counter() - t1
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
-            "runs": args.steps, "warmup": args.warmup, "amp": args.amp if device.type == "cuda" else "none",
+            "runs": args.steps, "warmup": args.warmup, "attention": args.attention,
+            "amp": args.amp if device.type == "cuda" else "none",
             "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
             "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),
             **_memory(device)}

@@ -30,7 +30,7 @@ from .metrics import summarise, volume_scores
 from .models.sam2_video import ObjectPrompts, VideoPropagator
 
 __all__ = ["SlicePrompt", "VolumePrompts", "prompt_from_mask", "gt_prompts", "object_prompts",
-           "predict_volume", "EvalResult", "evaluate", "protocol", "resize_volume"]
+           "predict_volume", "merge_slice", "EvalResult", "evaluate", "protocol", "resize_volume"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,18 +117,22 @@ def predict_volume(propagator: VideoPropagator, image: np.ndarray, prompts: Volu
                    image_size: int, device: torch.device, amp: str = "bf16", chunk: int = 8) -> np.ndarray:
     """Label volume (D, H, W) uint8 of organ ids for ``image`` (D, H, W) in [0, 1].
 
-    The model must already be in eval mode on ``device``.
+    The model must already be in eval mode on ``device``. Slices go to the device grey and are
+    resized there; labels stay on the device until the volume is done, and merging a slice
+    needs no host sync, so the host queues the next slice while the GPU works.
     """
     depth, h, w = image.shape
     out = torch.zeros(depth, h, w, dtype=torch.uint8, device=device)
     if not prompts:
         return out.cpu().numpy()
     best = torch.full((depth, h, w), 0.5, dtype=torch.float16, device=device)
+    pinned = device.type == "cuda"
     with autocast(device, amp):
         feats = []
         for lo in range(0, depth, chunk):
-            batch = resize_volume(image[lo:lo + chunk], image_size).to(device)
-            feats += propagator.encode(batch, chunk=chunk)
+            grey = torch.from_numpy(np.ascontiguousarray(image[lo:lo + chunk], dtype=np.float32))
+            grey = (grey.pin_memory() if pinned else grey).to(device, non_blocking=True)
+            feats += propagator.encode(resize_volume(grey, image_size), chunk=chunk)
         groups: dict[tuple[int, ...], list[int]] = {}
         for organ in sorted(prompts):
             groups.setdefault(tuple(sorted(prompts[organ])), []).append(organ)
@@ -138,11 +142,20 @@ def predict_volume(propagator: VideoPropagator, image: np.ndarray, prompts: Volu
                          for t in slices}
             for t, res in propagator.propagate(feats, per_slice, depth, len(organs)):
                 logits = F.interpolate(res.low_res.float(), size=(h, w), mode="bilinear", align_corners=False)
-                prob, arg = torch.sigmoid(logits[:, 0]).max(0)
-                take = prob > best[t]
-                out[t][take] = ids[arg][take]
-                best[t][take] = prob[take].half()
+                merge_slice(out[t], best[t], ids, torch.sigmoid(logits[:, 0]))
     return out.cpu().numpy()
+
+
+def merge_slice(labels: torch.Tensor, best: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor) -> None:
+    """Write organ ``ids[k]`` where ``probs[k]`` (K, H, W) is the highest so far and above ``best``.
+
+    ``labels`` (H, W) and ``best`` (H, W, starting at 0.5) are updated in place with
+    ``torch.where``: boolean-mask assignment would make the host wait for the device.
+    """
+    prob, arg = probs.max(0)
+    take = prob > best
+    labels.copy_(torch.where(take, ids[arg], labels))
+    best.copy_(torch.where(take, prob.to(best.dtype), best))
 
 
 def protocol(kind: str, prompt_freq: int, prompt_file: str | None = None) -> dict[str, Any]:

@@ -149,3 +149,17 @@ def test_mni152_trains_one_step_and_predicts(tmp_path):
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
     assert json.loads((out / "metrics.json").read_text())["checkpoint_kind"] == "ours"
+
+
+def test_merge_slice_keeps_the_most_likely_organ_above_half():
+    from medsam2_hpc.infer import merge_slice
+
+    labels = torch.tensor([[0, 0], [4, 4]], dtype=torch.uint8)
+    best = torch.tensor([[0.5, 0.5], [0.9, 0.6]], dtype=torch.float16)
+    probs = torch.tensor([[[0.7, 0.2], [0.95, 0.1]],    # organ 1
+                          [[0.8, 0.4], [0.10, 0.7]]])   # organ 2
+    merge_slice(labels, best, torch.tensor([1, 2], dtype=torch.uint8), probs)
+    # (0,0): organ 2 beats organ 1; (0,1): nobody above 0.5; (1,0): 0.95 beats the earlier 0.9;
+    # (1,1): 0.7 beats the earlier 0.6
+    assert labels.tolist() == [[2, 0], [1, 2]]
+    torch.testing.assert_close(best, torch.tensor([[0.8, 0.5], [0.95, 0.7]], dtype=torch.float16))

@@ -169,3 +169,73 @@ def test_benchmark_modes_smoke(mode, extra, tmp_path, capsys):
 
     record = json.loads(out.read_text())
     assert record["mode"] == mode and record["slices_per_s"] > 0 and record["peak_mem_gb"] > 0
+
+
+def _label_clip() -> np.ndarray:
+    """Six 64 px slices: organs 1, 3, 6 present on some prompt slices, absent on others."""
+    label = np.zeros((6, SIZE, SIZE), np.uint8)
+    label[0, 5:20, 7:30] = 1
+    label[0, 40:63, 0:10] = 3
+    label[2, 0:64, 60:64] = 1
+    label[4, 10:12, 10:50] = 3
+    label[4, 30, 30] = 6
+    return label
+
+
+@pytest.mark.parametrize("kind", ["bbox", "click", "mask"])
+def test_device_prompts_equal_per_organ_prompts(kind):
+    from medsam2_hpc.infer import object_prompts, prompt_from_mask
+    from medsam2_hpc.trainers.sam2_3d_step import clip_organs, clip_prompts
+
+    label = _label_clip()
+    organs = clip_organs(torch.from_numpy(label).long())
+    assert organs == [1, 3, 6]
+    fast = clip_prompts(torch.from_numpy(label).long(), organs, kind, 2, np.random.default_rng(0),
+                        torch.device("cpu"))
+    rng = np.random.default_rng(0)  # same draws, in the same order, as the fast path
+    for t in range(0, 6, 2):
+        ref = object_prompts([prompt_from_mask(label[t] == o, kind, rng) for o in organs], (SIZE, SIZE),
+                             SIZE, "cpu")
+        for name in ("use_mask", "masks", "point_coords", "point_labels"):
+            got, want = getattr(fast[t], name), getattr(ref, name)
+            assert (got is None) == (want is None), (t, name)
+            if want is not None:
+                assert got.dtype == want.dtype and torch.equal(got, want), (t, name)
+
+
+def test_activation_checkpointing_keeps_loss_and_gradients(btcv_slices):
+    """Recomputing each slice in backward (dropout on: train mode) gives the same gradients."""
+    clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
+    model = _tiny_model()
+    set_trainable(model, "decoder+memory")
+    model.train()
+    results = []
+    for ckpt in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        parts = clip_loss(VideoPropagator(model, checkpoint=ckpt), clip, "bbox", 2, make_loss("bce"),
+                          np.random.default_rng(0), torch.device("cpu"))
+        parts["loss"].backward()
+        results.append((parts["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                 if p.grad is not None}))
+    (loss_plain, grads_plain), (loss_ckpt, grads_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    assert grads_plain.keys() == grads_ckpt.keys()
+    assert any(n.startswith("memory_attention") for n in grads_plain)
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_attention_kernel_choice_keeps_predictions():
+    model = _tiny_model(2).eval()
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    prompts = {1: ObjectPrompts(torch.zeros(2, dtype=torch.bool), None,
+                                torch.tensor([[[5.0, 5.0], [30.0, 30.0]], [[20.0, 25.0], [50.0, 45.0]]]),
+                                torch.tensor([[2, 3], [2, 3]], dtype=torch.int32))}
+    with torch.no_grad():
+        outs = [dict(prop.propagate(prop.encode(images), prompts, 3, 2))
+                for prop in (VideoPropagator(model), VideoPropagator(model, attention="cudnn"))]
+    for t in range(3):  # no cuDNN on the CPU: the fallback order must give the same masks
+        torch.testing.assert_close(outs[1][t].high_res, outs[0][t].high_res)
+    with pytest.raises(ValueError, match="attention 'cudnnn'"):
+        VideoPropagator(model, attention="cudnnn")

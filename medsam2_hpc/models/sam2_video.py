@@ -9,6 +9,12 @@ per-object parts (memory attention, mask decoder, memory encoder) grow with the 
 The same generator runs with gradients (training flows through the memories) and without
 (inference), so validation, ``inference_3d.py`` and the benchmark measure the trained code.
 
+Memory: with ``checkpoint=True`` each slice's per-object work (memory attention, heads, memory
+encoder) is recomputed in the backward pass instead of stored. Its activations grow with the
+object count (about 3.3 GiB per organ on an 8-slice 1024 px clip: 44.9 GiB with 13 organs,
+11.6 with 3, on an H100), far above 24 GiB; recomputing costs one more forward of that part. Positional
+encodings depend only on the feature shape, so one copy serves every slice and object.
+
 Built on SAM2Base's own pieces (``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``, ``_use_mask_as_output``, ``_encode_new_memory``) as Meta's SAM2Train
 does; only the batching of objects and the mixing of prompt kinds on one slice are ours.
@@ -16,14 +22,25 @@ does; only the batching of objects and the mixing of prompt kinds on one slice a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
-           "normalise_images"]
+           "normalise_images", "ATTENTION"]
+
+# attention kernels to try first: "default" = PyTorch's own order (flash first on recent GPUs);
+# "cudnn" = cuDNN's fused attention first (a candidate on Hopper, where flash is not tuned for
+# SAM2's single 256-wide head; compare with the benchmark's --attention), falling back to
+# flash, memory-efficient, math where cuDNN does not take the shapes
+ATTENTION = ("default", "cudnn")
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
 
 _MEAN = (0.485, 0.456, 0.406)  # SAM2 was trained on ImageNet-normalised RGB
 _STD = (0.229, 0.224, 0.225)
@@ -38,7 +55,12 @@ def normalise_images(images: Tensor) -> Tensor:
 
 @dataclass
 class FrameFeatures:
-    """Image features of one slice (batch 1) in SAM2's flattened (HW, B, C) layout."""
+    """Image features of one slice (batch 1) in SAM2's flattened (HW, B, C) layout.
+
+    ``vision_pos`` holds the positional encoding of the last level only (the one memory
+    attention reads), one tensor shared by all slices: it depends on the shape alone, and
+    per-slice copies of every level were most of a 100-slice volume's memory.
+    """
 
     vision_feats: list[Tensor]
     vision_pos: list[Tensor]
@@ -69,16 +91,18 @@ class ObjectPrompts:
 
         Splitting by prompt kind and point count keeps each object's result identical to
         running it alone (padding tokens and the multimask rule depend on the point count).
+        Worked out on CPU copies (indices come back on the CPU): two transfers instead of a
+        device sync per object.
         """
+        use_mask = self.use_mask.cpu()
         out: list[tuple[Tensor, str, int]] = []
-        mask_idx = torch.nonzero(self.use_mask).flatten()
+        mask_idx = torch.nonzero(use_mask).flatten()
         if mask_idx.numel():
             out.append((mask_idx, "mask", 0))
         if self.point_labels is not None:
-            counts = (self.point_labels >= 0).sum(dim=1)
-            for n in sorted({int(c) for c, m in zip(counts, self.use_mask, strict=True) if not m}):
-                idx = torch.nonzero((counts == n) & ~self.use_mask.to(counts.device)).flatten()
-                out.append((idx, "points", n))
+            counts = (self.point_labels >= 0).sum(dim=1).cpu()
+            for n in sorted(set(counts[~use_mask].tolist())):
+                out.append((torch.nonzero((counts == n) & ~use_mask).flatten(), "points", n))
         return out
 
 
@@ -118,12 +142,22 @@ class VideoPropagator:
         max_cond_frames: prompted slices each slice attends to (closest first; -1 = all).
             Dense prompts (every 2nd slice of a 200-slice volume) would otherwise make the
             memory grow with the volume.
+        checkpoint: with gradients on, recompute each slice's per-object work in the backward
+            pass instead of storing it (activation checkpointing; same gradients, dropout
+            included, as the RNG state is replayed).
+        attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
+            and decoder try first (memory attention is most of the per-object time).
     """
 
-    def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1) -> None:
+    def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
+                 checkpoint: bool = False, attention: str = "default") -> None:
         if max_cond_frames != -1 and max_cond_frames < 2:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
+        if attention not in ATTENTION:
+            raise ValueError(f"attention {attention!r} is not one of {ATTENTION}")
         self.model = model
+        self.checkpoint = checkpoint
+        self.attention = attention
         model.max_cond_frames_in_attn = max_cond_frames
 
     # image features -------------------------------------------------------------------
@@ -138,6 +172,7 @@ class VideoPropagator:
         m = self.model
         enc_trains = torch.is_grad_enabled() and any(p.requires_grad for p in m.image_encoder.parameters())
         frames: list[FrameFeatures] = []
+        shared_pos: list[Tensor] = []
         for start in range(0, images.shape[0], chunk):
             batch = normalise_images(images[start:start + chunk])
             with torch.set_grad_enabled(enc_trains):
@@ -148,9 +183,10 @@ class VideoPropagator:
                 fpn[1] = m.sam_mask_decoder.conv_s1(fpn[1])
             _, feats, pos, sizes = m._prepare_backbone_features(
                 {"backbone_fpn": fpn, "vision_pos_enc": out["vision_pos_enc"]})
+            if not shared_pos:  # a copy, so the batch's encodings of every level can be freed
+                shared_pos = [pos[-1][:, :1].clone()]
             for i in range(batch.shape[0]):
-                frames.append(FrameFeatures([f[:, i:i + 1] for f in feats],
-                                            [p[:, i:i + 1] for p in pos], sizes))
+                frames.append(FrameFeatures([f[:, i:i + 1] for f in feats], shared_pos, sizes))
         return frames
 
     # one slice ------------------------------------------------------------------------
@@ -162,19 +198,47 @@ class VideoPropagator:
         ``prompts`` given: a conditioning slice (no memory read, SAM2's initial-frame path);
         otherwise the slice attends to the stored memories of the other slices.
         """
-        m, k = self.model, num_objects
-        vf = [x.expand(-1, k, -1) for x in feats.vision_feats]
-        vp = [x.expand(-1, k, -1) for x in feats.vision_pos]
-        sizes = feats.feat_sizes
+        # what this slice may read: a recomputation in the backward pass must see the same
+        past = {bank: dict(frames) for bank, frames in memory.items()}
+
+        def run(*tensors: Tensor) -> tuple:  # also what the backward pass recomputes
+            with self._kernels():
+                return self._segment(t, list(tensors[:-1]), tensors[-1], feats.feat_sizes, num_objects,
+                                     prompts, past, num_frames, reverse)
+
+        tensors = (*feats.vision_feats, feats.vision_pos[-1])
+        if self.checkpoint and torch.is_grad_enabled():
+            # tensors as arguments: checkpoint stashes the RNG state of their device (dropout)
+            low, high, ptr, score, from_decoder, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
+                run, *tensors, use_reentrant=False)
+        else:
+            low, high, ptr, score, from_decoder, mem_feats, mem_pos = run(*tensors)
+        # the memory's positional encoding is the same for every object: keep one row
+        mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
+        bank = "cond_frame_outputs" if prompts is not None else "non_cond_frame_outputs"
+        memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
+        return FrameOutput(low, high, score, from_decoder, prompts is not None)
+
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        if self.attention == "cudnn":
+            return sdpa_kernel(_CUDNN_FIRST, set_priority=True)
+        return contextlib.nullcontext()
+
+    def _segment(self, t: int, vision_feats: list[Tensor], vision_pos: Tensor, sizes: list[tuple[int, int]],
+                 k: int, prompts: ObjectPrompts | None, memory: dict[str, dict[int, dict[str, Tensor]]],
+                 num_frames: int, reverse: bool) -> tuple:
+        """The per-object work of one slice: memory attention, heads, memory encoder."""
+        m = self.model
+        vf = [x.expand(-1, k, -1) for x in vision_feats]
         high_res = None
         if len(vf) > 1:
             high_res = [x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(k, -1, -1, -1)
-                        for x, s in zip(feats.vision_feats[:-1], sizes[:-1], strict=True)]
+                        for x, s in zip(vision_feats[:-1], sizes[:-1], strict=True)]
         is_cond = prompts is not None
         pix = m._prepare_memory_conditioned_features(
             frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=vf[-1:],
-            current_vision_pos_embeds=vp[-1:], feat_sizes=sizes[-1:], output_dict=memory,
-            num_frames=num_frames, track_in_reverse=reverse)
+            current_vision_pos_embeds=[vision_pos.expand(-1, k, -1)], feat_sizes=sizes[-1:],
+            output_dict=memory, num_frames=num_frames, track_in_reverse=reverse)
         if prompts is None:
             outs = m._forward_sam_heads(pix, high_res_features=high_res,
                                         multimask_output=m._use_multimask(False, None))
@@ -185,9 +249,7 @@ class VideoPropagator:
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
             object_score_logits=score, is_mask_from_pts=is_cond)
-        bank = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
-        memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
-        return FrameOutput(low, high, score, from_decoder, is_cond)
+        return low, high, ptr, score, from_decoder, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
                         k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,10 @@ class Sam2Config3D(Sam2Config):
     pointers and memory embeddings; the reference hard-codes 1e-8), encoder_lr (only with
     trainable=all), obj_score_weight (BCE on SAM2's "object on this slice" logit: without it a
     head that says "absent" gets no mask gradient), max_cond_frames (prompted slices each
-    slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip), hd95.
+    slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip), hd95,
+    activation_checkpointing (recompute each slice's per-object activations in the backward
+    pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it), attention
+    (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
     """
 
     trainable: str = "decoder+memory"
@@ -59,6 +62,8 @@ class Sam2Config3D(Sam2Config):
     max_cond_frames: int = 4
     clips_per_epoch: int = 0
     hd95: bool = True
+    activation_checkpointing: bool = True
+    attention: Literal["default", "cudnn"] = "default"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +120,7 @@ def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips,
     loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
     gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
     loader = DataLoader(clips, batch_size=1, shuffle=True, generator=gen, num_workers=cfg.num_workers,
-                        collate_fn=_first)
+                        collate_fn=_first, pin_memory=device.type == "cuda")
     n = min(len(clips), cfg.clips_per_epoch or len(clips))
     rng = np.random.default_rng([task.seed, epoch])
     totals, count, pending = {"loss": 0.0, "mask": 0.0, "obj": 0.0}, 0, 0
@@ -155,7 +160,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     clips = BTCVClips(volumes["train"], cfg.video_length, cfg.image_size)
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
-    propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames)
+    propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames,
+                                 checkpoint=cfg.activation_checkpointing, attention=cfg.attention)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
                                   weight_decay=cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
