@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -54,8 +55,10 @@ def _task(tmp_path, dataset, root, variant="yolo11n-seg", **hparams) -> Task:
                 output_root=str(tmp_path / "runs"), hparams={**FAST, **hparams})
 
 
-def test_refuge_run_offline_keeps_ultralytics_outputs(tmp_path, refuge_challenge, no_network):
-    task = _task(tmp_path, "refuge", refuge_challenge, epochs=1)
+def test_refuge_run_offline_keeps_ultralytics_outputs(tmp_path, refuge_challenge, no_network, monkeypatch):
+    """A relative output root (as `python train.py` uses) keeps Ultralytics' files in the run dir."""
+    monkeypatch.chdir(tmp_path)
+    task = dataclasses.replace(_task(tmp_path, "refuge", refuge_challenge, epochs=1), output_root="runs")
     metrics = run_task(task)
     assert validate_metrics(metrics) == []
     assert set(metrics["per_class"]) == {"cup", "disc"} and metrics["epochs_completed"] == 1

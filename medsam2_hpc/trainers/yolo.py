@@ -119,7 +119,8 @@ def _train_ultralytics(task: Task, run: RunDir, cfg: YoloConfig, data_yaml: Path
     """Train (or resume from Ultralytics' last.pt) into ``run/yolo/train``; return its weights folder."""
     from ultralytics import YOLO
 
-    save_dir = run.path / "yolo" / "train"
+    # absolute: Ultralytics puts a relative project under its own runs_dir, not under the cwd
+    save_dir = (run.path / "yolo" / "train").resolve()
     last = save_dir / "weights" / "last.pt"
     clock = run.path / "yolo" / "train_seconds.json"
     spent = float(read_json(clock)["seconds"]) if clock.is_file() and last.is_file() else 0.0
@@ -139,10 +140,10 @@ def _train_ultralytics(task: Task, run: RunDir, cfg: YoloConfig, data_yaml: Path
 
     if last.is_file():
         model = YOLO(os.fspath(last))
-        args: dict[str, Any] = {"resume": os.fspath(last), "data": os.fspath(data_yaml)}
+        args: dict[str, Any] = {"resume": os.fspath(last), "data": os.fspath(data_yaml.resolve())}
     else:
         model = YOLO(cfg.weights or f"{task.variant}.yaml")
-        args = {"data": os.fspath(data_yaml), "epochs": cfg.epochs, "imgsz": cfg.image_size,
+        args = {"data": os.fspath(data_yaml.resolve()), "epochs": cfg.epochs, "imgsz": cfg.image_size,
                 "batch": cfg.batch_size, "workers": cfg.num_workers, "seed": task.seed,
                 "project": os.fspath(save_dir.parent), "name": save_dir.name, "exist_ok": True,
                 "pretrained": bool(cfg.weights), "patience": cfg.patience, "plots": cfg.plots,
