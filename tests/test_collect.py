@@ -256,9 +256,49 @@ def test_cli_prints_headline_and_warnings(study, tmp_path, capsys) -> None:
 
 
 def test_case_scores_skip_absent_classes_and_ragged_cases() -> None:
-    from medsam2_hpc.report.collect import _case_scores
+    from medsam2_hpc.report.read import case_scores as _case_scores
 
     assert _case_scores({"a": {"x": 0.5, "y": 1.0}, "b": {"x": None, "y": 0.2}}).tolist() == [0.75, 0.2]
     assert _case_scores({"a": {"x": 0.5, "y": 1.0}, "b": {"x": 0.1}}).tolist() == [0.75, 0.1]
     assert _case_scores({"a": {"x": 0.5, "y": "bad"}}).tolist() == [0.5]
     assert np.isnan(_case_scores({"a": {"x": None}, "b": {}})).all()
+
+
+def test_parallel_collect_equals_serial(study, tmp_path, monkeypatch) -> None:
+    """Worker processes read slices of the run dirs; the result must not depend on how it was split."""
+    from medsam2_hpc.report import collect
+    from medsam2_hpc.report.pool import process_pool
+
+    root, _ = study
+    (root / "comparison" / "tables").mkdir(parents=True)  # output of an earlier collect: not a run
+    (root / "comparison" / "notes.txt").write_text("x")
+    serial = collect.load_study(root)
+    assert len(serial.runs) == 13 and "comparison" not in set(serial.runs["run"])
+    monkeypatch.setattr(collect, "_CHUNK_RUNS", 4)  # 13 run dirs + the comparison dir: 4 slices
+    with process_pool(2) as pool:
+        parallel = collect.load_study(root, pool)
+    pd.testing.assert_frame_equal(parallel.runs, serial.runs)
+    pd.testing.assert_frame_equal(parallel.classes, serial.classes)
+    assert parallel.warnings == serial.warnings
+    assert list(parallel.cases) == list(serial.cases)
+    for run, (ids, scores) in serial.cases.items():
+        assert parallel.cases[run][0] == ids
+        np.testing.assert_array_equal(parallel.cases[run][1], scores)
+    assert len({id(ids) for ids, _ in parallel.cases.values()}) == 1  # one test set: one shared tuple
+    one, two = tmp_path / "one", tmp_path / "two"
+    files_one = collect_study(root, one, "md,csv", workers=1).files
+    files_two = collect_study(root, two, "md,csv", workers=2).files  # figures drawn by the workers too
+    assert [p.relative_to(two) for p in files_two] == [p.relative_to(one) for p in files_one]
+    for table in (two / "tables").iterdir():
+        assert table.read_bytes() == (one / "tables" / table.name).read_bytes(), table.name
+    assert (two / "MODEL_COMPARISON.md").read_text() == (one / "MODEL_COMPARISON.md").read_text()
+
+
+def test_collector_does_not_import_torch() -> None:
+    """Importing torch costs seconds; the collector only needs the BTCV organ names."""
+    import subprocess
+    import sys
+
+    code = "import sys, medsam2_hpc.report, medsam2_hpc.report.tables; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -28,15 +28,11 @@ from ..options import look_up
 from . import nifti
 from .btcv_scan import SPLITS, CaseFiles, detect_layout, scan_cases
 from .images import read_image, read_npy, resize_image, resize_labels
+from .organs import ORGANS
 
 __all__ = ["ORGANS", "Volume", "BTCVVolumes", "BTCVClips", "BTCVSlices", "write_prediction",
            "labelled_slices"]
 
-ORGANS: dict[int, str] = {
-    1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
-    7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic veins", 11: "pancreas",
-    12: "right adrenal gland", 13: "left adrenal gland",
-}
 MAX_LABEL = max(ORGANS)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from ..atomic import write_text
 from . import stats, tables
 from .collect import Study, load_study
 from .formats import parse_formats, to_markdown, write_table
-from .plots import write_plots
+from .plots import draw_plots
+from .pool import auto_workers, process_pool
 
 __all__ = ["Report", "collect_study"]
 
@@ -31,6 +33,7 @@ class Report:
     out_dir: Path
     tables: dict[str, tables.Table]
     files: list[Path] = field(default_factory=list)
+    workers: int = 1  # processes that read the runs and drew the figures (1: this one alone)
 
     @property
     def warnings(self) -> list[str]:
@@ -57,32 +60,39 @@ class Report:
 
 def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                   formats: str | Sequence[str] = ("md", "csv", "tex"),
-                  with_published: bool = False) -> Report:
+                  with_published: bool = False, workers: int | None = None) -> Report:
     """Collect every run under ``study_dir`` into ``out_dir`` (default ``<study_dir>/comparison``).
+
+    ``workers``: processes that read runs and draw figures (1: none); None: ``pool.auto_workers``.
 
     Raises:
         InputError: ``study_dir`` is not a study directory or a format is unknown.
     """
     chosen = parse_formats(formats)
-    study = load_study(study_dir)
-    out = Path(out_dir) if out_dir is not None else study.path / "comparison"
-    cases = stats.case_scores(study)
-    tests = stats.paired_tests(study, cases)
-    built = {"headline": tables.headline(study, tests, with_published)}
-    if (study.scored["dataset"] == "btcv").any():
-        built["btcv_organs"] = tables.btcv_organs(study, with_published)
-        built["btcv_per_slice"] = tables.btcv_per_slice(study)
-    if (study.scored["dataset"] == "refuge").any():
-        built["refuge"] = tables.refuge(study, with_published)
-    built["paired_tests"] = tables.paired(tests)
-    built["incomplete_runs"] = tables.incomplete(study)
-    report = Report(study, out, built)
-    for table in built.values():
-        report.files += write_table(table, out / "tables", chosen)
-    report.files.append(write_text(out / "tables" / "runs.csv", study.runs.to_csv(index=False)))
-    plots = write_plots(study, cases, built.get("btcv_organs"), out / "plots")
-    report.files += plots
-    report.files.append(write_text(report.document, _document(report, plots, with_published)))
+    workers = auto_workers(study_dir) if workers is None else workers
+    with process_pool(workers) if workers > 1 else nullcontext() as pool:
+        study = load_study(study_dir, pool)
+        out = Path(out_dir) if out_dir is not None else study.path / "comparison"
+        cases = stats.case_scores(study)
+        has = set(study.scored["dataset"])
+        organs = tables.btcv_organs(study, with_published) if "btcv" in has else None
+        plots = draw_plots(study.scored, cases, organs, out / "plots", pool)  # drawn while the tables build
+        tests = stats.paired_tests(study, cases)
+        built = {"headline": tables.headline(study, tests, with_published)}
+        if organs is not None:
+            built["btcv_organs"] = organs
+            built["btcv_per_slice"] = tables.btcv_per_slice(study)
+        if "refuge" in has:
+            built["refuge"] = tables.refuge(study, with_published)
+        built["paired_tests"] = tables.paired(tests)
+        built["incomplete_runs"] = tables.incomplete(study)
+        report = Report(study, out, built, workers=workers if pool is not None else 1)
+        for table in built.values():
+            report.files += write_table(table, out / "tables", chosen)
+        report.files.append(write_text(out / "tables" / "runs.csv", study.runs.to_csv(index=False)))
+        figures = plots()
+    report.files += figures
+    report.files.append(write_text(report.document, _document(report, figures, with_published)))
     return report
 
 

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 
 import matplotlib
@@ -18,10 +20,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..atomic import atomic_write  # noqa: E402
-from .collect import GROUP, Study  # noqa: E402
+from .collect import GROUP  # noqa: E402
 from .tables import Table  # noqa: E402
 
-__all__ = ["write_plots", "dice_boxplot", "organ_heatmap", "dice_vs_time"]
+__all__ = ["draw_plots", "dice_boxplot", "organ_heatmap", "dice_vs_time"]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -99,11 +101,22 @@ def dice_vs_time(runs: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(study: Study, cases: pd.DataFrame, organs: Table | None, out_dir: Path) -> list[Path]:
-    """All figures that have data, under ``out_dir``."""
-    made = [
-        dice_boxplot(cases, out_dir / "dice_boxplot.png"),
-        organ_heatmap(organs, out_dir / "btcv_organ_heatmap.png") if organs is not None else None,
-        dice_vs_time(study.scored, out_dir / "dice_vs_time.png"),
-    ]
-    return [p for p in made if p is not None]
+def draw_plots(runs: pd.DataFrame, cases: pd.DataFrame, organs: Table | None, out_dir: Path,
+               pool: Executor | None = None) -> Callable[[], list[Path]]:
+    """Start every figure that has data under ``out_dir``; the returned call waits for their paths.
+
+    With a process pool the figures (a fifth of a large study's collect time) are drawn while the
+    caller writes its tables. ``runs``: the scored runs (only model, dataset, dice, train_hours are
+    sent to a worker).
+    """
+    runs = runs[["model", "dataset", "dice", "train_hours"]]
+    jobs: list[tuple[Callable[..., Path | None], tuple]] = [
+        (dice_boxplot, (cases, out_dir / "dice_boxplot.png"))]
+    if organs is not None:
+        jobs.append((organ_heatmap, (organs, out_dir / "btcv_organ_heatmap.png")))
+    jobs.append((dice_vs_time, (runs, out_dir / "dice_vs_time.png")))
+    if pool is None:
+        made = [draw(*args) for draw, args in jobs]
+        return lambda: [p for p in made if p is not None]
+    futures = [pool.submit(draw, *args) for draw, args in jobs]
+    return lambda: [p for p in (f.result() for f in futures) if p is not None]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..data.organs import ORGANS
 from . import published
 from .collect import GROUP, Study
 
@@ -22,6 +23,7 @@ __all__ = ["Table", "headline", "btcv_organs", "btcv_per_slice", "refuge", "pair
 
 _MODEL_ORDER = {"sam2-2d": 0, "sam2-3d": 1, "resnet": 2, "yolo": 3}
 _REFUGE_ORDER = {"cup": 0, "disc": 1}
+_ORGAN_ORDER = {name: i for i, name in enumerate(ORGANS.values())}  # BTCV label order
 _NAMES = {"dataset": "Dataset", "model": "Model", "variant": "Variant", "prompt": "Prompt",
           "n_runs": "n runs"}
 
@@ -140,12 +142,6 @@ def _published_rows() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _organ_names() -> dict[int, str]:
-    from ..data.btcv import ORGANS  # imports torch: only paid when a BTCV table is built
-
-    return ORGANS
-
-
 def _per_class(study: Study, dataset: str, metric: str) -> tuple[pd.DataFrame, list[str]]:
     """Group rows with per-class means over seeds; classes in their column order."""
     runs = study.scored[study.scored["dataset"] == dataset][["run", *GROUP]]
@@ -176,13 +172,11 @@ def _class_display(data: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def btcv_organs(study: Study, with_published: bool = False) -> Table:
     """The 13 organs, volumetric Dice (per case, then mean over cases and seeds)."""
-    organs = _organ_names()
-    order = {name: i for i, name in enumerate(organs.values())}
-    data, names = _class_table(study, "btcv", "dice", order, "dice_mean")
+    data, names = _class_table(study, "btcv", "dice", _ORGAN_ORDER, "dice_mean")
     if with_published and not data.empty:
         pub = published.BTCV_ORGANS_MEDICAL_SAM2
         row = {"dataset": "btcv", "model": pub.label, "variant": "", "prompt": "", "n_runs": math.nan,
-               **{organs[k]: v for k, v in pub.per_class.items() if organs[k] in names}, "mean": pub.dice}
+               **{ORGANS[k]: v for k, v in pub.per_class.items() if ORGANS[k] in names}, "mean": pub.dice}
         data = pd.concat([data, pd.DataFrame([row])], ignore_index=True)
     return Table("btcv_organs", "BTCV per organ: volumetric Dice", data, _class_display(data, names),
                  "Volumetric Dice per case and organ, averaged over test cases (organs absent from a case "
@@ -191,9 +185,7 @@ def btcv_organs(study: Study, with_published: bool = False) -> Table:
 
 def btcv_per_slice(study: Study) -> Table:
     """The per-slice numbers Medical-SAM2 reports, kept apart from the volumetric table."""
-    organs = _organ_names()
-    order = {name: i for i, name in enumerate(organs.values())}
-    data, names = _class_table(study, "btcv", "per_slice", order, "dice_per_slice")
+    data, names = _class_table(study, "btcv", "per_slice", _ORGAN_ORDER, "dice_per_slice")
     data = data[data["mean"].notna() | data[names].notna().any(axis=1)] if names else \
         data[data["mean"].notna()]
     return Table("btcv_per_slice", "BTCV per-slice Dice (not volumetric)", data.reset_index(drop=True),
