@@ -103,7 +103,7 @@ class SlurmBackend(Backend):
             "signal_delay_s": profile.signal_delay_s,
             "setup": list(profile.setup) or None,
             "additional_parameters": dict(profile.sbatch) or None,
-            # a requeued step reopens submitit's logs: append, or the first attempt's log is lost
+            # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
         }
         return {k: v for k, v in params.items() if v is not None}
