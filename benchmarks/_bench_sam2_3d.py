@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsam2_hpc.engine.benchmark import memory_figures, sync, timed
+
 __all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
 
 
@@ -54,22 +56,13 @@ def _model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
                             allow_random=args.ckpt is None)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _memory(device: torch.device) -> dict[str, Any]:
-    from medsam2_hpc.engine.runtime import peak_memory_gb, peak_rss_gb
-
-    if device.type == "cuda":
-        return {"peak_mem_gb": peak_memory_gb(device), "mem_kind": "cuda"}
-    return {"peak_mem_gb": peak_rss_gb(), "mem_kind": "rss"}
 
 
 def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     """Optimizer steps on one clip of N slices with K organs batched as objects."""
-    from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
+    from medsam2_hpc.engine.runtime import autocast, pick_device
     from medsam2_hpc.losses import make_loss
     from medsam2_hpc.models.sam2 import set_trainable
     from medsam2_hpc.models.sam2_video import VideoPropagator
@@ -100,26 +93,19 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         return float(parts["loss"].detach())
 
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    reset_peak_memory(device)
-    t0 = time.perf_counter()
-    losses = [step() for _ in range(args.steps)]
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    seconds, losses = timed(step, args.steps, args.warmup, device)
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint, "attention": args.attention,
             "steps": args.steps,
             "warmup": args.warmup,
             "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
             "trainable_m": trainable / 1e6, "seconds": seconds, "step_seconds": seconds / args.steps,
-            "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1], **_memory(device)}
+            "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1], **memory_figures(device)}
 
 
 def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     """Whole-volume prediction (encoder once per slice, K organs batched), one box per organ."""
-    from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
+    from medsam2_hpc.engine.runtime import autocast, pick_device
     from medsam2_hpc.infer import SlicePrompt, predict_volume, resize_volume
     from medsam2_hpc.models.sam2_video import VideoPropagator
 
@@ -138,27 +124,20 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
         return predict_volume(propagator, image, prompts, image_size=args.image_size, device=device,
                               amp=args.amp)
 
-    for _ in range(args.warmup):
-        run()
-    _sync(device)
-    reset_peak_memory(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        pred = run()
-    _sync(device)
-    seconds = (time.perf_counter() - t0) / args.steps
+    seconds, preds = timed(run, args.steps, args.warmup, device)
+    seconds, pred = seconds / args.steps, preds[-1]
     with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
         t1 = time.perf_counter()
         for lo in range(0, frames, 8):
             propagator.encode(resize_volume(image[lo:lo + 8], args.image_size).to(device))
-        _sync(device)
+        sync(device)
         encode_seconds = time.perf_counter() - t1
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "runs": args.steps, "warmup": args.warmup, "attention": args.attention,
             "amp": args.amp if device.type == "cuda" else "none",
             "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
             "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),
-            **_memory(device)}
+            **memory_figures(device)}
 
 
 MODES_3D = {"train3d": bench_train3d, "infer3d": bench_infer3d}

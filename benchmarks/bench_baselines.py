@@ -14,8 +14,6 @@ the first (``--warmup`` epochs are dropped); predict times ``model.predict`` on 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -26,36 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.atomic import write_json
 from medsam2_hpc.cli import guarded
-from medsam2_hpc.engine.runtime import autocast, peak_memory_gb, peak_rss_gb, pick_device, reset_peak_memory
+from medsam2_hpc.engine.benchmark import emit, memory_figures, positive_int, timed
+from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
 
-__all__ = ["MODES", "emit", "build_parser", "main"]
+__all__ = ["MODES", "build_parser", "main"]
 
 NUM_CLASSES = 14  # BTCV: background + 13 organs
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def _memory(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"peak_mem_gb": peak_memory_gb(device), "mem_kind": "cuda"}
-    return {"peak_mem_gb": peak_rss_gb(), "mem_kind": "rss"}
 
 
-def _timed(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    reset_peak_memory(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def _resnet(args: argparse.Namespace, train: bool) -> dict[str, Any]:
@@ -86,11 +67,11 @@ def _resnet(args: argparse.Namespace, train: bool) -> dict[str, Any]:
             torch.softmax(model(images).float(), 1).argmax(1)
 
     model.train(train)
-    seconds = _timed(step if train else infer, args.steps, args.warmup, device)
+    seconds, _ = timed(step if train else infer, args.steps, args.warmup, device)
     return {"variant": args.variant or "resnet50", "image_size": args.image_size, "batch": args.batch,
             "steps": args.steps, "warmup": args.warmup, "amp": amp,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "seconds": seconds,
-            "images_per_s": args.batch * args.steps / seconds, **_memory(device)}
+            "images_per_s": args.batch * args.steps / seconds, **memory_figures(device)}
 
 
 def _yolo_dataset(root: Path, image_size: int, n_images: int) -> Path:
@@ -140,11 +121,11 @@ def _yolo(args: argparse.Namespace, train: bool) -> dict[str, Any]:
                 model.predict(batch, imgsz=args.image_size, retina_masks=True, verbose=False, device=dev,
                               half=False)
 
-            seconds = _timed(infer, args.steps, args.warmup, device)
+            seconds, _ = timed(infer, args.steps, args.warmup, device)
             epochs = 1
     return {"variant": variant, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
             "warmup": args.warmup, "amp": args.amp if device.type == "cuda" else "none", "params_m": params,
-            "seconds": seconds, "images_per_s": n_images * epochs / seconds, **_memory(device)}
+            "seconds": seconds, "images_per_s": n_images * epochs / seconds, **memory_figures(device)}
 
 
 MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -153,25 +134,8 @@ MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 
-def emit(mode: str, result: dict[str, Any], device: torch.device, out: Path | None) -> dict[str, Any]:
-    """Print the result (one JSON line) with the environment that produced it; also write ``out``."""
-    record = {
-        "benchmark": "baselines", "mode": mode, "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result,
-    }
-    print(json.dumps(record, sort_keys=True))
-    if out is not None:
-        write_json(out, record)
-    return record
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, choices=sorted(MODES))
     p.add_argument("--variant", default=None, help="resnet18|34|50|101 (default resnet50) or "
                    "yolo11n-seg..yolo11x-seg (default yolo11l-seg)")
-    p.add_argument("--image-size", type=_positive, default=512)
-    p.add_argument("--batch", type=_positive, default=4)
-    p.add_argument("--steps", type=_positive, default=10, help="timed steps (YOLO train: batches per epoch)")
+    p.add_argument("--image-size", type=positive_int, default=512)
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=10,
+                   help="timed steps (YOLO train: batches per epoch)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (YOLO train: untimed epochs)")
     p.add_argument("--workers", type=int, default=2, help="YOLO dataloader workers")
     p.add_argument("--amp", default="bf16", choices=["bf16", "none"])
@@ -194,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        emit(args.mode, MODES[args.mode](args), pick_device(args.device), args.out)
+        emit(args.mode, MODES[args.mode](args), pick_device(args.device), args.out, benchmark="baselines")
         return 0
 
     return guarded(run, "bench_baselines.py")

@@ -13,10 +13,7 @@ process's peak RSS (``mem_kind`` says which).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.atomic import write_json
 from medsam2_hpc.cli import guarded
-from medsam2_hpc.engine.runtime import peak_memory_gb, peak_rss_gb, pick_device, reset_peak_memory
+from medsam2_hpc.engine.benchmark import emit, memory_figures, positive_int, timed
+from medsam2_hpc.engine.runtime import pick_device
 
-__all__ = ["MODES", "emit", "build_parser", "main"]
+__all__ = ["MODES", "build_parser", "main"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _synthetic_batch(batch: int, image_size: int, out_size: int, rng: np.random.Generator
@@ -80,14 +74,7 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         return float(loss.detach())
 
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    reset_peak_memory(device)
-    t0 = time.perf_counter()
-    losses = [step() for _ in range(args.steps)]
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    seconds, losses = timed(step, args.steps, args.warmup, device)
     return {
         "config": args.config, "image_size": args.image_size, "batch": args.batch, "steps": args.steps,
         "warmup": args.warmup, "amp": args.amp if device.type == "cuda" else "none",
@@ -95,14 +82,10 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "trainable_m": trainable / 1e6,
         "seconds": seconds, "step_seconds": seconds / args.steps,
         "images_per_s": args.batch * args.steps / seconds, "final_loss": losses[-1],
-        **_memory(device),
+        **memory_figures(device),
     }
 
 
-def _memory(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"peak_mem_gb": peak_memory_gb(device), "mem_kind": "cuda"}
-    return {"peak_mem_gb": peak_rss_gb(), "mem_kind": "rss"}
 
 
 MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"train2d": bench_train2d}
@@ -123,25 +106,8 @@ _BENCH_3D = _load_3d()
 MODES.update(_BENCH_3D.MODES_3D)
 
 
-def emit(mode: str, result: dict[str, Any], device: torch.device, out: Path | None) -> dict[str, Any]:
-    """Print the result (one JSON line) with the environment that produced it; also write ``out``."""
-    record = {
-        "mode": mode, "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result,
-    }
-    print(json.dumps(record, sort_keys=True))
-    if out is not None:
-        write_json(out, record)
-    return record
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, choices=sorted(MODES))
     p.add_argument("--config", default="sam2_hiera_t", help="sam2_hiera_t|s|b+|l or sam2.1_hiera_*")
     p.add_argument("--ckpt", default=None, help="weights (default: random; speed does not depend on them)")
-    p.add_argument("--image-size", type=_positive, default=1024)
-    p.add_argument("--batch", type=_positive, default=1)
-    p.add_argument("--steps", type=_positive, default=10)
+    p.add_argument("--image-size", type=positive_int, default=1024)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     p.add_argument("--device", default="auto")
