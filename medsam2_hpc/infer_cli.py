@@ -6,9 +6,17 @@ is one of our training checkpoints (``best.pt``, ``Model/best_dice_epoch.pth``) 
 checkpoint for zero-shot SAM2. Everything is checked (checkpoint against config, prompt file
 against the cases, labels for ground-truth prompts) before anything is written.
 
+Ground-truth prompts (the default, the evaluation protocol) need labels for every case of the
+split. With ``-prompt_file`` (real use) the split is read with labels optional and only the
+cases the file names are predicted: scans without labels (dataset_0.json's "test" list in
+imagesTs/, a Test/image/<case>/ without masks, a bare folder of scans) are predicted but not
+scored; labelled ones are scored as usual.
+
 Writes into ``-output_dir``: ``<case>.npy`` label volumes (organ ids), ``<case>.nii.gz`` on the
-source grid for NIfTI input, ``dice.csv`` and ``metrics.json`` when the split has labels, and
-``vis/<case>_slice<k>.png`` with ``-save_vis``.
+source grid for NIfTI input, ``predictions.json`` (case -> files, prompts used, scored or not),
+``dice.csv`` and ``metrics.json`` when at least one case was scored, and
+``vis/<case>_slice<k>.png`` with ``-save_vis`` (image | truth | prediction; image | prediction
+without truth).
 """
 
 from __future__ import annotations
@@ -20,16 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .atomic import write_json
 from .contract import build_metrics
-from .data.btcv import BTCVVolumes, write_prediction
+from .data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
 from .engine.checkpoint import load_checkpoint
 from .engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
 from .errors import InputError
-from .infer import evaluate, protocol
-from .infer_io import load_prompt_file, save_vis, write_dice_csv
+from .infer import VolumePrompts, evaluate, protocol
+from .infer_io import load_prompt_file, prompt_records, save_vis, write_dice_csv
 from .models.sam2 import CONFIGS, build_sam2_model, resolve_config, variant_of
 from .models.sam2_video import VideoPropagator
 from .options import look_up
@@ -52,11 +61,13 @@ def build_parser(prog: str = "inference_3d.py") -> SeedParser:
     p.add_argument("-prompt_freq", type=positive_int, default=2,
                    help="ground-truth prompt on every k-th slice")
     p.add_argument("-prompt_file", default=None,
-                   help="JSON prompts (case, slice, organ, box|points): no labels needed")
+                   help="JSON prompts (case, slice, organ, box|points): predicts the cases it names; "
+                        "labels optional")
     p.add_argument("-image_size", type=positive_int, default=None,
                    help="model input side (default: the checkpoint's, else 1024)")
     p.add_argument("-output_dir", default="inference_3d_output")
-    p.add_argument("-save_vis", action="store_true", help="write image | truth | prediction PNGs")
+    p.add_argument("-save_vis", action="store_true",
+                   help="write image | truth | prediction PNGs (image | prediction without truth)")
     p.add_argument("-gpu_device", type=nonneg_int, default=None, help="CUDA device index (default: auto)")
     p.add_argument("-amp", default="bf16", help="bf16 | fp16 | none (CUDA only)")
     p.add_argument("-max_cond_frames", type=int, default=4,
@@ -86,6 +97,27 @@ def _load(args: argparse.Namespace) -> tuple[torch.nn.Module, str, int, str]:
     return model, config, image_size, kind
 
 
+def _cases(args: argparse.Namespace) -> tuple[list[Volume], dict[str, VolumePrompts] | None]:
+    """The volumes to predict (decoded now: bad files fail before anything is written) and the
+    file prompts, if any. Only a prompt file makes labels optional (see the module docstring)."""
+    volumes = BTCVVolumes(args.data_path, args.split, labels="optional" if args.prompt_file else "required")
+    if not args.prompt_file:
+        return list(volumes), None
+    file_prompts = load_prompt_file(args.prompt_file, volumes)
+    return [volumes.get(case) for case in volumes.cases if case in file_prompts], file_prompts
+
+
+def _index_entry(args: argparse.Namespace, volume: Volume, files: list[Path],
+                 file_prompts: dict[str, VolumePrompts] | None) -> dict[str, Any]:
+    """predictions.json entry: the files written and the prompts the prediction came from."""
+    if file_prompts is not None:
+        prompts: Any = prompt_records(file_prompts[volume.case])
+    else:
+        prompts = {"from": "ground truth", "prompt": args.prompt, "prompt_freq": args.prompt_freq,
+                   "seed": args.seed, "organs": [ORGANS[int(o)] for o in np.unique(volume.label) if o]}
+    return {"files": [f.name for f in files], "scored": volume.label is not None, "prompts": prompts}
+
+
 def run(args: argparse.Namespace) -> int:
     look_up(str(args.dataset).lower(), ("btcv",), "-dataset")
     look_up(args.prompt, ("bbox", "click", "mask"), "-prompt")
@@ -94,25 +126,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"-max_cond_frames {args.max_cond_frames}: must be -1 or >= 2")
     if not Path(args.data_path).is_dir():
         raise InputError(f"-data_path {args.data_path}: no such directory")
-    volumes = BTCVVolumes(args.data_path, args.split)
-    if not len(volumes):
-        raise InputError(f"-data_path {args.data_path}: no cases in split {args.split}")
-    cases = list(volumes)  # decode everything now: bad files fail before anything is written
-    file_prompts = load_prompt_file(args.prompt_file, cases) if args.prompt_file else None
-    if file_prompts is None:
-        unlabelled = [v.case for v in cases if v.label is None]
-        if unlabelled:
-            raise InputError(f"-split {args.split}: case {unlabelled[0]} has no labels, so ground-truth "
-                             "prompts are impossible; pass -prompt_file")
+    cases, file_prompts = _cases(args)
     model, config, image_size, kind = _load(args)
     device = pick_device(None if args.gpu_device is None else str(args.gpu_device))
     model.to(device).eval()
     propagator = VideoPropagator(model, max_cond_frames=args.max_cond_frames)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {}
 
-    def write(volume: Any, pred: Any) -> None:
-        write_prediction(volume, pred, out)
+    def write(volume: Volume, pred: Any) -> None:
+        index[volume.case] = _index_entry(args, volume, write_prediction(volume, pred, out), file_prompts)
         if args.save_vis:
             save_vis(volume, pred, out / "vis")
         print(f"[inference_3d] {volume.case}: {tuple(pred.shape)} -> {out}", file=sys.stderr, flush=True)
@@ -121,12 +145,19 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = evaluate(propagator, cases, kind=args.prompt, prompt_freq=args.prompt_freq,
                       image_size=image_size, device=device, amp=args.amp, seed=args.seed,
-                      hd95=not args.no_hd95,
-                      file_prompts=file_prompts, on_case=write)
+                      hd95=not args.no_hd95, file_prompts=file_prompts, on_case=write)
     seconds = time.perf_counter() - t0
+    write_json(out / "predictions.json", {"data_path": str(args.data_path), "split": args.split,
+                                          "prompt_file": args.prompt_file, "cases": index})
+    unscored = [v.case for v in cases if v.label is None]
+    summary = f"[inference_3d] {len(cases)} case(s) -> {out}"
+    if unscored:
+        summary += f"; unscored (no labels): {', '.join(unscored)}"
+    if not result.per_case:
+        print(f"{summary}; nothing scored, so no dice.csv or metrics.json", file=sys.stderr)
+        return 0
+    write_dice_csv(out / "dice.csv", result.per_case, result.per_case_slice, result.per_case_hd95)
     s = result.summary()
-    if result.per_case:
-        write_dice_csv(out / "dice.csv", result.per_case, result.per_case_slice, result.per_case_hd95)
     task = Task(model="sam2-3d", variant=variant_of(config), dataset="btcv", data_path=str(args.data_path),
                 output_root=str(out), seed=args.seed, prompt=args.prompt, name="inference_3d")
     metrics = build_metrics(
@@ -136,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
         dice_mean_per_slice=s["dice_mean_per_slice"], per_class_per_slice=s["per_class_per_slice"],
         per_class_hd95=s["per_class_hd95"], checkpoint=str(args.checkpoint), checkpoint_kind=kind,
         image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
-        cases=[v.case for v in cases])
+        cases=list(result.per_case), unscored_cases=unscored)
     write_json(out / "metrics.json", metrics)
-    print(f"[inference_3d] {len(cases)} case(s), dice_mean={metrics['dice_mean']} -> {out}", file=sys.stderr)
+    print(f"{summary}; dice_mean={metrics['dice_mean']} over {len(result.per_case)} scored", file=sys.stderr)
     return 0
 
 

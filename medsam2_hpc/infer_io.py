@@ -1,4 +1,5 @@
-"""What 3D inference reads and writes besides the label volumes: prompt files, Dice CSV, PNGs.
+"""What 3D inference reads and writes besides the label volumes: prompt files, Dice CSV, PNGs,
+and the ``predictions.json`` index (case -> files written, prompts used).
 
 Prompt file (JSON) for real use without ground truth: a list of entries (or ``{"prompts": [...]}``)
 ::
@@ -8,7 +9,8 @@ Prompt file (JSON) for real use without ground truth: a list of entries (or ``{"
 
 ``organ`` is a BTCV id (1..13) or name; ``slice`` indexes the volume as our loaders lay it out
 (axial, inferior -> superior for NIfTI); coordinates are (x, y) = (column, row) pixels of that
-slice. Every mistake is reported with the entry number and key.
+slice. Every mistake is reported with the entry number and key. Only the cases a file names
+are decoded, so a prompt file for two scans of a large unlabelled test set reads two scans.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,12 @@ import numpy as np
 from PIL import Image
 
 from .atomic import atomic_write, write_text
-from .data.btcv import ORGANS, Volume
+from .data.btcv import ORGANS, BTCVVolumes, Volume
 from .errors import InputError
 from .infer import SlicePrompt, VolumePrompts
 from .options import suggest
 
-__all__ = ["load_prompt_file", "write_dice_csv", "save_vis", "vis_slices", "PALETTE"]
+__all__ = ["load_prompt_file", "prompt_records", "write_dice_csv", "save_vis", "vis_slices", "PALETTE"]
 
 # one colour per organ id 1..13 (index 0 unused)
 PALETTE = np.array([[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 220, 0],
@@ -61,16 +62,16 @@ def _numbers(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
     return arr
 
 
-def _entry(item: Any, where: str, volumes: dict[str, Volume]) -> tuple[str, int, int, SlicePrompt]:
+def _entry(item: Any, where: str, volumes: BTCVVolumes) -> tuple[str, int, int, SlicePrompt]:
     if not isinstance(item, dict):
         raise InputError(f"{where}: expected an object with case, slice, organ and box or points")
     unknown = sorted(set(item) - {"case", "slice", "organ", "box", "points", "labels"})
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r}")
     case = str(item.get("case", ""))
-    if case not in volumes:
-        raise InputError(f"{where}.case: {case!r} is not a case of this split{suggest(case, volumes)}")
-    volume = volumes[case]
+    if case not in volumes.cases:
+        raise InputError(f"{where}.case: {case!r} is not a case of this split{suggest(case, volumes.cases)}")
+    volume = volumes.get(case)
     depth, h, w = volume.image.shape
     t = item.get("slice")
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < depth:
@@ -93,8 +94,9 @@ def _entry(item: Any, where: str, volumes: dict[str, Volume]) -> tuple[str, int,
                                        labels=labels.astype(np.int64))
 
 
-def load_prompt_file(path: str | Path, volumes: Iterable[Volume]) -> dict[str, VolumePrompts]:
-    """``{case: {organ: {slice: SlicePrompt}}}`` from a JSON prompt file, checked against ``volumes``."""
+def load_prompt_file(path: str | Path, volumes: BTCVVolumes) -> dict[str, VolumePrompts]:
+    """``{case: {organ: {slice: SlicePrompt}}}`` from a JSON prompt file, checked against ``volumes``
+    (decoding the cases it names, so a broken scan fails here, before anything is written)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -105,15 +107,30 @@ def load_prompt_file(path: str | Path, volumes: Iterable[Volume]) -> dict[str, V
     items = data.get("prompts") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
         raise InputError(f"-prompt_file {path}: expected a non-empty list of prompts")
-    by_case = {v.case: v for v in volumes}
     out: dict[str, VolumePrompts] = {}
     for i, item in enumerate(items):
-        case, organ, t, prompt = _entry(item, f"-prompt_file {path}: entry {i}", by_case)
+        case, organ, t, prompt = _entry(item, f"-prompt_file {path}: entry {i}", volumes)
         slot = out.setdefault(case, {}).setdefault(organ, {})
         if t in slot:
             raise InputError(f"-prompt_file {path}: entry {i}: second prompt for organ {organ} on slice {t}")
         slot[t] = prompt
     return out
+
+
+def prompt_records(prompts: VolumePrompts) -> list[dict[str, Any]]:
+    """One case's file prompts (box or points) back in the prompt-file format, organ by name,
+    sorted by slice: what ``predictions.json`` records as the prompts a prediction came from."""
+    records = []
+    for organ, slices in prompts.items():
+        for t, p in slices.items():
+            entry: dict[str, Any] = {"slice": int(t), "organ": ORGANS[organ]}
+            if p.kind == "box":
+                entry["box"] = [float(v) for v in p.box]
+            else:
+                entry["points"] = np.asarray(p.points, dtype=float).tolist()
+                entry["labels"] = np.asarray(p.labels).astype(int).tolist()
+            records.append(entry)
+    return sorted(records, key=lambda e: (e["slice"], e["organ"]))
 
 
 Scores = dict[str, dict[str, float]]

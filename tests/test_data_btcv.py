@@ -193,3 +193,60 @@ def test_generator_is_reproducible(tmp_path: Path, layout: str) -> None:
     again = synthetic.make_btcv(tmp_path / "b", layout, n_train=1, n_test=1, depth=8, size=32, seed=3)
     other = synthetic.make_btcv(tmp_path / "c", layout, n_train=1, n_test=1, depth=8, size=32, seed=4)
     assert files(first) == files(again) != files(other)
+
+
+def test_unlabelled_nifti_test_scans_from_dataset_json(tmp_path: Path) -> None:
+    root = synthetic.make_btcv(tmp_path, "nifti", n_train=1, n_test=1, depth=8, size=32, unlabelled=2)
+    listing = json.loads((root / "dataset_0.json").read_text())
+    assert listing["test"] == ["imagesTs/img0003.nii.gz", "imagesTs/img0004.nii.gz"]
+    # "test" = the json's test scans; val keeps "validation"; default labels="required" refuses them
+    assert btcv.BTCVVolumes(root, "val").cases == ["img0002"]
+    with pytest.raises(InputError, match=r"imagesTs/img0003.nii.gz: case img0003 has no label file"):
+        btcv.BTCVVolumes(root, "test")
+    test = btcv.BTCVVolumes(root, "test", labels="optional")
+    assert test.cases == ["img0003", "img0004"]
+    volume = test.get("img0004")
+    assert volume.label is None and volume.image.shape == (8, 32, 32)
+    assert volume.source == root / "imagesTs/img0004.nii.gz"
+    assert np.allclose(volume.affine, nib.load(volume.source).affine)
+    assert btcv.labelled_slices(volume).size == 0
+    # the optional policy changes nothing for labelled cases
+    assert np.array_equal(btcv.BTCVVolumes(root, "val", labels="optional")[0].label,
+                          btcv.BTCVVolumes(root, "val")[0].label)
+
+
+def test_json_test_entries_may_be_objects_with_labels(tmp_path: Path) -> None:
+    root = synthetic.make_btcv(tmp_path, "nifti", n_train=1, n_test=1, depth=8, size=32, unlabelled=1)
+    listing = json.loads((root / "dataset_0.json").read_text())
+    listing["test"] = [{"image": "imagesTs/img0003.nii.gz"}, dict(listing["validation"][0])]
+    (root / "dataset_0.json").write_text(json.dumps(listing))
+    volumes = btcv.BTCVVolumes(root, "test", labels="optional")
+    assert [v.case for v in volumes] == ["img0003", "img0002"]
+    assert volumes.get("img0003").label is None and volumes.get("img0002").label is not None
+    listing["test"] = []  # an empty list is no test set: back to "validation"
+    (root / "dataset_0.json").write_text(json.dumps(listing))
+    assert btcv.BTCVVolumes(root, "test").cases == ["img0002"]
+
+
+def test_unlabelled_slices_case_and_bare_folders(tmp_path: Path) -> None:
+    root = synthetic.make_btcv(tmp_path / "s", "slices", n_train=1, n_test=1, depth=8, size=32, unlabelled=1)
+    with pytest.raises(InputError, match="case img0003 has images but no masks"):
+        btcv.BTCVVolumes(root, "test")
+    test = btcv.BTCVVolumes(root, "test", labels="optional")
+    assert test.cases == ["img0002", "img0003"]
+    assert test.get("img0003").label is None and test.get("img0003").image.shape == (8, 32, 32)
+    assert test.get("img0002").label.shape == (8, 32, 32)
+
+    nifti_root = synthetic.make_btcv(tmp_path / "n", "nifti", n_train=2, n_test=1, depth=8, size=32)
+    # imagesTr/ without labelsTr/ (and no split file): the generated split, every case unlabelled
+    shutil.copytree(nifti_root / "imagesTr", tmp_path / "tr" / "imagesTr")
+    assert [v.label for v in btcv.BTCVVolumes(tmp_path / "tr", "test", labels="optional")] == [None]
+    with pytest.raises(InputError, match="img0001.nii.gz: case has an image but no label"):
+        btcv.BTCVVolumes(tmp_path / "tr", "test")
+    # a bare folder of scans: every split lists all of them, unlabelled
+    bare = shutil.copytree(nifti_root / "imagesTr", tmp_path / "bare")
+    volumes = btcv.BTCVVolumes(bare, "test", labels="optional")
+    assert volumes.layout == "nifti" and volumes.cases == ["img0001", "img0002", "img0003"]
+    assert volumes[1].label is None and volumes[1].affine is not None
+    with pytest.raises(InputError, match="bare/img0001.nii.gz: case img0001 has no label file"):
+        btcv.BTCVVolumes(bare, "train")

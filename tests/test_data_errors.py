@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -160,3 +161,31 @@ def test_synth_then_check_succeeds(tmp_path: Path, capsys: pytest.CaptureFixture
                      "--cases", "2", "--size", "32", "--depth", "8"]) == 0
     assert cli.main(["data", "check", "--dataset", "btcv", str(out)]) == 0
     assert '"layout": "nifti"' in capsys.readouterr().out
+
+
+def test_unlabelled_policy_and_bad_test_list(tmp_path: Path) -> None:
+    from medsam2_hpc.data.btcv import BTCVVolumes
+
+    root = _btcv(tmp_path, "nifti")
+    with pytest.raises(InputError, match="labels: 'maybe' is not one of required, optional"):
+        BTCVVolumes(root, "test", labels="maybe")
+    split_file = root / "dataset_0.json"
+    listing = json.loads(split_file.read_text())
+    for bad, message in (({"path": "imagesTs/x.nii.gz"}, r"test\[0\] must be an image path"),
+                         ("imagesTs/img0009.nii.gz", "imagesTs/img0009.nii.gz: image file missing")):
+        split_file.write_text(json.dumps({**listing, "test": [bad]}))
+        with pytest.raises(InputError, match=message):
+            BTCVVolumes(root, "test", labels="optional")
+    split_file.write_text(json.dumps({**listing, "test": "imagesTs"}))
+    with pytest.raises(InputError, match="key 'test' must be a list"):
+        BTCVVolumes(root, "test", labels="optional")
+    # a label the data names stays required even when labels are optional: that copy is broken
+    (root / "labelsTr/label0003.nii.gz").unlink()
+    split_file.write_text(json.dumps(listing))
+    with pytest.raises(InputError, match="labelsTr/label0003.nii.gz: label file missing"):
+        BTCVVolumes(root, "test", labels="optional")
+    # a mask folder with a missing slice is broken too
+    root = _btcv(tmp_path, "slices")
+    (root / "Test/mask/img0003/2.npy").unlink()
+    with pytest.raises(InputError, match="img0003/2.npy: mask missing"):
+        BTCVVolumes(root, "test", labels="optional")

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data.btcv import BTCVVolumes
@@ -63,6 +64,11 @@ def test_nifti_predictions_keep_grid_and_ids(btcv_nifti, meta_ckpt, tmp_path):
     rows = (out / "dice.csv").read_text().splitlines()
     assert rows[0] == "case,organ,dice,dice_per_slice,hd95_mm" and len(rows) > 1
     assert list((out / "vis").glob("*.png"))
+    index = json.loads((out / "predictions.json").read_text())["cases"]
+    assert list(index) == volumes.cases and all(e["scored"] for e in index.values())
+    assert index["img0005"]["prompts"] == {"from": "ground truth", "prompt": "bbox", "prompt_freq": 2,
+                                           "seed": 0, "organs": ["spleen", "right kidney", "left kidney",
+                                                                 "liver"]}
 
 
 def test_prompt_file_drives_prediction(btcv_slices, meta_ckpt, tmp_path):
@@ -163,3 +169,81 @@ def test_merge_slice_keeps_the_most_likely_organ_above_half():
     # (1,1): 0.7 beats the earlier 0.6
     assert labels.tolist() == [[2, 0], [1, 2]]
     torch.testing.assert_close(best, torch.tensor([[0.8, 0.5], [0.95, 0.7]], dtype=torch.float16))
+
+
+def _lines(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_prompt_file_predicts_unlabelled_nifti_test_scans(meta_ckpt, tmp_path, capsys):
+    """dataset_0.json's "test" list (imagesTs/, no labels) is the test split; a prompt file predicts it."""
+    from medsam2_hpc.data import synthetic
+
+    data = synthetic.make_btcv(tmp_path / "btcv", "nifti", n_train=1, n_test=1, depth=8, size=SIZE,
+                               unlabelled=1)
+    prompts = [{"case": "img0003", "slice": 4, "organ": "liver", "box": [10, 15, 30, 40]},
+               {"case": "img0003", "slice": 3, "organ": 1, "points": [[45, 35]]}]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, data, out, "-prompt_file", str(tmp_path / "p.json"), "-save_vis")) == 0
+    assert "unscored (no labels): img0003" in capsys.readouterr().err
+    source = nib.load(str(data / "imagesTs" / "img0003.nii.gz"))
+    written = nib.load(str(out / "img0003.nii.gz"))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    pred = np.load(out / "img0003.npy")
+    assert pred.shape == (8, SIZE, SIZE) and set(np.unique(pred)) <= {0, 1, 6}
+    assert not (out / "metrics.json").exists() and not (out / "dice.csv").exists()
+    index = json.loads((out / "predictions.json").read_text())
+    entry = index["cases"]["img0003"]
+    assert entry["files"] == ["img0003.npy", "img0003.nii.gz"] and entry["scored"] is False
+    assert entry["prompts"] == [{"slice": 3, "organ": "spleen", "points": [[45.0, 35.0]], "labels": [1]},
+                                {"slice": 4, "organ": "liver", "box": [10.0, 15.0, 30.0, 40.0]}]
+    # without truth a panel is image | prediction: two slices wide plus the 4 px gap
+    for png in (out / "vis").glob("img0003_*.png"):
+        assert Image.open(png).size == (2 * SIZE + 4, SIZE)
+
+    # ground-truth prompts on the same split: one line naming the unlabelled scan, nothing written
+    assert main(_args(meta_ckpt, data, tmp_path / "gt")) == 2
+    err = _lines(capsys)
+    assert len(err) == 1 and "imagesTs/img0003.nii.gz: case img0003 has no label file" in err[0]
+    assert not (tmp_path / "gt").exists()
+
+
+def test_prompt_file_scores_labelled_and_skips_unlabelled_slices_cases(meta_ckpt, tmp_path, capsys):
+    """Slices layout: Test/image/img0003 without Test/mask/img0003 beside a labelled img0002."""
+    from medsam2_hpc.data import synthetic
+
+    data = synthetic.make_btcv(tmp_path / "btcv", "slices", n_train=1, n_test=1, depth=8, size=SIZE,
+                               unlabelled=1)
+    assert not (data / "Test" / "mask" / "img0003").exists()
+    prompts = [{"case": c, "slice": 4, "organ": "liver", "box": [10, 15, 30, 40]}
+               for c in ("img0002", "img0003")]
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, data, out, "-prompt_file", str(tmp_path / "p.json"), "-no_hd95")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert validate_metrics(metrics) == []
+    assert list(metrics["per_case"]) == ["img0002"] and metrics["unscored_cases"] == ["img0003"]
+    assert {row.split(",")[0] for row in (out / "dice.csv").read_text().splitlines()[1:]} == {"img0002"}
+    index = json.loads((out / "predictions.json").read_text())["cases"]
+    assert {c: e["scored"] for c, e in index.items()} == {"img0002": True, "img0003": False}
+    assert index["img0003"]["files"] == ["img0003.npy"]  # no geometry, so no .nii.gz
+    assert np.load(out / "img0003.npy").shape == (8, SIZE, SIZE)
+    assert "unscored (no labels): img0003" in capsys.readouterr().err
+
+    assert main(_args(meta_ckpt, data, tmp_path / "gt")) == 2
+    err = _lines(capsys)
+    assert len(err) == 1 and "case img0003 has images but no masks" in err[0]
+    assert not (tmp_path / "gt").exists()
+
+
+def test_prompt_file_predicts_only_the_cases_it_names(btcv_slices, meta_ckpt, tmp_path):
+    cases = BTCVVolumes(btcv_slices, "test").cases
+    (tmp_path / "p.json").write_text(json.dumps([{"case": cases[1], "slice": 5, "organ": 6,
+                                                  "box": [10, 10, 40, 50]}]))
+    out = tmp_path / "out"
+    assert main(_args(meta_ckpt, btcv_slices, out, "-prompt_file", str(tmp_path / "p.json"), "-no_hd95")) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"{cases[1]}.npy"]
+    assert list(json.loads((out / "predictions.json").read_text())["cases"]) == [cases[1]]
+    gt = json.loads((out / "metrics.json").read_text())
+    assert gt["cases"] == [cases[1]] and gt["unscored_cases"] == []

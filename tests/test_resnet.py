@@ -150,3 +150,15 @@ def test_benchmark_smoke_writes_json(tmp_path, mode):
     record = json.loads(out.read_text())
     assert record["benchmark"] == "baselines" and record["mode"] == mode and record["device"] == "cpu"
     assert record["images_per_s"] > 0 and record["peak_mem_gb"] > 0 and record["params_m"] > 10
+
+
+def test_btcv_with_unlabelled_test_scans_is_scored_on_val(tmp_path):
+    """The raw BTCV release's test scans have no labels: the run scores the labelled val split."""
+    from medsam2_hpc.data import synthetic
+    from medsam2_hpc.data.btcv import scored_split
+
+    root = synthetic.make_btcv(tmp_path / "btcv", layout="nifti", n_train=2, n_test=1, size=64, depth=8,
+                               unlabelled=2)
+    assert scored_split(root) == "val"
+    metrics = run_task(_task(tmp_path, "btcv", root, epochs=1))
+    assert validate_metrics(metrics) == [] and metrics["split"] == "val" and metrics["n_cases"] == 1

@@ -1,7 +1,10 @@
 """BTCV multi-organ CT: one volume API over the preprocessed-slices and raw-NIfTI layouts.
 
 Layouts and split mapping: see ``btcv_scan``. Every case becomes a :class:`Volume` with
-``image`` (D,H,W) float32 in [0,1] and ``label`` (D,H,W) uint8 with the 13 BTCV organ ids.
+``image`` (D,H,W) float32 in [0,1] and ``label`` (D,H,W) uint8 with the 13 BTCV organ ids,
+or ``label`` None for an unlabelled scan, which only ``labels="optional"`` admits (prediction
+from a prompt file); the default ``"required"`` rejects it by file name, as training and
+scoring need the truth.
 NIfTI volumes are reoriented to RAS, windowed (CT: -175..250 HU -> [0,1]; ``window=None``
 min-max normalises, e.g. for MRI) and sliced along the axial axis (``nifti.py``); their
 source affine is kept so :func:`write_prediction` writes a ``.nii.gz`` that overlays the
@@ -13,6 +16,7 @@ A volume is decoded once and cached in :class:`BTCVVolumes` (optionally LRU-boun
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +30,11 @@ from ..atomic import atomic_write
 from ..errors import InputError
 from ..options import look_up
 from . import nifti
-from .btcv_scan import SPLITS, CaseFiles, detect_layout, scan_cases
+from .btcv_scan import LABEL_POLICIES, SPLITS, CaseFiles, detect_layout, scan_cases
 from .images import read_image, read_npy, resize_image, resize_labels
 from .organs import ORGANS
 
-__all__ = ["ORGANS", "Volume", "BTCVVolumes", "BTCVClips", "BTCVSlices", "write_prediction",
+__all__ = ["ORGANS", "Volume", "BTCVVolumes", "scored_split", "BTCVClips", "BTCVSlices", "write_prediction",
            "labelled_slices"]
 
 MAX_LABEL = max(ORGANS)
@@ -68,20 +72,27 @@ class BTCVVolumes:
     """The cases of one split; ``[i]`` / ``get(case)`` decode on first use, then serve the cache."""
 
     def __init__(self, root: str | Path, split: str = "train", *,
-                 window: tuple[float, float] | None = nifti.CT_WINDOW, cache_size: int | None = None) -> None:
+                 window: tuple[float, float] | None = nifti.CT_WINDOW, cache_size: int | None = None,
+                 labels: str = "required") -> None:
         split = look_up(split, SPLITS, "BTCV split")
+        labels = look_up(labels, LABEL_POLICIES, "labels")
         if window is not None and not window[0] < window[1]:
             raise InputError(f"window: lower bound must be below upper bound, got {window}")
         if cache_size is not None and cache_size < 1:
             raise InputError(f"cache_size: must be >= 1 or None, got {cache_size}")
         self.layout, self.root = detect_layout(root)
-        self.split, self.window, self.cache_size = split, window, cache_size
-        self._files = {c.case: c for c in scan_cases(self.layout, self.root, split)}
+        self.split, self.window, self.cache_size, self.labels = split, window, cache_size, labels
+        self._files = {c.case: c for c in scan_cases(self.layout, self.root, split, labels)}
         self._cache: OrderedDict[str, Volume] = OrderedDict()
 
     @property
     def cases(self) -> list[str]:
         return list(self._files)
+
+    @property
+    def labelled(self) -> bool:
+        """Every case has labels (decides nothing; read from the file listing, nothing decoded)."""
+        return all(files.labels for files in self._files.values())
 
     def __len__(self) -> int:
         return len(self._files)
@@ -106,36 +117,57 @@ class BTCVVolumes:
         return volume
 
     def _read_slices(self, files: CaseFiles) -> Volume:
-        images, labels = [], []
-        for image_path, label_path in zip(files.images, files.labels, strict=True):
-            grey = read_image(image_path, "L")
-            label = read_npy(label_path)
-            label = label[..., 0] if label.ndim == 3 and label.shape[-1] == 1 else label
-            if label.shape != grey.shape:
-                raise InputError(f"{label_path}: mask shape {label.shape} != image shape {grey.shape} "
-                                 f"of {image_path.name}")
-            images.append(grey)
-            labels.append(_check_labels(label, label_path))
+        images = [read_image(path, "L") for path in files.images]
         if len({im.shape for im in images}) > 1:
             raise InputError(f"{files.images[0].parent}: slices of case {files.case} differ in size")
+        labels = [self._read_mask(label_path, image_path, grey) for image_path, label_path, grey
+                  in zip(files.images, files.labels, images, strict=True)] if files.labels else []
         image = np.stack(images).astype(np.float32) / 255.0
-        return Volume(files.case, image, np.stack(labels), (1.0, 1.0, 1.0), None, files.images[0].parent)
+        return Volume(files.case, image, np.stack(labels) if labels else None, (1.0, 1.0, 1.0), None,
+                      files.images[0].parent)
+
+    @staticmethod
+    def _read_mask(label_path: Path, image_path: Path, grey: np.ndarray) -> np.ndarray:
+        label = read_npy(label_path)
+        label = label[..., 0] if label.ndim == 3 and label.shape[-1] == 1 else label
+        if label.shape != grey.shape:
+            raise InputError(f"{label_path}: mask shape {label.shape} != image shape {grey.shape} "
+                             f"of {image_path.name}")
+        return _check_labels(label, label_path)
 
     def _read_nifti(self, files: CaseFiles) -> Volume:
-        (image_path,), (label_path,) = files.images, files.labels
+        (image_path,) = files.images
         data, affine, spacing = nifti.read_nifti(image_path)
-        label, _, _ = nifti.read_nifti(label_path)
-        if label.shape != data.shape:
-            raise InputError(f"{label_path}: label shape {label.shape} != image shape {data.shape} "
-                             f"of {image_path.name} (after RAS reorientation)")
+        label = None
+        if files.labels:
+            (label_path,) = files.labels
+            raw, _, _ = nifti.read_nifti(label_path)
+            if raw.shape != data.shape:
+                raise InputError(f"{label_path}: label shape {raw.shape} != image shape {data.shape} "
+                                 f"of {image_path.name} (after RAS reorientation)")
+            label = nifti.to_display(_check_labels(raw, label_path))
         if self.window is not None:
             lo, hi = self.window
             data = np.clip((data - lo) / (hi - lo), 0.0, 1.0)
         else:
             lo, hi = float(data.min()), float(data.max())
             data = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
-        return Volume(files.case, nifti.to_display(data.astype(np.float32)),
-                      nifti.to_display(_check_labels(label, label_path)), spacing, affine, image_path)
+        image = nifti.to_display(data.astype(np.float32))
+        return Volume(files.case, image, label, spacing, affine, image_path)
+
+
+def scored_split(root: str | Path, split: str = "test") -> str:
+    """The split a training run's final scores come from: ``split`` if it is labelled, else "val".
+
+    The raw BTCV release lists its 20 unlabelled challenge scans as dataset_0.json's "test";
+    published BTCV numbers are on the labelled validation scans, so a run is scored there.
+    """
+    volumes = BTCVVolumes(root, split, labels="optional")
+    if len(volumes) and volumes.labelled:
+        return split
+    print(f"[btcv] {root}: the {split} split has unlabelled scans: final scores use 'val'",
+          file=sys.stderr, flush=True)
+    return "val"
 
 
 def write_prediction(volume: Volume, label_volume: np.ndarray | torch.Tensor,

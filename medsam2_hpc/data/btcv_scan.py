@@ -9,14 +9,26 @@ Split mapping: train = Training, val = Test, test = Test (the copy has no third 
 
 Raw NIfTI (the BTCV challenge files, MONAI's split file)::
 
-    imagesTr/img00XX.nii.gz, labelsTr/label00XX.nii.gz
+    imagesTr/img00XX.nii.gz, labelsTr/label00XX.nii.gz, imagesTs/img00XX.nii.gz (unlabelled)
     dataset_0.json   {"training": [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/..."}],
-                      "validation": [...]}   (paths relative to the json's directory)
+                      "validation": [...],
+                      "test": ["imagesTs/img0061.nii.gz", ...]}   (paths relative to the json's directory)
 
-Split mapping: train = "training", val = test = "validation". Without dataset_0.json the
-images in imagesTr/ are paired with labelsTr/ (``img0001`` <-> ``label0001``, or the same
-file name) and a deterministic split is generated: the last 20 % (at least one) of the
-sorted cases are val/test, the rest train; a log line says so.
+Split mapping: train = "training", val = "validation", test = "test" when the json has a
+non-empty "test" list (strings, or ``{"image": ...}`` objects with an optional "label"; the
+real release's test scans have no labels), else test = "validation" as well. Without
+dataset_0.json the images in imagesTr/ are paired with labelsTr/ (``img0001`` <-> ``label0001``,
+or the same file name) and a deterministic split is generated: the last 20 % (at least one)
+of the sorted cases are val/test, the rest train; a log line says so. A bare folder of
+scans (``*.nii.gz`` / ``*.nii`` directly under ``root``, e.g. ``imagesTs/`` itself) is one
+unlabelled set that every split lists in full.
+
+Labels: with ``labels="required"`` (training, scoring, ground-truth prompts) a case without
+labels is an InputError naming its file. With ``labels="optional"`` (prediction from a
+prompt file) such a case gets ``CaseFiles.labels == ()``: an image case folder without its
+mask folder, a json entry without "label", an image without a labelsTr/ counterpart. A label
+the data names but that is absent or incomplete (a json "label" path, part of a mask folder)
+stays an error either way: that is a broken copy, not an unlabelled scan.
 """
 
 from __future__ import annotations
@@ -25,26 +37,36 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
-__all__ = ["CaseFiles", "detect_layout", "scan_cases", "SPLITS"]
+__all__ = ["CaseFiles", "detect_layout", "scan_cases", "SPLITS", "LABEL_POLICIES"]
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+LABEL_POLICIES = ("required", "optional")
 _SLICE_DIRS = {"train": "Training", "val": "Test", "test": "Test"}
 _JSON_KEYS = {"train": "training", "val": "validation", "test": "validation"}
 SPLIT_FILE = "dataset_0.json"
+_NIFTI_GLOBS = ("*.nii.gz", "*.nii")
 
 
 @dataclass(frozen=True)
 class CaseFiles:
-    """Where one case lives: slice files (slices layout) or one image/label file each (NIfTI)."""
+    """Where one case lives: slice files (slices layout) or one image/label file each (NIfTI).
+
+    ``labels`` is empty for an unlabelled case (only produced with ``labels="optional"``).
+    """
 
     case: str
     images: tuple[Path, ...]
     labels: tuple[Path, ...]
+
+
+def _bare_scans(base: Path) -> list[Path]:
+    return sorted({p for pattern in _NIFTI_GLOBS for p in base.glob(pattern) if p.is_file()})
 
 
 def detect_layout(root: str | Path) -> tuple[str, Path]:
@@ -55,14 +77,16 @@ def detect_layout(root: str | Path) -> tuple[str, Path]:
     for base in (root, root / "btcv", root / "BTCV"):
         if (base / "Training").is_dir() or (base / "Test").is_dir():
             return "slices", base
-        if (base / "imagesTr").is_dir() or (base / SPLIT_FILE).is_file():
+        if (base / "imagesTr").is_dir() or (base / SPLIT_FILE).is_file() or _bare_scans(base):
             return "nifti", base
     raise InputError(f"{root}: no BTCV layout found (expected Training/ and Test/ with image/ and "
-                     f"mask/, or imagesTr/ + labelsTr/ [+ {SPLIT_FILE}])")
+                     f"mask/, or imagesTr/ + labelsTr/ [+ {SPLIT_FILE}], or a folder of .nii.gz scans)")
 
 
-def scan_cases(layout: str, base: Path, split: str) -> list[CaseFiles]:
-    cases = _scan_slices(base, split) if layout == "slices" else _scan_nifti(base, split)
+def scan_cases(layout: str, base: Path, split: str, labels: str = "required") -> list[CaseFiles]:
+    """The cases of ``split``; ``labels`` is "required" or "optional" (module docstring)."""
+    required = labels == "required"
+    cases = _scan_slices(base, split, required) if layout == "slices" else _scan_nifti(base, split, required)
     if not cases:
         raise InputError(f"{base}: BTCV split {split!r} has no cases")
     return cases
@@ -75,7 +99,7 @@ def _slice_index(path: Path) -> int:
         raise InputError(f"{path}: slice file name must be its integer index (0.jpg, 1.jpg, ...)") from None
 
 
-def _scan_slices(base: Path, split: str) -> list[CaseFiles]:
+def _scan_slices(base: Path, split: str, required: bool) -> list[CaseFiles]:
     top = base / _SLICE_DIRS[split]
     image_root, mask_root = top / "image", top / "mask"
     case_dirs = sorted(p for p in image_root.iterdir() if p.is_dir()) if image_root.is_dir() else []
@@ -88,7 +112,11 @@ def _scan_slices(base: Path, split: str) -> list[CaseFiles]:
             raise InputError(f"{case_dir}: case {case_dir.name} has no .jpg slices")
         mask_dir = mask_root / case_dir.name
         if not mask_dir.is_dir():
-            raise InputError(f"{case_dir}: case {case_dir.name} has images but no masks ({mask_dir} missing)")
+            if required:
+                raise InputError(f"{case_dir}: case {case_dir.name} has images but no masks "
+                                 f"({mask_dir} missing)")
+            cases.append(CaseFiles(case_dir.name, tuple(images), ()))
+            continue
         labels = tuple(mask_dir / f"{p.stem}.npy" for p in images)
         missing = [p for p in labels if not p.is_file()]
         if missing:
@@ -103,37 +131,68 @@ def _case_id(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
 
 
-def _scan_nifti(base: Path, split: str) -> list[CaseFiles]:
+def _scan_nifti(base: Path, split: str, required: bool) -> list[CaseFiles]:
     split_file = base / SPLIT_FILE
-    pairs = _pairs_from_json(split_file, split) if split_file.is_file() else _generated_split(base, split)
+    if split_file.is_file():
+        pairs = _pairs_from_json(split_file, split, required)
+    elif (base / "imagesTr").is_dir():
+        pairs = _generated_split(base, split, required)
+    else:
+        pairs = [(scan, None) for scan in _bare_scans(base)]
     cases = []
     for image, label in pairs:
-        for path, what in ((image, "image"), (label, "label")):
-            if not path.is_file():
-                raise InputError(f"{path}: {what} file missing")
-        cases.append(CaseFiles(_case_id(image), (image,), (label,)))
+        if not image.is_file():
+            raise InputError(f"{image}: image file missing")
+        if label is not None and not label.is_file():
+            raise InputError(f"{label}: label file missing")
+        if label is None and required:
+            raise InputError(f"{image}: case {_case_id(image)} has no label file (an unlabelled scan: "
+                             "predict it with a prompt file; training and scoring need labels)")
+        cases.append(CaseFiles(_case_id(image), (image,), () if label is None else (label,)))
     return cases
 
 
-def _pairs_from_json(split_file: Path, split: str) -> list[tuple[Path, Path]]:
+def _read_split_file(split_file: Path) -> Any:
     try:
-        data = json.loads(split_file.read_text(encoding="utf-8"))
+        return json.loads(split_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{split_file}: not a readable JSON split file ({exc})") from None
+
+
+def _pairs_from_json(split_file: Path, split: str, required: bool) -> list[tuple[Path, Path | None]]:
+    data = _read_split_file(split_file)
+    if not isinstance(data, dict):
+        raise InputError(f"{split_file}: expected a JSON object with 'training' and 'validation' lists")
+    test = data.get("test")
+    if split == "test" and test is not None and not isinstance(test, list):
+        raise InputError(f"{split_file}: key 'test' must be a list of image paths or {{image}} objects")
+    if split == "test" and test:
+        return [_test_entry(split_file, i, entry) for i, entry in enumerate(test)]
     key = _JSON_KEYS[split]
-    entries = data.get(key) if isinstance(data, dict) else None
+    entries = data.get(key)
     if not isinstance(entries, list):
         raise InputError(f"{split_file}: key {key!r} (a list of {{image, label}}) is missing")
-    pairs = []
+    pairs: list[tuple[Path, Path | None]] = []
     for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and isinstance(entry.get("image"), str)
-                and isinstance(entry.get("label"), str)):
+        image = entry.get("image") if isinstance(entry, dict) else None
+        label = entry.get("label") if isinstance(entry, dict) else None
+        if not isinstance(image, str) or not (isinstance(label, str) or (label is None and not required)):
             raise InputError(f"{split_file}: {key}[{i}] needs string keys 'image' and 'label'")
-        pairs.append((split_file.parent / entry["image"], split_file.parent / entry["label"]))
+        pairs.append((split_file.parent / image, None if label is None else split_file.parent / label))
     return pairs
 
 
-def _generated_split(base: Path, split: str) -> list[tuple[Path, Path]]:
+def _test_entry(split_file: Path, i: int, entry: Any) -> tuple[Path, Path | None]:
+    """One item of the json's "test" list: "imagesTs/x.nii.gz" or {"image": ..., "label"?: ...}."""
+    image, label = (entry, None) if isinstance(entry, str) else (
+        (entry.get("image"), entry.get("label")) if isinstance(entry, dict) else (None, None))
+    if not isinstance(image, str) or not isinstance(label, (str, type(None))):
+        raise InputError(f"{split_file}: test[{i}] must be an image path or an object with string "
+                         "'image' (and optional 'label')")
+    return split_file.parent / image, None if label is None else split_file.parent / label
+
+
+def _generated_split(base: Path, split: str, required: bool) -> list[tuple[Path, Path | None]]:
     images_dir, labels_dir = base / "imagesTr", base / "labelsTr"
     images = sorted(images_dir.glob("*.nii*")) if images_dir.is_dir() else []
     if not images:
@@ -142,7 +201,7 @@ def _generated_split(base: Path, split: str) -> list[tuple[Path, Path]]:
     for image in images:
         candidates = [labels_dir / image.name.replace("img", "label", 1), labels_dir / image.name]
         label = next((c for c in candidates if c.is_file()), None)
-        if label is None:
+        if label is None and required:
             raise InputError(f"{image}: case has an image but no label in {labels_dir}")
         pairs.append((image, label))
     n_val = max(1, round(0.2 * len(pairs))) if len(pairs) > 1 else 0

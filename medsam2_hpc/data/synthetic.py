@@ -12,7 +12,10 @@ REFUGE: a fundus-like RGB photograph (orange retina, bright optic disc, brighter
 BTCV: CT-like volumes in Hounsfield units (air, body, several ellipsoid organs under the
 real BTCV label ids, each with its own intensity), with the first and last slices free of
 organs. Written as JPEG slices + ``.npy`` label maps, or as ``.nii.gz`` with an LPS-like
-affine (x and y flipped, anisotropic spacing) plus ``dataset_0.json``.
+affine (x and y flipped, anisotropic spacing) plus ``dataset_0.json``. ``unlabelled=N`` adds
+N test scans without labels, where the real downloads keep them: ``imagesTs/`` listed under
+dataset_0.json's "test" (NIfTI), or ``Test/image/<case>/`` with no ``Test/mask/<case>/``
+(slices; that copy's val and test are the same folder, so val then needs ``labels="optional"`` too).
 """
 
 from __future__ import annotations
@@ -183,12 +186,16 @@ def _save_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
 
 def make_btcv(out: str | Path, layout: str = "slices", *, n_train: int = 4, n_test: int = 2,
               depth: int = 20, size: int = 96, organs: Sequence[int] = DEFAULT_ORGANS,
-              seed: int = 0) -> Path:
-    """Write a small BTCV copy under ``out`` in ``layout``; return the root to pass to the loader."""
+              seed: int = 0, unlabelled: int = 0) -> Path:
+    """Write a small BTCV copy under ``out`` in ``layout``; return the root to pass to the loader.
+
+    ``unlabelled`` extra test scans are written without labels (module docstring), numbered
+    after the labelled cases, so prompt-file inference has real "no ground truth" input.
+    """
     if layout not in BTCV_LAYOUTS:
         raise InputError(f"--layout: {layout!r} is not a BTCV layout ({', '.join(BTCV_LAYOUTS)})")
     for value, flag, low in ((n_train, "--cases", 1), (n_test, "n_test", 1), (size, "--size", 16),
-                             (depth, "depth", 6)):
+                             (depth, "depth", 6), (unlabelled, "unlabelled", 0)):
         _check(value, low, flag)
     bad = [o for o in organs if o not in _ORGAN_HU]
     if bad:
@@ -214,6 +221,18 @@ def make_btcv(out: str | Path, layout: str = "slices", *, n_train: int = 4, n_te
                 _save_nifti(out / label_rel, _dhw_to_file(label), affine)
                 entries["training" if split == "train" else "validation"].append(
                     {"image": image_rel, "label": label_rel})
+    test_scans = []
+    for number in range(n_train + n_test + 1, n_train + n_test + 1 + unlabelled):
+        hu, _ = _ct_volume(rng, depth, size, organs)
+        case = f"img{number:04d}"
+        if layout == "slices":
+            for i in range(depth):
+                _save_image(out / "Test" / "image" / case / f"{i}.jpg", Image.fromarray(_window_u8(hu[i])),
+                            "JPEG", quality=95)
+        else:
+            test_scans.append(f"imagesTs/{case}.nii.gz")
+            _save_nifti(out / test_scans[-1], _dhw_to_file(hu), _lps_affine(SLICE_SPACING_MM))
     if layout == "nifti":
-        write_text(out / "dataset_0.json", json.dumps(entries, indent=2) + "\n")
+        listing = {**entries, "test": test_scans} if test_scans else entries
+        write_text(out / "dataset_0.json", json.dumps(listing, indent=2) + "\n")
     return out

@@ -80,11 +80,17 @@ class BaselineData:
         else:
             self.class_names = tuple(btcv.ORGANS[k] for k in sorted(btcv.ORGANS))
             self.multilabel = False
-            self._volumes = {s: btcv.BTCVVolumes(root, s) for s in ("train", "val", "test")}
+            self._volumes = {s: btcv.BTCVVolumes(root, s) for s in ("train", "val")}
+            self._volumes["test"] = btcv.BTCVVolumes(root, btcv.scored_split(root))
             self.train = _Targets(btcv.BTCVSlices(self._volumes["train"], self.image_size), "label")
             self.val = _Targets(btcv.BTCVSlices(self._volumes["val"], self.image_size), "label")
         if len(self.train) == 0:
             raise InputError(f"{root}: the {dataset} training split has no labelled images")
+
+    @property
+    def scored_split(self) -> str:
+        """The split behind the final scores: REFUGE's test; BTCV's test, or val when test is unlabelled."""
+        return "test" if self.dataset == "refuge" else self._volumes["test"].split
 
     @property
     def num_outputs(self) -> int:

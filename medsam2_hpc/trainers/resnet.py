@@ -158,7 +158,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     out_dir = run.predictions if is_main_process() else None
     scores = data.evaluate(predict, out_dir, batch_size=cfg.batch_size, hd95=cfg.hd95)
     return build_metrics(
-        task, split="test", dice_mean=scores.dice_mean, per_class=scores.per_class,
+        task, split=data.scored_split, dice_mean=scores.dice_mean, per_class=scores.per_class,
         per_case=scores.per_case, hd95_mean=scores.hd95_mean, epochs_completed=loop.state.epoch,
         train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
         params_m=count_params_m(model), peak_gpu_mem_gb=peak_memory_gb(device),

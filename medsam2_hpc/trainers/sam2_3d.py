@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..contract import build_metrics
-from ..data.btcv import BTCVClips, BTCVVolumes
+from ..data.btcv import BTCVClips, BTCVVolumes, scored_split
 from ..engine import LoopConfig, TrainLoop, autocast, count_params_m, peak_memory_gb, pick_device, progress
 from ..engine.runtime import reset_peak_memory, seed_everything
 from ..errors import InputError
@@ -83,7 +83,10 @@ def config(task: Task) -> Sam2Config3D:
 
 
 def _volumes(task: Task) -> dict[str, BTCVVolumes]:
-    return {split: BTCVVolumes(task.data_path, split) for split in ("train", "val", "test")}
+    """train, val, and "test": the split the final scores come from (val when test is unlabelled)."""
+    volumes = {split: BTCVVolumes(task.data_path, split) for split in ("train", "val")}
+    volumes["test"] = BTCVVolumes(task.data_path, scored_split(task.data_path))
+    return volumes
 
 
 def check(task: Task) -> None:
@@ -188,7 +191,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
     peak = peak_memory_gb(device)
     return build_metrics(
-        task, split="test", dice_mean=_finite(s["dice_mean"]), per_class=s["per_class"],
+        task, split=volumes["test"].split, dice_mean=_finite(s["dice_mean"]), per_class=s["per_class"],
         per_case=s["per_case"], epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
         eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
         hd95_mean=_finite(s["hd95_mean"]), peak_gpu_mem_gb=peak,

@@ -217,7 +217,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                            batch_size=cfg.batch_size, hd95=cfg.hd95)
     clock = run.path / "yolo" / "train_seconds.json"
     return build_metrics(
-        task, split="test", dice_mean=scores.dice_mean, per_class=scores.per_class,
+        task, split=data.scored_split, dice_mean=scores.dice_mean, per_class=scores.per_class,
         per_case=scores.per_case, hd95_mean=scores.hd95_mean,
         epochs_completed=_epochs_done(weights.parent / "results.csv"),
         train_seconds=float(read_json(clock)["seconds"]) if clock.is_file() else 0.0,
