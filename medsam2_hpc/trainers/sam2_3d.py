@@ -172,11 +172,6 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                                        seed_view=run.path / "Model" if cfg.seed_view else None),
                      extra_state={"sam_config": sam2_config_name(task, cfg), "image_size": cfg.image_size,
                                   "prompt": task.prompt, "prompt_freq": cfg.prompt_freq})
-    for split in ("val", "test"):
-        unlabelled = [c for c in volumes[split].cases if volumes[split].get(c).label is None]
-        if unlabelled:
-            raise InputError(f"{task.data_path}: {split} case {unlabelled[0]} has no labels; ground-truth "
-                             "prompts need them (inference_3d.py -prompt_file serves unlabelled cases)")
     loop.resume()
     reset_peak_memory(device)
 
