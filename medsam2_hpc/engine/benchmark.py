@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_json
+from ..atomic import write_json, write_text
 from .runtime import peak_memory_gb, peak_rss_gb, reset_peak_memory
 
-__all__ = ["sync", "memory_figures", "timed", "positive_int", "emit"]
+__all__ = ["sync", "memory_figures", "timed", "count_flops", "profile_ops", "positive_int", "emit"]
 
 
 def sync(device: torch.device) -> None:
@@ -48,6 +48,59 @@ def timed(fn: Callable[[], Any], steps: int, warmup: int, device: torch.device) 
     results = [fn() for _ in range(steps)]
     sync(device)
     return time.perf_counter() - t0, results
+
+
+def _cpu_attention_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
+                         **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(grad_out: Any, query: Any, key: Any, value: Any, *args: Any,
+                                  out_shape: Any = None, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn`` once under PyTorch's FLOP counter; return (its result, FLOPs it ran).
+
+    Matmuls, convolutions and fused attention, forward and backward (recomputation included):
+    dividing by measured seconds tells how close a step runs to the device's peak. PyTorch
+    counts the GPU's attention kernels but not the CPU's; those are added here.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    counter = FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops})
+    with counter:
+        result = fn()
+    return result, counter.get_total_flops()
+
+
+def profile_ops(fn: Callable[[], Any], device: torch.device, table: Path, rows: int = 25
+                ) -> list[dict[str, Any]]:
+    """Run ``fn`` once under torch.profiler: where the time goes, op by op.
+
+    Writes PyTorch's table of the ``rows`` ops with the most self time (device time on a GPU,
+    CPU time otherwise) to ``table`` and returns the first ten as name, calls and milliseconds
+    for the JSON record.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    write_text(table, events.table(sort_by=key, row_limit=rows) + "\n")
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:10]
+    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1e3, 3)} for e in top]
 
 
 def positive_int(text: str) -> int:
