@@ -7,19 +7,23 @@ Both time the code that trains and predicts (``trainers/sam2_3d_step.clip_loss``
 ``infer.predict_volume``) on synthetic slices: K disc-shaped organs at fixed places in every
 slice, random pixels (speed does not depend on them). ``train3d`` reports slices/s of whole
 optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice volume with one
-box per organ on the middle slice, and the encoder's share of the time.
+box per organ on the middle slice, and the encoder's share of the time. Both count the FLOPs
+of one run (``tflop_per_run``, by PyTorch's FLOP counter, after the timing) and report the rate
+achieved (``achieved_tflops``): far below the GPU's peak means kernels or overheads, not
+arithmetic, set the speed. ``--profile FILE`` adds PyTorch's profiler table of one more run.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medsam2_hpc.engine.benchmark import memory_figures, sync, timed
+from medsam2_hpc.engine.benchmark import count_flops, memory_figures, profile_ops, sync, timed
 
 __all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
 
@@ -31,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-freq", type=int, default=2, help="train3d: prompt every k-th slice")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
                    help="train3d: keep every activation (the trainer recomputes per-slice ones by default)")
+    p.add_argument("--recompute-attention", dest="keep_attention", action="store_false",
+                   help="train3d: with checkpointing, recompute the attention kernels too (less memory)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="3D: after the timing, profile one more run and write the op table here")
     p.add_argument("--attention", default="default", choices=["default", "cudnn"],
                    help="3D: fused attention kernel tried first (sam2_video.ATTENTION)")
 
@@ -56,10 +64,6 @@ def _model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
                             allow_random=args.ckpt is None)
 
 
-
-
-
-
 def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     """Optimizer steps on one clip of N slices with K organs batched as objects."""
     from medsam2_hpc.engine.runtime import autocast, pick_device
@@ -73,7 +77,8 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     model = _model(args, device)
     trainable = set_trainable(model, args.trainable)
     model.train()
-    propagator = VideoPropagator(model, checkpoint=args.checkpoint, attention=args.attention)
+    propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
+                                 attention=args.attention)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
     loss_fn = make_loss("bce")
     rng = np.random.default_rng(0)
@@ -94,13 +99,17 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
         return float(parts["loss"].detach())
 
     seconds, losses = timed(step, args.steps, args.warmup, device)
+    _, flops = count_flops(step)  # after the timing: the counter slows the step it watches
+    top = profile_ops(step, device, args.profile) if args.profile else None
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
-            "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint, "attention": args.attention,
+            "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
+            "keep_attention": args.keep_attention, "attention": args.attention,
             "steps": args.steps,
             "warmup": args.warmup,
             "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
             "trainable_m": trainable / 1e6, "seconds": seconds, "step_seconds": seconds / args.steps,
-            "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1], **memory_figures(device)}
+            "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1],
+            **_compute_figures(flops, seconds / args.steps), "profile_top": top, **memory_figures(device)}
 
 
 def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,6 +135,8 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds, preds = timed(run, args.steps, args.warmup, device)
     seconds, pred = seconds / args.steps, preds[-1]
+    _, flops = count_flops(run)
+    top = profile_ops(run, device, args.profile) if args.profile else None
     with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
         t1 = time.perf_counter()
         for lo in range(0, frames, 8):
@@ -137,7 +148,12 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
             "amp": args.amp if device.type == "cuda" else "none",
             "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
             "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),
-            **memory_figures(device)}
+            **_compute_figures(flops, seconds), "profile_top": top, **memory_figures(device)}
+
+
+def _compute_figures(flops: int, seconds: float) -> dict[str, float]:
+    """FLOPs of one step or volume and the rate achieved: compare with the device's peak."""
+    return {"tflop_per_run": flops / 1e12, "achieved_tflops": flops / seconds / 1e12}
 
 
 MODES_3D = {"train3d": bench_train3d, "infer3d": bench_infer3d}

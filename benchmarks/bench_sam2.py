@@ -28,8 +28,6 @@ from medsam2_hpc.engine.runtime import pick_device
 __all__ = ["MODES", "build_parser", "main"]
 
 
-
-
 def _synthetic_batch(batch: int, image_size: int, out_size: int, rng: np.random.Generator
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.from_numpy(rng.random((batch, 3, image_size, image_size), dtype=np.float32))
@@ -86,8 +84,6 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-
-
 MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"train2d": bench_train2d}
 
 
@@ -104,10 +100,6 @@ def _load_3d() -> Any:
 
 _BENCH_3D = _load_3d()
 MODES.update(_BENCH_3D.MODES_3D)
-
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

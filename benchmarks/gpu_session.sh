@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU session: SAM2 3D training and inference throughput at the issue's settings
-# (Hiera-S, 1024 px, bf16, 13 organs) and the ResNet-50 baseline (512 px, bf16), one JSON file
-# per measurement in $OUT (default bench_out).
+# (Hiera-S, 1024 px, bf16, 13 organs; training with the selective recompute and with a full
+# one) and the ResNet-50 baseline (512 px, bf16), one JSON file per measurement in $OUT
+# (default bench_out), with the FLOPs achieved and, for SAM2, the profiler's op table.
 #
 #   bash benchmarks/gpu_session.sh [extra bench_sam2.py flags]
 #
@@ -18,12 +19,16 @@ bench() {  # bench NAME SCRIPT FLAGS...
   timeout "${BENCH_TIMEOUT:-170}" "$py" "benchmarks/$script" "$@" --out "$out/$name.json" \
     > "$out/$name.log" 2>&1
   echo "$name: exit $? $(tr -d '\n' < "$out/$name.json" 2>/dev/null \
-    | grep -o '"[a-z_]*per_s": [0-9.]*\|"peak_mem_gb": [0-9.]*' | tr '\n' ' ')"
+    | grep -o '"[a-z_]*per_s": [0-9.]*\|"peak_mem_gb": [0-9.]*\|"achieved_tflops": [0-9.]*' | tr '\n' ' ')"
 }
 common=(--config sam2_hiera_s --image-size 1024 --amp bf16 --organs 13)
 for att in ${ATTENTIONS:-default}; do  # ATTENTIONS="default cudnn" also tries cuDNN's fused attention
-  bench "train3d_s_13organs_$att" bench_sam2.py --mode train3d --frames 8 "${common[@]}" --attention "$att" "$@"
-  bench "infer3d_s_13organs_$att" bench_sam2.py --mode infer3d --frames 100 "${common[@]}" --attention "$att" "$@"
+  for name in "train3d_s_13organs_$att" "train3d_s_13organs_${att}_full_recompute" "infer3d_s_13organs_$att"; do
+    mode=(--mode train3d --frames 8)
+    [[ $name == infer3d* ]] && mode=(--mode infer3d --frames 100)
+    [[ $name == *full_recompute ]] && mode+=(--recompute-attention)
+    bench "$name" bench_sam2.py "${mode[@]}" "${common[@]}" --attention "$att" --profile "$out/$name.ops.txt" "$@"
+  done
 done
 if [[ -z "${SKIP_BASELINES:-}" ]]; then
   base=(--variant resnet50 --image-size 512 --batch 8 --amp bf16)

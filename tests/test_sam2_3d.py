@@ -14,6 +14,7 @@ import torch
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data import synthetic
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
+from medsam2_hpc.engine.benchmark import count_flops
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.infer import evaluate
 from medsam2_hpc.losses import make_loss
@@ -163,12 +164,15 @@ def test_benchmark_modes_smoke(mode, extra, tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     argv = ["--mode", mode, "--config", "sam2_hiera_t", "--image-size", str(SIZE), "--steps", "1",
-            "--warmup", "0", "--device", "cpu", "--out", str(out), *extra]
+            "--warmup", "0", "--device", "cpu", "--out", str(out), "--profile", str(tmp_path / "ops.txt"),
+            *extra]
     assert bench.main(argv) == 0
     import json
 
     record = json.loads(out.read_text())
     assert record["mode"] == mode and record["slices_per_s"] > 0 and record["peak_mem_gb"] > 0
+    assert record["tflop_per_run"] > 0 and record["achieved_tflops"] > 0
+    assert record["profile_top"] and "Self CPU" in (tmp_path / "ops.txt").read_text()
 
 
 def _label_clip() -> np.ndarray:
@@ -203,27 +207,73 @@ def test_device_prompts_equal_per_organ_prompts(kind):
                 assert got.dtype == want.dtype and torch.equal(got, want), (t, name)
 
 
-def test_activation_checkpointing_keeps_loss_and_gradients(btcv_slices):
-    """Recomputing each slice in backward (dropout on: train mode) gives the same gradients."""
+def _fused_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+                   ) -> torch.Tensor:
+    """Dropout as CUDA runs it (the fused ``native_dropout``; the CPU fills a mask in place)."""
+    return torch.native_dropout(x, p, training)[0] if training and p > 0 else x
+
+
+def _clip_grads(model, clip, propagator):
+    """(loss, gradients by name, FLOPs of the backward pass) of one clip, dropout seeded alike."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = clip_loss(propagator, clip, "bbox", 2, make_loss("bce"), np.random.default_rng(0),
+                          torch.device("cpu"))
+    _, flops = count_flops(parts["loss"].backward)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return parts["loss"].detach(), grads, flops
+
+
+@pytest.mark.parametrize("dropout", ["cpu", "gpu-like"])
+def test_activation_checkpointing_keeps_loss_and_gradients(btcv_slices, dropout, monkeypatch):
+    """Recomputing each slice in backward, fully or all but the attention, gives the same gradients.
+
+    Train mode under bf16 autocast. "cpu": the CPU's dropout (mask drawn in place, recomputed
+    from the replayed random state; attention with dropout unfused). "gpu-like": dropout as the
+    fused kernel CUDA uses and attention through the fused kernel, both kept by the selective
+    recompute; the CPU's fused attention has no dropout, so attention dropout is off there.
+    """
     clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
     model = _tiny_model()
     set_trainable(model, "decoder+memory")
     model.train()
-    results = []
-    for ckpt in (False, True):
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(7)
-        parts = clip_loss(VideoPropagator(model, checkpoint=ckpt), clip, "bbox", 2, make_loss("bce"),
-                          np.random.default_rng(0), torch.device("cpu"))
-        parts["loss"].backward()
-        results.append((parts["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                                 if p.grad is not None}))
-    (loss_plain, grads_plain), (loss_ckpt, grads_ckpt) = results
-    torch.testing.assert_close(loss_ckpt, loss_plain)
-    assert grads_plain.keys() == grads_ckpt.keys()
+    if dropout == "gpu-like":
+        monkeypatch.setattr(torch.nn.functional, "dropout", _fused_dropout)
+        for module in model.memory_attention.modules():
+            if hasattr(module, "dropout_p"):
+                monkeypatch.setattr(module, "dropout_p", 0.0)
+    settings = [("plain", False, True), ("full", True, False), ("selective", True, True)]
+    runs = {name: _clip_grads(model, clip, VideoPropagator(model, checkpoint=ckpt, keep_attention=keep))
+            for name, ckpt, keep in settings}
+    loss_plain, grads_plain, flops_plain = runs["plain"]
     assert any(n.startswith("memory_attention") for n in grads_plain)
-    for name, grad in grads_plain.items():
-        torch.testing.assert_close(grads_ckpt[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    for name in ("full", "selective"):
+        loss, grads, _ = runs[name]
+        torch.testing.assert_close(loss, loss_plain)
+        assert grads.keys() == grads_plain.keys()
+        for key, grad in grads_plain.items():
+            torch.testing.assert_close(grads[key], grad, atol=1e-5, rtol=1e-4, msg=f"{name}: {key}")
+    if dropout == "gpu-like":  # the kept attention is not run again: fewer FLOPs than a full recompute
+        assert flops_plain < runs["selective"][2] < runs["full"][2]
+
+
+def test_selective_recompute_keeps_every_op_that_draws_random_numbers():
+    """The GPU's attention kernels and fused dropout are kept (a recompute that skipped one and
+    re-ran another would draw from a shifted random stream); in-place draws and the rest are
+    recomputed. Checked on the op list, since the GPU kernels cannot run here."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    from medsam2_hpc.models.sam2_video import _save_seeded_ops
+
+    aten = torch.ops.aten
+    kept = [aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default, aten.native_dropout.default,
+            aten._scaled_dot_product_flash_attention_for_cpu.default]
+    recomputed = [aten.bernoulli_.float, aten.mm.default, aten.addmm.default, aten._to_copy.default]
+    assert all(_save_seeded_ops(None, op) is CheckpointPolicy.MUST_SAVE for op in kept)
+    assert all(_save_seeded_ops(None, op) is CheckpointPolicy.PREFER_RECOMPUTE for op in recomputed)
 
 
 def test_attention_kernel_choice_keeps_predictions():

@@ -49,8 +49,10 @@ class Sam2Config3D(Sam2Config):
     head that says "absent" gets no mask gradient), max_cond_frames (prompted slices each
     slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip), hd95,
     activation_checkpointing (recompute each slice's per-object activations in the backward
-    pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it), attention
-    (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
+    pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
+    checkpoint_keeps_attention (with it, keep the attention kernels' outputs instead of
+    recomputing them: fewer FLOPs for more memory, see ``sam2_video._save_seeded_ops``),
+    attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
     """
 
     trainable: str = "decoder+memory"
@@ -63,6 +65,7 @@ class Sam2Config3D(Sam2Config):
     clips_per_epoch: int = 0
     hd95: bool = True
     activation_checkpointing: bool = True
+    checkpoint_keeps_attention: bool = True
     attention: Literal["default", "cudnn"] = "default"
 
     def __post_init__(self) -> None:
@@ -164,7 +167,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
     propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames,
-                                 checkpoint=cfg.activation_checkpointing, attention=cfg.attention)
+                                 checkpoint=cfg.activation_checkpointing,
+                                 keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
                                   weight_decay=cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
