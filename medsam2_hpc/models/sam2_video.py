@@ -209,19 +209,28 @@ class VideoPropagator:
         """
         # what this slice may read: a recomputation in the backward pass must see the same
         past = {bank: dict(frames) for bank, frames in memory.items()}
+        is_cond, sizes = prompts is not None, feats.feat_sizes
 
-        def run(*tensors: Tensor) -> tuple:  # also what the backward pass recomputes
-            with self._kernels(), _uncached_autocast(tensors[-1].device):
-                return self._segment(t, list(tensors[:-1]), tensors[-1], feats.feat_sizes, num_objects,
-                                     prompts, past, num_frames, reverse)
+        def attend(vision: Tensor, pos: Tensor) -> Tensor:  # also what the backward pass recomputes
+            with self._kernels(), _uncached_autocast(vision.device):
+                return self._attend(t, vision, pos, sizes[-1], num_objects, is_cond, past, num_frames,
+                                    reverse)
 
-        tensors = (*feats.vision_feats, feats.vision_pos[-1])
+        def finish(pix: Tensor, *vision: Tensor) -> tuple:
+            with self._kernels():
+                return self._finish(pix, list(vision), sizes, num_objects, prompts)
+
         if self.checkpoint and torch.is_grad_enabled():
-            # tensors as arguments: checkpoint stashes the RNG state of their device (dropout)
+            # two regions: the selective recompute's dispatch mode costs host time on every op, so
+            # it covers only the memory attention, where the kept outputs save the arithmetic.
+            # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
+            pix = torch.utils.checkpoint.checkpoint(attend, feats.vision_feats[-1], feats.vision_pos[-1],
+                                                    use_reentrant=False, context_fn=self._context_fn)
             low, high, ptr, score, from_decoder, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
-                run, *tensors, use_reentrant=False, context_fn=self._context_fn)
+                finish, pix, *feats.vision_feats, use_reentrant=False)
         else:
-            low, high, ptr, score, from_decoder, mem_feats, mem_pos = run(*tensors)
+            pix = attend(feats.vision_feats[-1], feats.vision_pos[-1])
+            low, high, ptr, score, from_decoder, mem_feats, mem_pos = finish(pix, *feats.vision_feats)
         # the memory's positional encoding is the same for every object: keep one row
         mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
         bank = "cond_frame_outputs" if prompts is not None else "non_cond_frame_outputs"
@@ -233,21 +242,23 @@ class VideoPropagator:
             return sdpa_kernel(_CUDNN_FIRST, set_priority=True)
         return contextlib.nullcontext()
 
-    def _segment(self, t: int, vision_feats: list[Tensor], vision_pos: Tensor, sizes: list[tuple[int, int]],
-                 k: int, prompts: ObjectPrompts | None, memory: dict[str, dict[int, dict[str, Tensor]]],
-                 num_frames: int, reverse: bool) -> tuple:
-        """The per-object work of one slice: memory attention, heads, memory encoder."""
+    def _attend(self, t: int, vision: Tensor, pos: Tensor, size: tuple[int, int], k: int, is_cond: bool,
+                memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool) -> Tensor:
+        """Memory attention of the K objects on one slice (SAM2's no-memory embedding when prompted)."""
+        return self.model._prepare_memory_conditioned_features(
+            frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[vision.expand(-1, k, -1)],
+            current_vision_pos_embeds=[pos.expand(-1, k, -1)], feat_sizes=[size], output_dict=memory,
+            num_frames=num_frames, track_in_reverse=reverse)
+
+    def _finish(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
+                prompts: ObjectPrompts | None) -> tuple:
+        """The rest of one slice's per-object work: mask decoder and memory encoder."""
         m = self.model
         vf = [x.expand(-1, k, -1) for x in vision_feats]
         high_res = None
         if len(vf) > 1:
             high_res = [x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(k, -1, -1, -1)
                         for x, s in zip(vision_feats[:-1], sizes[:-1], strict=True)]
-        is_cond = prompts is not None
-        pix = m._prepare_memory_conditioned_features(
-            frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=vf[-1:],
-            current_vision_pos_embeds=[vision_pos.expand(-1, k, -1)], feat_sizes=sizes[-1:],
-            output_dict=memory, num_frames=num_frames, track_in_reverse=reverse)
         if prompts is None:
             outs = m._forward_sam_heads(pix, high_res_features=high_res,
                                         multimask_output=m._use_multimask(False, None))
@@ -257,7 +268,7 @@ class VideoPropagator:
             low, high, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
-            object_score_logits=score, is_mask_from_pts=is_cond)
+            object_score_logits=score, is_mask_from_pts=prompts is not None)
         return low, high, ptr, score, from_decoder, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
