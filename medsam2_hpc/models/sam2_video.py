@@ -12,11 +12,12 @@ The same generator runs with gradients (training flows through the memories) and
 Memory: with ``checkpoint=True`` each slice's per-object work (memory attention, heads, memory
 encoder) is recomputed in the backward pass instead of stored. Its activations grow with the
 object count (about 3.3 GiB per organ on an 8-slice 1024 px clip: 44.9 GiB with 13 organs,
-11.6 with 3, on an H100), far above 24 GiB. The recompute is selective by default
-(``keep_attention``): the fused attention kernels' outputs are kept, with dropout's, and only
-the cheap rest runs again. Counted with PyTorch's FLOP counter for Hiera-S, 13 organs, 8-slice
-1024 px clips: 102 TFLOP per clip without recompute, 129 with a full one, 106 with the
-selective one, which keeps about 0.6 GiB more per organ (dropout outputs and masks, mostly).
+11.6 with 3, on an H100), far above 24 GiB. The memory attention's recompute is selective by
+default (``keep_attention``): the fused attention kernels' outputs are kept, with dropout's,
+and only the cheap rest runs again; decoder and memory encoder are recomputed in full.
+Counted with PyTorch's FLOP counter for Hiera-S, 13 organs, 8-slice 1024 px clips: 102 TFLOP
+per clip without recompute, 129 with a full one, 106 with the selective one, which keeps
+about 0.6 GiB more per organ (dropout outputs and masks, mostly).
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
 
 Built on SAM2Base's own pieces (``_prepare_memory_conditioned_features``,
