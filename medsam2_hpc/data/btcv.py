@@ -34,8 +34,8 @@ from .btcv_scan import LABEL_POLICIES, SPLITS, CaseFiles, detect_layout, scan_ca
 from .images import read_image, read_npy, resize_image, resize_labels
 from .organs import ORGANS
 
-__all__ = ["ORGANS", "Volume", "BTCVVolumes", "scored_split", "BTCVClips", "BTCVSlices", "write_prediction",
-           "labelled_slices"]
+__all__ = ["ORGANS", "Volume", "BTCVVolumes", "scored_split", "training_volumes", "BTCVClips", "BTCVSlices",
+           "write_prediction", "labelled_slices"]
 
 MAX_LABEL = max(ORGANS)
 
@@ -168,6 +168,14 @@ def scored_split(root: str | Path, split: str = "test") -> str:
     print(f"[btcv] {root}: the {split} split has unlabelled scans: final scores use 'val'",
           file=sys.stderr, flush=True)
     return "val"
+
+
+def training_volumes(root: str | Path) -> dict[str, BTCVVolumes]:
+    """What a training run reads: train, val, and under "test" the split it is scored on
+    (:func:`scored_split`); every case labelled."""
+    volumes = {split: BTCVVolumes(root, split) for split in ("train", "val")}
+    volumes["test"] = BTCVVolumes(root, scored_split(root))
+    return volumes
 
 
 def write_prediction(volume: Volume, label_volume: np.ndarray | torch.Tensor,

@@ -80,8 +80,7 @@ class BaselineData:
         else:
             self.class_names = tuple(btcv.ORGANS[k] for k in sorted(btcv.ORGANS))
             self.multilabel = False
-            self._volumes = {s: btcv.BTCVVolumes(root, s) for s in ("train", "val")}
-            self._volumes["test"] = btcv.BTCVVolumes(root, btcv.scored_split(root))
+            self._volumes = btcv.training_volumes(root)
             self.train = _Targets(btcv.BTCVSlices(self._volumes["train"], self.image_size), "label")
             self.val = _Targets(btcv.BTCVSlices(self._volumes["val"], self.image_size), "label")
         if len(self.train) == 0:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..contract import build_metrics
-from ..data.btcv import BTCVClips, BTCVVolumes, scored_split
+from ..data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from ..engine import LoopConfig, TrainLoop, autocast, count_params_m, peak_memory_gb, pick_device, progress
 from ..engine.runtime import reset_peak_memory, seed_everything
 from ..errors import InputError
@@ -85,13 +85,6 @@ def config(task: Task) -> Sam2Config3D:
     return config_from_dict(Sam2Config3D, task.hparams, "hparams")
 
 
-def _volumes(task: Task) -> dict[str, BTCVVolumes]:
-    """train, val, and "test": the split the final scores come from (val when test is unlabelled)."""
-    volumes = {split: BTCVVolumes(task.data_path, split) for split in ("train", "val")}
-    volumes["test"] = BTCVVolumes(task.data_path, scored_split(task.data_path))
-    return volumes
-
-
 def check(task: Task) -> None:
     """Hyper-parameters, prompt kind, data layout and checkpoints; writes nothing."""
     cfg = config(task)
@@ -99,7 +92,7 @@ def check(task: Task) -> None:
         raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
     if task.prompt not in ("bbox", "click", "mask"):
         raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
-    for split, volumes in _volumes(task).items():
+    for split, volumes in training_volumes(task.data_path).items():
         if not len(volumes):
             raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
     check_model(task, cfg)
@@ -162,7 +155,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     cfg = config(task)
     device = pick_device(cfg.device)
     seed_everything(task.seed)
-    volumes = _volumes(task)
+    volumes = training_volumes(task.data_path)
     clips = BTCVClips(volumes["train"], cfg.video_length, cfg.image_size)
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
