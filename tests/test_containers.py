@@ -199,14 +199,21 @@ def test_build_runs_the_runtime_with_standin_apptainer(tmp_path, standin_apptain
 
 
 def test_build_labels_the_git_revision_with_standin_apptainer(tmp_path, standin_apptainer):
-    if not (ROOT / ".git").exists():
-        pytest.skip("the checkout has no .git directory, so there is no revision to label")
-    assert main(["container", "build", "--sandbox", "--out", str(tmp_path / "sandbox")]) == 0
+    """The build context is a git checkout of its own (a copy, so the test needs no .git here)."""
+    ctx = _repo_copy(tmp_path)
+    git = ["git", "-C", str(ctx), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "build context"]):
+        subprocess.run([*git, *args], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    head = head.stdout.strip()
+    assert main(["container", "build", "--sandbox", "--out", str(tmp_path / "sandbox"),
+                 "--def", str(ctx / "containers" / "medsam2.def")]) == 0
     argv = (standin_apptainer / "argv").read_text().splitlines()
     assert argv[:3] == ["build", "--sandbox", str(tmp_path / "sandbox")]
-    revision = c.git_revision(ROOT)
-    assert revision != "unknown"
-    assert f"org.opencontainers.image.revision {revision}" in (standin_apptainer / "build.def").read_text()
+    assert c.git_revision(ctx) == head
+    assert f"org.opencontainers.image.revision {head}" in (standin_apptainer / "build.def").read_text()
+    (ctx / "containers" / "medsam2.def").write_text("changed")  # uncommitted edits are labelled as such
+    assert c.git_revision(ctx) == f"{head}-dirty"
 
 
 def test_build_failure_exits_1_with_standin_apptainer(tmp_path, standin_apptainer, monkeypatch, capsys):

@@ -141,6 +141,7 @@ def test_gradients_reach_memory_modules_through_propagation(btcv_slices):
     ({"prompt": "none"}, "needs bbox, click or mask"),
     ({"hparams": {"prompt_frq": 2}}, "did you mean 'prompt_freq'"),
     ({"hparams": {"max_cond_frames": 1}}, "max_cond_frames"),
+    ({"hparams": {"checkpoint_keeps_attention": "yes"}}, "checkpoint_keeps_attention"),
     ({"dataset": "refuge"}, "btcv"),
 ])
 def test_check_rejects_bad_input(btcv_slices, tmp_path, change, message):
