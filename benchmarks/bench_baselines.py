@@ -33,12 +33,6 @@ __all__ = ["MODES", "build_parser", "main"]
 NUM_CLASSES = 14  # BTCV: background + 13 organs
 
 
-
-
-
-
-
-
 def _resnet(args: argparse.Namespace, train: bool) -> dict[str, Any]:
     from monai.losses import DiceCELoss
 
@@ -132,10 +126,6 @@ MODES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "resnet-train": lambda a: _resnet(a, True), "resnet-predict": lambda a: _resnet(a, False),
     "yolo-train": lambda a: _yolo(a, True), "yolo-predict": lambda a: _yolo(a, False),
 }
-
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
