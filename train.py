@@ -3,7 +3,7 @@
 
 import sys
 
-from medsam2_hpc.commands.train import main
+from medsam2_hpc.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
     python benchmarks/bench_sam2.py --mode train3d --config sam2_hiera_s --frames 8 --organs 13
     python benchmarks/bench_sam2.py --mode infer3d --config sam2_hiera_s --frames 100 --organs 13
 
-Both time the code that trains and predicts (``trainers/sam2_3d_step.clip_loss``,
+Both time the code that trains and predicts (``trainers/sam2/step_3d.clip_loss``,
 ``infer.predict_volume``) on synthetic slices: K disc-shaped organs at fixed places in every
 slice, random pixels (speed does not depend on them). ``train3d`` reports slices/s of whole
 optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice volume with one
@@ -70,7 +70,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     from medsam2_hpc.losses import make_loss
     from medsam2_hpc.models.sam2 import set_trainable
     from medsam2_hpc.models.sam2_video import VideoPropagator
-    from medsam2_hpc.trainers.sam2_3d_step import clip_loss, param_groups
+    from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
 
     device = pick_device(args.device)
     frames = args.frames or 8
@@ -115,7 +115,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
 def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     """Whole-volume prediction (encoder once per slice, K organs batched), one box per organ."""
     from medsam2_hpc.engine.runtime import autocast, pick_device
-    from medsam2_hpc.infer import SlicePrompt, predict_volume, resize_volume
+    from medsam2_hpc.inference.predict import SlicePrompt, predict_volume, resize_volume
     from medsam2_hpc.models.sam2_video import VideoPropagator
 
     device = pick_device(args.device)

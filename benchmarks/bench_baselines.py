@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.cli import guarded
 from medsam2_hpc.engine.benchmark import emit, memory_figures, positive_int, timed
 from medsam2_hpc.engine.runtime import autocast, pick_device, reset_peak_memory
+from medsam2_hpc.errors import guarded
 
 __all__ = ["MODES", "build_parser", "main"]
 
@@ -36,7 +36,7 @@ NUM_CLASSES = 14  # BTCV: background + 13 organs
 def _resnet(args: argparse.Namespace, train: bool) -> dict[str, Any]:
     from monai.losses import DiceCELoss
 
-    from medsam2_hpc.trainers.resnet_net import build_network
+    from medsam2_hpc.trainers.baselines.resnet_net import build_network
 
     device = pick_device(args.device)
     amp = args.amp if device.type == "cuda" else "none"
@@ -70,8 +70,8 @@ def _resnet(args: argparse.Namespace, train: bool) -> dict[str, Any]:
 
 def _yolo_dataset(root: Path, image_size: int, n_images: int) -> Path:
     from medsam2_hpc.data import synthetic
-    from medsam2_hpc.trainers.baseline_data import BaselineData, to_uint8_rgb
-    from medsam2_hpc.trainers.yolo_labels import export_dataset
+    from medsam2_hpc.trainers.baselines.data import BaselineData, to_uint8_rgb
+    from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
 
     src = synthetic.make_refuge(root / "refuge", "challenge", n_train=n_images, n_test=2, size=image_size)
     data = BaselineData("refuge", str(src), image_size)
@@ -80,7 +80,7 @@ def _yolo_dataset(root: Path, image_size: int, n_images: int) -> Path:
 
 
 def _yolo(args: argparse.Namespace, train: bool) -> dict[str, Any]:
-    from medsam2_hpc.trainers.yolo import offline_environment
+    from medsam2_hpc.trainers.baselines.yolo import offline_environment
 
     device = pick_device(args.device)
     variant = args.variant or "yolo11l-seg"

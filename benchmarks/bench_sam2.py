@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.cli import guarded
 from medsam2_hpc.engine.benchmark import emit, memory_figures, positive_int, timed
 from medsam2_hpc.engine.runtime import pick_device
+from medsam2_hpc.errors import guarded
 
 __all__ = ["MODES", "build_parser", "main"]
 
@@ -43,8 +43,8 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
     """Training steps of the 2D trainer's forward/backward/optimizer path (sam2_2d.Predictor)."""
     from medsam2_hpc.losses import make_loss
     from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
-    from medsam2_hpc.trainers.sam2_2d import Predictor, Sam2Config2D
-    from medsam2_hpc.trainers.sam2_common import optimizer_for, point_prompts
+    from medsam2_hpc.trainers.sam2.common import optimizer_for, point_prompts
+    from medsam2_hpc.trainers.sam2.train_2d import Predictor, Sam2Config2D
 
     device = pick_device(args.device)
     cfg = Sam2Config2D(image_size=args.image_size, out_size=args.image_size, batch_size=args.batch,

@@ -6,7 +6,10 @@ so the message must name the file, key or flag at fault and say what is wrong wi
 
 from __future__ import annotations
 
-__all__ = ["InputError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_REQUEUE"]
+import sys
+from collections.abc import Callable
+
+__all__ = ["guarded", "InputError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_REQUEUE"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -18,3 +21,23 @@ EXIT_REQUEUE = 75
 
 class InputError(Exception):
     """Bad spec, flag, data or checkpoint: reported in one line, exit code 2."""
+
+
+def guarded(fn: Callable[[], int], prog: str) -> int:
+    """Run ``fn``; bad input becomes one line and exit 2, other errors exit 1."""
+    try:
+        return int(fn() or 0)
+    except InputError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:  # the traceback goes to the log, the summary line last
+        import traceback
+
+        traceback.print_exc()
+        print(f"{prog}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -21,10 +21,10 @@ from .task import Task
 __all__ = ["TRAINERS", "trainer_for", "run_task", "run_in_foreground"]
 
 TRAINERS = {
-    "sam2-2d": "medsam2_hpc.trainers.sam2_2d",
-    "sam2-3d": "medsam2_hpc.trainers.sam2_3d",
-    "resnet": "medsam2_hpc.trainers.resnet",
-    "yolo": "medsam2_hpc.trainers.yolo",
+    "sam2-2d": "medsam2_hpc.trainers.sam2.train_2d",
+    "sam2-3d": "medsam2_hpc.trainers.sam2.train_3d",
+    "resnet": "medsam2_hpc.trainers.baselines.resnet",
+    "yolo": "medsam2_hpc.trainers.baselines.yolo",
 }
 
 

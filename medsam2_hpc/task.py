@@ -1,6 +1,6 @@
 """Task (one training run, fully resolved) and RunDir (its directory contract).
 
-Every front end (jobs.yaml, sbatch script, ``train.py``, seed-style commands) builds a
+Every front end (jobs.yaml, sbatch script, ``train.py``, Medical-SAM2-compatible commands) builds a
 :class:`Task`; :func:`medsam2_hpc.runner.run_task` runs it into a :class:`RunDir`. The run
 directory path is a pure function of the task, so a requeued job resumes in place.
 """
@@ -36,7 +36,7 @@ class Task:
 
     ``hparams`` holds trainer settings (epochs, batch_size, lr, image_size, ...); each
     trainer validates the keys it reads. ``name`` overrides the generated task id (the
-    seed-style commands use ``<exp_name>_<timestamp>``).
+    Medical-SAM2-compatible commands use ``<exp_name>_<timestamp>``).
     """
 
     model: str

@@ -192,12 +192,12 @@ for real results raise `epochs` and `image_size`, drop `clips_per_epoch`, and pu
 
 `inference_3d.py` predicts whole volumes with the trained checkpoint (the config and image size
 are read from it). Below it is called through the same function the script runs,
-`medsam2_hpc.infer_cli.main`; the printed command does the same from a shell. For NIfTI input each
+`medsam2_hpc.inference.cli.main`; the printed command does the same from a shell. For NIfTI input each
 prediction is written as `<case>.nii.gz` on the source grid (same shape, affine and orientation),
 beside `<case>.npy`, `dice.csv`, `metrics.json` and, with `-save_vis`, image | truth | prediction PNGs."""),
 
     ("infer", "code", """\
-from medsam2_hpc.infer_cli import main as inference_3d
+from medsam2_hpc.inference.cli import main as inference_3d
 
 INFER = OUT / "inference"
 args = ["-checkpoint", str(run.best_ckpt), "-data_path", str(BTCV), "-dataset", "btcv",

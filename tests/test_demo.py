@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medsam2_hpc.commands.demo import run_demo
+from medsam2_hpc.cli.demo import run_demo
 from medsam2_hpc.contract import validate_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

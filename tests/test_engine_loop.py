@@ -11,13 +11,13 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.task import RunDir
 
 
-def _setup(run: RunDir, epochs: int, seed_view=None):
+def _setup(run: RunDir, epochs: int, compat_view=None):
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
     loop = TrainLoop(run, model=model, optimizer=opt, scheduler=sched,
-                     config=LoopConfig(epochs=epochs, seed_view=seed_view))
+                     config=LoopConfig(epochs=epochs, compat_view=compat_view))
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
     y = x @ torch.tensor([[2.0], [-1.0]])
     seen: list[int] = []
@@ -37,9 +37,9 @@ def _setup(run: RunDir, epochs: int, seed_view=None):
     return loop, train_epoch, validate, seen
 
 
-def test_loop_learns_and_writes_last_best_and_seed_view(tmp_path):
+def test_loop_learns_and_writes_last_best_and_compat_view(tmp_path):
     run = RunDir(tmp_path / "run")
-    loop, train_epoch, validate, seen = _setup(run, epochs=5, seed_view=tmp_path / "run" / "Model")
+    loop, train_epoch, validate, seen = _setup(run, epochs=5, compat_view=tmp_path / "run" / "Model")
     state = loop.fit(train_epoch, validate)
     losses = [h["train/loss"] for h in state.history]
     assert seen == [0, 1, 2, 3, 4] and losses[-1] < losses[0] / 2

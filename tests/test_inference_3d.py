@@ -17,7 +17,7 @@ from PIL import Image
 
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data.btcv import BTCVVolumes
-from medsam2_hpc.infer_cli import main
+from medsam2_hpc.inference.cli import main
 from medsam2_hpc.models.sam2 import build_sam2_model
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
@@ -158,7 +158,7 @@ def test_mni152_trains_one_step_and_predicts(tmp_path):
 
 
 def test_merge_slice_keeps_the_most_likely_organ_above_half():
-    from medsam2_hpc.infer import merge_slice
+    from medsam2_hpc.inference.predict import merge_slice
 
     labels = torch.tensor([[0, 0], [4, 4]], dtype=torch.uint8)
     best = torch.tensor([[0.5, 0.5], [0.9, 0.6]], dtype=torch.float16)

@@ -21,9 +21,9 @@ from medsam2_hpc.engine.stop import StopRequested
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers import resnet
-from medsam2_hpc.trainers.baseline_data import BaselineData
-from medsam2_hpc.trainers.resnet_net import build_network
+from medsam2_hpc.trainers.baselines import resnet
+from medsam2_hpc.trainers.baselines.data import BaselineData
+from medsam2_hpc.trainers.baselines.resnet_net import build_network
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 4, "image_size": 64, "num_workers": 0, "lr": 3e-3}

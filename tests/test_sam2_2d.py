@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_2d
 from medsam2_hpc import metrics
+from medsam2_hpc.cli.compat import train_2d
+from medsam2_hpc.cli.compat.common import find_resume_dir
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine import pick_device
@@ -27,10 +28,9 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.runner import run_task
-from medsam2_hpc.seedcli import find_resume_dir
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers import sam2_2d
-from medsam2_hpc.trainers.sam2_common import build_model, optimizer_for
+from medsam2_hpc.trainers.sam2 import train_2d as sam2_2d
+from medsam2_hpc.trainers.sam2.common import build_model, optimizer_for
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["-net", "sam2", "-sam_config", "sam2_hiera_t", "-sam_ckpt", "none", "-image_size", "128",
@@ -45,9 +45,9 @@ def _quiet_random_weights():
 
 
 @pytest.fixture(scope="module")
-def seed_run(refuge_multirater: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch seed-style run: `train_2d.py -exp_name smoke ...` in a fresh directory."""
-    work = tmp_path_factory.mktemp("seed_run")
+def compat_run(refuge_multirater: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch Medical-SAM2-compatible run: `train_2d.py -exp_name smoke ...` in a fresh directory."""
+    work = tmp_path_factory.mktemp("compat_run")
     cwd = os.getcwd()
     os.chdir(work)
     try:
@@ -63,34 +63,34 @@ def seed_run(refuge_multirater: Path, tmp_path_factory: pytest.TempPathFactory) 
     return run
 
 
-def test_two_epoch_run_writes_every_output(seed_run: Path, refuge_multirater: Path) -> None:
-    assert re.fullmatch(r"smoke_\d{4}(_\d\d){5}", seed_run.name)
-    data = json.loads((seed_run / "metrics.json").read_text())
+def test_two_epoch_run_writes_every_output(compat_run: Path, refuge_multirater: Path) -> None:
+    assert re.fullmatch(r"smoke_\d{4}(_\d\d){5}", compat_run.name)
+    data = json.loads((compat_run / "metrics.json").read_text())
     assert validate_metrics(data) == []
     assert (data["model"], data["variant"], data["prompt"]) == ("sam2-2d", "hiera_t", "click")
     test_names = RefugeDataset(refuge_multirater, "test").names
     assert sorted(data["per_case"]) == sorted(test_names) and set(data["per_class"]) == {"cup"}
     assert data["epochs_completed"] == 2 and 0 <= data["iou_mean"] <= data["dice_mean"] <= 1
-    assert json.loads((seed_run / "status.json").read_text())["state"] == "completed"
+    assert json.loads((compat_run / "status.json").read_text())["state"] == "completed"
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "Model/best_dice_epoch.pth",
                  "Model/latest_epoch.pth", "task.yaml"):
-        assert (seed_run / name).is_file(), name
-    assert load_checkpoint(seed_run / "Model/latest_epoch.pth")["loop"]["epoch"] == 2
-    assert {p.name for p in (seed_run / "predictions").iterdir()} == {f"{n}_cup.png" for n in test_names}
-    vis = {p.name for p in (seed_run / "vis").iterdir()}
+        assert (compat_run / name).is_file(), name
+    assert load_checkpoint(compat_run / "Model/latest_epoch.pth")["loop"]["epoch"] == 2
+    assert {p.name for p in (compat_run / "predictions").iterdir()} == {f"{n}_cup.png" for n in test_names}
+    vis = {p.name for p in (compat_run / "vis").iterdir()}
     for tag in ("val_e1_", "val_e2_", "test_", "train_e1_"):
         assert any(v.startswith(tag) for v in vis), tag
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(seed_run / "logs" / "tensorboard"))
+    events = EventAccumulator(str(compat_run / "logs" / "tensorboard"))
     events.Reload()
     assert {"train/loss", "train/lr", "val/dice", "val/iou"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val/dice")] == [0, 1]
 
 
-def test_reloaded_checkpoint_gives_identical_predictions(seed_run: Path, tmp_path: Path) -> None:
-    task = Task.from_yaml(seed_run / "task.yaml")
-    cfg = dataclasses.replace(sam2_2d.config(task), sam_ckpt=str(seed_run / "Model/best_dice_epoch.pth"))
+def test_reloaded_checkpoint_gives_identical_predictions(compat_run: Path, tmp_path: Path) -> None:
+    task = Task.from_yaml(compat_run / "task.yaml")
+    cfg = dataclasses.replace(sam2_2d.config(task), sam_ckpt=str(compat_run / "Model/best_dice_epoch.pth"))
     device = pick_device(cfg.device)  # the run's own device: CUDA and CPU kernels round differently
     model = build_model(task, cfg, device)  # the strict builder path users take with -sam_ckpt / -pretrain
     test_ds = RefugeDataset(task.data_path, "test", cfg.image_size, cfg.out_size)
@@ -98,10 +98,10 @@ def test_reloaded_checkpoint_gives_identical_predictions(seed_run: Path, tmp_pat
     prompted = sam2_2d.Prompted(test_ds, task.prompt, cfg.image_size, task.seed, sam2_2d.Prompted.EVAL_EPOCH)
     scores = sam2_2d.evaluate(predictor, prompted, batch_size=cfg.batch_size, num_workers=0,
                               pred_dir=tmp_path, tag="reload")
-    saved = json.loads((seed_run / "metrics.json").read_text())["per_case"]
+    saved = json.loads((compat_run / "metrics.json").read_text())["per_case"]
     assert {c: v["cup"] for c, v in scores.per_case.items()} == pytest.approx(
         {c: v["cup"] for c, v in saved.items()}, abs=1e-6)
-    for png in (seed_run / "predictions").iterdir():
+    for png in (compat_run / "predictions").iterdir():
         assert (tmp_path / png.name).read_bytes() == png.read_bytes()
 
 
@@ -171,11 +171,11 @@ def test_resume_after_interruption_continues_at_next_epoch(refuge_challenge: Pat
     assert metrics_out["prompt"] == "bbox" and validate_metrics(metrics_out) == []
 
 
-def test_resume_flag_finds_the_run(seed_run: Path) -> None:
-    assert find_resume_dir("latest", "smoke", seed_run.parent) == seed_run
-    assert find_resume_dir(str(seed_run / "Model" / "latest_epoch.pth"), "x") == seed_run
+def test_resume_flag_finds_the_run(compat_run: Path) -> None:
+    assert find_resume_dir("latest", "smoke", compat_run.parent) == compat_run
+    assert find_resume_dir(str(compat_run / "Model" / "latest_epoch.pth"), "x") == compat_run
     with pytest.raises(InputError, match="-resume: no run of -exp_name other"):
-        find_resume_dir("latest", "other", seed_run.parent)
+        find_resume_dir("latest", "other", compat_run.parent)
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

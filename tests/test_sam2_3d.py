@@ -16,14 +16,14 @@ from medsam2_hpc.data import synthetic
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
 from medsam2_hpc.engine.benchmark import count_flops
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.infer import evaluate
+from medsam2_hpc.inference.predict import evaluate
 from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers import sam2_3d
-from medsam2_hpc.trainers.sam2_3d_step import clip_loss, param_groups
+from medsam2_hpc.trainers.sam2 import train_3d as sam2_3d
+from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SIZE = 64
@@ -189,8 +189,8 @@ def _label_clip() -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["bbox", "click", "mask"])
 def test_device_prompts_equal_per_organ_prompts(kind):
-    from medsam2_hpc.infer import object_prompts, prompt_from_mask
-    from medsam2_hpc.trainers.sam2_3d_step import clip_organs, clip_prompts
+    from medsam2_hpc.inference.predict import object_prompts, prompt_from_mask
+    from medsam2_hpc.trainers.sam2.step_3d import clip_organs, clip_prompts
 
     label = _label_clip()
     organs = clip_organs(torch.from_numpy(label).long())

@@ -19,7 +19,7 @@ from medsam2_hpc.models.sam2 import (
     set_trainable,
     variant_of,
 )
-from medsam2_hpc.trainers.sam2_common import decode, encode
+from medsam2_hpc.trainers.sam2.common import decode, encode
 
 
 def _random(config: str = "sam2_hiera_t", image_size: int = 128) -> torch.nn.Module:

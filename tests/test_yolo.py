@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 
-from medsam2_hpc.commands.train import main as train_main
+from medsam2_hpc.cli.train import main as train_main
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data import synthetic
 from medsam2_hpc.engine.stop import StopRequested
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers import yolo
+from medsam2_hpc.trainers.baselines import yolo
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 4, "image_size": 64, "num_workers": 0}

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.trainers.yolo_labels import (
+from medsam2_hpc.trainers.baselines.yolo_labels import (
     export_dataset,
     label_rows,
     mask_to_polygons,

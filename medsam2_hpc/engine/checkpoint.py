@@ -69,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
 
 
 def link_into(src: Path, dst: Path) -> None:
-    """Expose ``src`` at ``dst`` (the seed-style ``Model/*.pth`` view) without a second copy."""
+    """Expose ``src`` at ``dst`` (the Medical-SAM2-compatible ``Model/*.pth`` view) without a second copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.link")
     tmp.unlink(missing_ok=True)

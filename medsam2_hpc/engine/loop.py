@@ -33,7 +33,7 @@ class LoopConfig:
     epochs: int
     val_freq: int = 1
     monitor: str = "dice"
-    seed_view: Path | None = None  # seed-style <run>/Model/{best_dice_epoch,latest_epoch}.pth
+    compat_view: Path | None = None  # Medical-SAM2-compatible <run>/Model/{best_dice_epoch,latest_epoch}.pth
 
 
 @dataclass
@@ -87,10 +87,10 @@ class TrainLoop:
         save_checkpoint(self.run.last_ckpt, payload)
         if is_best:
             save_checkpoint(self.run.best_ckpt, payload)
-        if self.config.seed_view is not None:
-            link_into(self.run.last_ckpt, self.config.seed_view / "latest_epoch.pth")
+        if self.config.compat_view is not None:
+            link_into(self.run.last_ckpt, self.config.compat_view / "latest_epoch.pth")
             if self.run.best_ckpt.exists():
-                link_into(self.run.best_ckpt, self.config.seed_view / "best_dice_epoch.pth")
+                link_into(self.run.best_ckpt, self.config.compat_view / "best_dice_epoch.pth")
 
     def resume(self, path: Path | None = None) -> bool:
         """Continue from ``last.pt`` (or ``path``); False when there is nothing to resume."""

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
-from ..infer import SlicePrompt, object_prompts, prompt_from_mask
-from ..models.sam2_video import ObjectPrompts, VideoPropagator
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.inference.predict import SlicePrompt, object_prompts, prompt_from_mask
+from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 
 __all__ = ["clip_organs", "clip_prompts", "clip_loss", "param_groups"]
 
@@ -34,7 +34,7 @@ def clip_prompts(label: torch.Tensor, organs: Sequence[int], kind: str, prompt_f
                  rng: np.random.Generator, device: torch.device) -> dict[int, ObjectPrompts]:
     """Ground-truth prompts on slices 0, f, 2f, ... of a clip ``label`` (T, S, S) at model size.
 
-    The same prompts as :func:`~medsam2_hpc.infer.prompt_from_mask` + ``object_prompts`` slice
+    The same prompts as :func:`~medsam2_hpc.inference.predict.prompt_from_mask` + ``object_prompts`` slice
     by slice (tests hold them equal): an absent organ gets an empty mask, a box its inclusive
     pixel bounds as corner points (labels 2, 3), a mask itself.
     """

@@ -5,7 +5,7 @@ The same loaders as SAM2 feed an Ultralytics dataset folder in the run directory
 Ultralytics trains into ``yolo/train`` (its results.csv, plots and weights stay there);
 ``best.pt``/``last.pt`` are linked into ``checkpoints/`` (they are Ultralytics' pickled
 format, loaded only by Ultralytics). Test predictions are rasterised to masks / label maps
-and scored with our Dice by baseline_data.py, never with YOLO's mAP.
+and scored with our Dice by trainers/baselines/data.py, never with YOLO's mAP.
 
 No network at any step: the model is built from ``<variant>.yaml`` (or a local ``.pt``),
 ``YOLO_OFFLINE``/``YOLO_AUTOINSTALL`` are set and the settings directory (with a bundled
@@ -29,17 +29,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..atomic import read_json, write_json
-from ..contract import build_metrics
-from ..engine import peak_memory_gb, pick_device, seed_everything
-from ..engine.checkpoint import link_into
-from ..engine.runtime import reset_peak_memory
-from ..engine.stop import StopRequested, stop_requested
-from ..errors import InputError
-from ..options import config_from_dict, look_up
-from ..task import RunDir, Task
-from .baseline_data import BaselineData, Predict, check_data, load_data, to_uint8_rgb
-from .yolo_labels import export_dataset
+from medsam2_hpc.atomic import read_json, write_json
+from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.engine import peak_memory_gb, pick_device, seed_everything
+from medsam2_hpc.engine.checkpoint import link_into
+from medsam2_hpc.engine.runtime import reset_peak_memory
+from medsam2_hpc.engine.stop import StopRequested, stop_requested
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.task import RunDir, Task
+from medsam2_hpc.trainers.baselines.data import BaselineData, Predict, check_data, load_data, to_uint8_rgb
+from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
 
 __all__ = ["VARIANTS", "YoloConfig", "check", "train", "offline_environment"]
 

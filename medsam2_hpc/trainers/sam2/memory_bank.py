@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .sam2_common import Features, tokens_to_map
+from medsam2_hpc.trainers.sam2.common import Features, tokens_to_map
 
 __all__ = ["MemoryBank"]
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from ..errors import InputError
+from medsam2_hpc.errors import InputError
 
 __all__ = ["register", "run_demo"]
 
@@ -70,7 +70,7 @@ def _relocate(study, out: Path | None, checkpoints: Path):  # type: ignore[no-un
 
 
 def _make_data(study, out: IO[str]) -> None:  # type: ignore[no-untyped-def]
-    from ..data import synthetic
+    from medsam2_hpc.data import synthetic
 
     seen: set[str] = set()
     for task in study.tasks:
@@ -131,9 +131,9 @@ def _wait_for_queue(study, out: IO[str]) -> None:  # type: ignore[no-untyped-def
 
 def run_demo(jobs: Path | None, out_dir: Path | None, executor: str | None, checkpoints: Path,
              out: IO[str] = sys.stdout) -> int:
-    from .. import spec
-    from ..hpc import launcher
-    from ..report import collect_study
+    from medsam2_hpc import spec
+    from medsam2_hpc.hpc import launcher
+    from medsam2_hpc.report import collect_study
 
     t0 = time.perf_counter()
     study = _relocate(spec.load(_jobs_file(jobs), study=DEMO_STUDY), out_dir, checkpoints)

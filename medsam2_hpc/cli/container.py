@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..atomic import write_text
-from ..errors import EXIT_FAILURE, InputError
-from ..hpc import containers
+from medsam2_hpc.atomic import write_text
+from medsam2_hpc.errors import EXIT_FAILURE, InputError
+from medsam2_hpc.hpc import containers
 
 CHECKPOINT_GLOB = "checkpoints/*.pt"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import InputError
-from ..task import MODELS, PROMPTS, Task
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.task import MODELS, PROMPTS, Task
 
 __all__ = ["DEFAULTS", "add_arguments", "task_from_args", "main", "register"]
 
@@ -80,14 +80,14 @@ def task_from_args(args: argparse.Namespace) -> Task:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runner import run_in_foreground
+    from medsam2_hpc.runner import run_in_foreground
 
     return run_in_foreground(task_from_args(args), "train")
 
 
 def main(argv: Sequence[str] | None = None, *, models: Sequence[str] | None = None,
          prog: str = "train.py") -> int:
-    from ..cli import guarded
+    from medsam2_hpc.errors import guarded
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser, models or MODELS)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..options import look_up
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.options import look_up
 
 LAYOUTS = {"refuge": ("multirater", "challenge"), "btcv": ("slices", "nifti")}
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    from ..data import synthetic
+    from medsam2_hpc.data import synthetic
 
     kind = look_up(str(args.kind).lower(), LAYOUTS, "--kind")
     layout = look_up(args.layout or LAYOUTS[kind][0], LAYOUTS[kind], f"--layout (for --kind {kind})")
@@ -63,7 +63,7 @@ def synth_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from ..data import check_dataset
+    from medsam2_hpc.data import check_dataset
 
     dataset = check_dataset(args.dataset, "--dataset")
     window = look_up(args.window, ("ct", "none"), "--window")
@@ -73,7 +73,7 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def _check_refuge(path: Path) -> dict:
-    from ..data.refuge import RefugeDataset
+    from medsam2_hpc.data.refuge import RefugeDataset
 
     summary: dict = {"dataset": "refuge"}
     for split in ("train", "test"):
@@ -86,8 +86,8 @@ def _check_refuge(path: Path) -> dict:
 
 
 def _check_btcv(path: Path, window: str) -> dict:
-    from ..data.btcv import ORGANS, BTCVVolumes, labelled_slices
-    from ..data.nifti import CT_WINDOW
+    from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, labelled_slices
+    from medsam2_hpc.data.nifti import CT_WINDOW
 
     summary: dict = {"dataset": "btcv"}
     for split in ("train", "val"):

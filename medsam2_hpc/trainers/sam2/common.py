@@ -17,16 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.checkpoint import load_checkpoint
-from ..errors import InputError
-from ..models.sam2 import (
+from medsam2_hpc.engine.checkpoint import load_checkpoint
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.models.sam2 import (
     build_sam2_model,
     config_for_variant,
     default_checkpoint,
     load_sam2_weights,
     resolve_config,
 )
-from ..task import Task
+from medsam2_hpc.task import Task
 
 __all__ = ["Sam2Config", "Features", "sam2_config_name", "checkpoint_path", "build_model", "check_model",
            "tokens_to_map", "normalize", "encode", "point_prompts", "decode", "upsample", "optimizer_for",
@@ -48,7 +48,7 @@ class Sam2Config:
     loss (bce|dicefocal), pos_weight (positive weight of the loss),
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
-    trainable (decoder|decoder+memory|all-but-encoder|all), seed_view (also expose
+    trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
     ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do).
     """
 
@@ -70,7 +70,7 @@ class Sam2Config:
     sam_ckpt: str | None = None
     pretrain: str | None = None
     trainable: Literal["decoder", "decoder+memory", "all-but-encoder", "all"] = "all-but-encoder"
-    seed_view: bool = False
+    compat_view: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "val_freq"):
@@ -160,7 +160,7 @@ def point_prompts(masks: torch.Tensor, kind: str, rng: np.random.Generator, imag
     A click is one positive point; a box is SAM's two corner points (labels 2 and 3). A mask
     with no foreground gets padding points (label -1) and ``present`` False.
     """
-    from ..data.prompts import make_prompt
+    from medsam2_hpc.data.prompts import make_prompt
 
     n, out = masks.shape[0], masks.shape[-1]
     count = 2 if kind == "bbox" else 1

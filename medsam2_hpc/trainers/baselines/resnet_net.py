@@ -20,9 +20,9 @@ from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models.segmentation import deeplabv3_resnet50
 
-from ..engine.checkpoint import load_checkpoint
-from ..errors import InputError
-from ..options import look_up
+from medsam2_hpc.engine.checkpoint import load_checkpoint
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.options import look_up
 
 __all__ = ["VARIANTS", "build_network"]
 

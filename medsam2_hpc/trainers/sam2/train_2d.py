@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import metrics
-from ..contract import build_metrics
-from ..engine import (
+from medsam2_hpc import metrics
+from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.engine import (
     LoopConfig,
     TrainLoop,
     autocast,
@@ -29,13 +29,13 @@ from ..engine import (
     progress,
     seed_everything,
 )
-from ..engine.runtime import reset_peak_memory
-from ..errors import InputError
-from ..losses import make_loss
-from ..models.sam2 import set_trainable
-from ..options import config_from_dict
-from ..task import RunDir, Task
-from .sam2_common import (
+from medsam2_hpc.engine.runtime import reset_peak_memory
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.losses import make_loss
+from medsam2_hpc.models.sam2 import set_trainable
+from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.task import RunDir, Task
+from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
     build_model,
     check_model,
@@ -46,8 +46,8 @@ from .sam2_common import (
     point_prompts,
     upsample,
 )
-from .sam2_memory import MemoryBank
-from .sam2_vis import mask_png, overlay_png
+from medsam2_hpc.trainers.sam2.memory_bank import MemoryBank
+from medsam2_hpc.trainers.sam2.vis import mask_png, overlay_png
 
 __all__ = ["Sam2Config2D", "config", "check", "train", "Prompted", "Predictor", "evaluate"]
 
@@ -74,7 +74,7 @@ def config(task: Task) -> Sam2Config2D:
 
 
 def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
-    from ..data.refuge import RefugeDataset
+    from medsam2_hpc.data.refuge import RefugeDataset
 
     kw = dict(image_size=cfg.image_size, out_size=cfg.out_size, classes=cfg.classes)
     return RefugeDataset(task.data_path, "train", **kw), RefugeDataset(task.data_path, "test", **kw)
@@ -238,7 +238,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     loop = TrainLoop(run, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
-                                       seed_view=run.path / "Model" if cfg.seed_view else None))
+                                       compat_view=run.path / "Model" if cfg.compat_view else None))
     loop.resume()
     predictor = Predictor(model, cfg, len(train_ds.classes), device)
     test_prompted = Prompted(test_ds, task.prompt, cfg.image_size, task.seed, Prompted.EVAL_EPOCH)

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_write, write_text
-from .data.btcv import ORGANS, BTCVVolumes, Volume
-from .errors import InputError
-from .infer import SlicePrompt, VolumePrompts
-from .options import suggest
+from medsam2_hpc.atomic import atomic_write, write_text
+from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, Volume
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.inference.predict import SlicePrompt, VolumePrompts
+from medsam2_hpc.options import suggest
 
 __all__ = ["load_prompt_file", "prompt_records", "write_dice_csv", "save_vis", "vis_slices", "PALETTE"]
 

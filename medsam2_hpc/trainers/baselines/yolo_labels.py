@@ -20,8 +20,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from ..atomic import atomic_write, write_text
-from ..errors import InputError
+from medsam2_hpc.atomic import atomic_write, write_text
+from medsam2_hpc.errors import InputError
 
 __all__ = ["mask_to_polygons", "polygons_to_mask", "label_rows", "write_sample", "write_dataset_yaml",
            "export_dataset"]

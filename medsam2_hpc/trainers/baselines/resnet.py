@@ -3,7 +3,7 @@
 REFUGE: one sigmoid channel per class (cup, and disc where present; the disc contains the cup,
 so the classes overlap and a softmax would not fit), Dice+focal or weighted BCE like SAM2.
 BTCV: softmax over background + 13 organs with Dice+CE, slice by slice; test volumes are
-predicted slice by slice, stacked and scored volumetrically (baseline_data.py), exactly
+predicted slice by slice, stacked and scored volumetrically (trainers/baselines/data.py), exactly
 like the SAM2 3D trainer. The shared TrainLoop gives resume, TensorBoard and best/last.
 """
 
@@ -19,8 +19,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..contract import build_metrics
-from ..engine import (
+from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.engine import (
     LoopConfig,
     TrainLoop,
     autocast,
@@ -31,14 +31,20 @@ from ..engine import (
     progress,
     seed_everything,
 )
-from ..engine.distributed import barrier, init_distributed, is_main_process, make_sampler, wrap_model
-from ..engine.runtime import reset_peak_memory
-from ..errors import InputError
-from ..losses import make_loss
-from ..options import config_from_dict, look_up
-from ..task import RunDir, Task
-from .baseline_data import Predict, check_data, load_data
-from .resnet_net import VARIANTS, build_network
+from medsam2_hpc.engine.distributed import (
+    barrier,
+    init_distributed,
+    is_main_process,
+    make_sampler,
+    wrap_model,
+)
+from medsam2_hpc.engine.runtime import reset_peak_memory
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.losses import make_loss
+from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.task import RunDir, Task
+from medsam2_hpc.trainers.baselines.data import Predict, check_data, load_data
+from medsam2_hpc.trainers.baselines.resnet_net import VARIANTS, build_network
 
 __all__ = ["ResNetConfig", "check", "train", "make_predictor"]
 

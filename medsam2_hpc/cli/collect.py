@@ -11,7 +11,7 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import collect_study
+    from medsam2_hpc.report import collect_study
 
     report = collect_study(args.study_dir, args.out, args.format, args.with_published)
     for warning in report.warnings:

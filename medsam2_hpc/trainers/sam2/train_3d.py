@@ -6,7 +6,7 @@ every ``prompt_freq``-th slice each organ gets its prompt (bbox | click | mask; 
 where it is absent), and SAM2's memory carries it through the other slices with gradients
 flowing through the memories. By default the mask decoder (with the prompt encoder) and the
 memory modules train, each with its own learning rate (the reference hard-codes them).
-Validation predicts whole validation volumes (:mod:`medsam2_hpc.infer`) and scores
+Validation predicts whole validation volumes (:mod:`medsam2_hpc.inference.predict`) and scores
 volumetric Dice per organ and case, the per-slice Dice beside it, and HD95.
 """
 
@@ -21,19 +21,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..contract import build_metrics
-from ..data.btcv import BTCVClips, BTCVVolumes, training_volumes
-from ..engine import LoopConfig, TrainLoop, autocast, count_params_m, peak_memory_gb, pick_device, progress
-from ..engine.runtime import reset_peak_memory, seed_everything
-from ..errors import InputError
-from ..infer import evaluate, protocol
-from ..losses import make_loss
-from ..models.sam2 import set_trainable
-from ..models.sam2_video import VideoPropagator
-from ..options import config_from_dict
-from ..task import RunDir, Task
-from .sam2_3d_step import clip_loss, param_groups
-from .sam2_common import Sam2Config, build_model, check_model, load_weights_from, sam2_config_name
+from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
+from medsam2_hpc.engine import (
+    LoopConfig,
+    TrainLoop,
+    autocast,
+    count_params_m,
+    peak_memory_gb,
+    pick_device,
+    progress,
+)
+from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.inference.predict import evaluate, protocol
+from medsam2_hpc.losses import make_loss
+from medsam2_hpc.models.sam2 import set_trainable
+from medsam2_hpc.models.sam2_video import VideoPropagator
+from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.task import RunDir, Task
+from medsam2_hpc.trainers.sam2.common import (
+    Sam2Config,
+    build_model,
+    check_model,
+    load_weights_from,
+    sam2_config_name,
+)
+from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
 
 __all__ = ["Sam2Config3D", "config", "check", "train", "validate_volumes"]
 
@@ -100,7 +114,7 @@ def check(task: Task) -> None:
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
                      device: torch.device, **kwargs: Any) -> dict[str, Any]:
-    """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of infer.py)."""
+    """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of inference/predict.py)."""
     result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
                       image_size=cfg.image_size, device=device, amp=cfg.amp, seed=task.seed,
                       hd95=cfg.hd95, **kwargs)
@@ -166,7 +180,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                                   weight_decay=cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
-                                       seed_view=run.path / "Model" if cfg.seed_view else None),
+                                       compat_view=run.path / "Model" if cfg.compat_view else None),
                      extra_state={"sam_config": sam2_config_name(task, cfg), "image_size": cfg.image_size,
                                   "prompt": task.prompt, "prompt_freq": cfg.prompt_freq})
     loop.resume()
@@ -200,8 +214,8 @@ class _PredictionWriter:
         self.run, self.vis = run, vis
 
     def __call__(self, volume: Any, pred: np.ndarray) -> None:
-        from ..data.btcv import write_prediction
-        from ..infer_io import save_vis
+        from medsam2_hpc.data.btcv import write_prediction
+        from medsam2_hpc.inference.files import save_vis
 
         write_prediction(volume, pred, self.run.predictions)
         if self.vis:

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .. import metrics
-from ..atomic import atomic_write
-from ..data import btcv
-from ..data.images import resize_image
-from ..data.refuge import RefugeDataset
-from ..engine.loop import progress
-from ..errors import InputError
+from medsam2_hpc import metrics
+from medsam2_hpc.atomic import atomic_write
+from medsam2_hpc.data import btcv
+from medsam2_hpc.data.images import resize_image
+from medsam2_hpc.data.refuge import RefugeDataset
+from medsam2_hpc.engine.loop import progress
+from medsam2_hpc.errors import InputError
 
 __all__ = ["BaselineData", "Scores", "Predict", "check_data", "load_data", "to_uint8_rgb"]
 

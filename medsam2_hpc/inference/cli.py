@@ -31,25 +31,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_json
-from .contract import build_metrics
-from .data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
-from .engine.checkpoint import load_checkpoint
-from .engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
-from .errors import InputError
-from .infer import VolumePrompts, evaluate, protocol
-from .infer_io import load_prompt_file, prompt_records, save_vis, write_dice_csv
-from .models.sam2 import CONFIGS, build_sam2_model, resolve_config, variant_of
-from .models.sam2_video import VideoPropagator
-from .options import look_up
-from .seedcli import SeedParser, nonneg_int, positive_int
-from .task import Task
+from medsam2_hpc.atomic import write_json
+from medsam2_hpc.cli.compat.common import CompatParser, nonneg_int, positive_int
+from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
+from medsam2_hpc.engine.checkpoint import load_checkpoint
+from medsam2_hpc.engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.inference.files import load_prompt_file, prompt_records, save_vis, write_dice_csv
+from medsam2_hpc.inference.predict import VolumePrompts, evaluate, protocol
+from medsam2_hpc.models.sam2 import CONFIGS, build_sam2_model, resolve_config, variant_of
+from medsam2_hpc.models.sam2_video import VideoPropagator
+from medsam2_hpc.options import look_up
+from medsam2_hpc.task import Task
 
 __all__ = ["build_parser", "run", "main"]
 
 
-def build_parser(prog: str = "inference_3d.py") -> SeedParser:
-    p = SeedParser(prog=prog, description=__doc__.splitlines()[0])
+def build_parser(prog: str = "inference_3d.py") -> CompatParser:
+    p = CompatParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("-checkpoint", required=True,
                    help="our checkpoint (best.pt) or Meta's sam2_hiera_*.pt; 'none' = random weights")
     p.add_argument("-sam_config", default=None,
@@ -174,6 +174,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "inference_3d.py") -> int:
-    from .cli import guarded
+    from medsam2_hpc.errors import guarded
 
     return guarded(lambda: run(build_parser(prog).parse_args(argv)), prog)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..atomic import atomic_write
+from medsam2_hpc.atomic import atomic_write
 
 __all__ = ["overlay_png", "mask_png"]
 

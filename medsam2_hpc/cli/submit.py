@@ -12,8 +12,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..errors import InputError
-from ..spec import EXECUTORS
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.spec import EXECUTORS
 
 __all__ = ["register"]
 
@@ -27,8 +27,8 @@ def _add_study_args(p: argparse.ArgumentParser, *, executor: bool = True) -> Non
 
 
 def _submit(args: argparse.Namespace, states: set[str] | None = None) -> int:
-    from ..hpc.launcher import submit
-    from ..spec import load
+    from medsam2_hpc.hpc.launcher import submit
+    from medsam2_hpc.spec import load
 
     study = load(args.jobs, args.study)
     launch = submit(study, executor=args.executor, dry_run=args.dry_run, states=states)
@@ -50,14 +50,14 @@ def _target(path: str, study: str | None) -> tuple[Path, list[str] | None]:
         return target, None
     if not target.exists():
         raise InputError(f"{path}: neither a jobs file nor a study directory")
-    from ..spec import load
+    from medsam2_hpc.spec import load
 
     spec = load(target, study)
     return spec.study_dir, [t.task_id for t in spec.tasks]
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ..hpc.launcher import status_rows
+    from medsam2_hpc.hpc.launcher import status_rows
 
     study_dir, task_ids = _target(args.target, args.study)
     rows = status_rows(study_dir, task_ids)
@@ -71,7 +71,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from ..hpc.launcher import cancel
+    from medsam2_hpc.hpc.launcher import cancel
 
     study_dir, _ = _target(args.target, args.study)
     cancelled = cancel(study_dir)

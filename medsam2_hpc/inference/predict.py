@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.btcv import ORGANS, Volume
-from .data.prompts import make_prompt
-from .engine.runtime import autocast
-from .metrics import summarise, volume_scores
-from .models.sam2_video import ObjectPrompts, VideoPropagator
+from medsam2_hpc.data.btcv import ORGANS, Volume
+from medsam2_hpc.data.prompts import make_prompt
+from medsam2_hpc.engine.runtime import autocast
+from medsam2_hpc.metrics import summarise, volume_scores
+from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 
 __all__ = ["SlicePrompt", "VolumePrompts", "prompt_from_mask", "gt_prompts", "object_prompts",
            "predict_volume", "merge_slice", "EvalResult", "evaluate", "protocol", "resize_volume"]

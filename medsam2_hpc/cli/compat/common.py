@@ -2,7 +2,7 @@
 
 ``train_2d.py`` and ``train_3d.py`` share :func:`common_parser`; each adds its own flags, turns
 the parsed flags into hyper-parameters with :func:`common_hparams` (+ its own keys) and builds
-the Task with :func:`seed_task`. Defects of the reference are not reproduced (FACTS.md):
+the Task with :func:`compat_task`. Defects of the reference are not reproduced (FACTS.md):
 ``-vis 0`` is off, ``-pretrain`` really loads, there is an ``-epoch`` flag. Bad values raise
 InputError (one line, exit 2) instead of argparse's usage dump.
 """
@@ -15,18 +15,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import InputError
-from .models.sam2 import CONFIGS, resolve_config, variant_of
-from .options import look_up
-from .task import Task
+from medsam2_hpc.errors import InputError
+from medsam2_hpc.models.sam2 import CONFIGS, resolve_config, variant_of
+from medsam2_hpc.options import look_up
+from medsam2_hpc.task import Task
 
-__all__ = ["SEED_OUTPUT_ROOT", "SeedParser", "common_parser", "common_hparams", "seed_task", "positive_int",
-           "nonneg_int", "positive_float", "find_resume_dir", "timestamp"]
+__all__ = ["COMPAT_OUTPUT_ROOT", "CompatParser", "common_parser", "common_hparams", "compat_task",
+           "positive_int", "nonneg_int", "positive_float", "find_resume_dir", "timestamp"]
 
-SEED_OUTPUT_ROOT = "logs"  # runs land in logs/<exp_name>_<timestamp>/ as Medical-SAM2's do
+COMPAT_OUTPUT_ROOT = "logs"  # runs land in logs/<exp_name>_<timestamp>/ as Medical-SAM2's do
 
 
-class SeedParser(argparse.ArgumentParser):
+class CompatParser(argparse.ArgumentParser):
     """ArgumentParser whose errors are InputErrors, so every front end prints one line, exit 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -61,9 +61,9 @@ def _bool(text: str) -> bool:
 
 
 def common_parser(prog: str, description: str, *, datasets: Sequence[str],
-                  default_prompt: str = "click") -> SeedParser:
+                  default_prompt: str = "click") -> CompatParser:
     """The flags train_2d.py and train_3d.py share (FACTS.md 'The commands users know')."""
-    p = SeedParser(prog=prog, description=description)
+    p = CompatParser(prog=prog, description=description)
     p.add_argument("-net", default="sam2", help="network; only sam2 is supported")
     p.add_argument("-exp_name", default="sam2", help="runs go to logs/<exp_name>_<timestamp>/")
     p.add_argument("-dataset", default=datasets[0], help=f"one of {', '.join(datasets)}")
@@ -91,7 +91,7 @@ def common_parser(prog: str, description: str, *, datasets: Sequence[str],
                    help="'none'; multi-GPU runs go through jobs.yaml (medsam2-hpc submit)")
     p.add_argument("-resume", nargs="?", const="latest", default=None,
                    help="continue logs/<exp_name>_* (newest) or the given run directory")
-    p.set_defaults(seed_datasets=tuple(datasets))
+    p.set_defaults(compat_datasets=tuple(datasets))
     return p
 
 
@@ -115,7 +115,7 @@ def common_hparams(args: argparse.Namespace) -> dict[str, Any]:
         "device": "auto" if args.gpu_device is None else str(args.gpu_device),
         "vis": args.vis, "train_vis": bool(args.train_vis), "loss": args.loss,
         "sam_config": resolve_config(args.sam_config), "sam_ckpt": args.sam_ckpt,
-        "pretrain": args.pretrain, "seed_view": True,
+        "pretrain": args.pretrain, "compat_view": True,
     }
 
 
@@ -123,7 +123,7 @@ def timestamp() -> str:
     return time.strftime("%Y_%m_%d_%H_%M_%S")
 
 
-def find_resume_dir(resume: str, exp_name: str, root: str | Path = SEED_OUTPUT_ROOT) -> Path:
+def find_resume_dir(resume: str, exp_name: str, root: str | Path = COMPAT_OUTPUT_ROOT) -> Path:
     """The run directory ``-resume`` means: the newest ``<exp_name>_*`` run, or the path given."""
     if resume != "latest":
         path = Path(resume)
@@ -138,13 +138,13 @@ def find_resume_dir(resume: str, exp_name: str, root: str | Path = SEED_OUTPUT_R
     return runs[-1]
 
 
-def seed_task(args: argparse.Namespace, model: str, hparams: dict[str, Any]) -> Task:
-    """The Task of a seed-style run: ``logs/<exp_name>_<timestamp>`` (or the run being resumed)."""
-    dataset = look_up(str(args.dataset).lower(), [d.lower() for d in args.seed_datasets], "-dataset")
+def compat_task(args: argparse.Namespace, model: str, hparams: dict[str, Any]) -> Task:
+    """The Task of a Medical-SAM2-compatible run: ``logs/<exp_name>_<timestamp>`` (or the resumed run)."""
+    dataset = look_up(str(args.dataset).lower(), [d.lower() for d in args.compat_datasets], "-dataset")
     if not Path(args.data_path).is_dir():
         raise InputError(f"-data_path {args.data_path}: no such directory")
     name = f"{args.exp_name}_{timestamp()}"
-    output_root = SEED_OUTPUT_ROOT
+    output_root = COMPAT_OUTPUT_ROOT
     if args.resume is not None:
         run = find_resume_dir(args.resume, args.exp_name)
         name, output_root = run.name, str(run.parent)

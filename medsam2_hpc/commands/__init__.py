@@ -1,1 +1,0 @@
-"""Subcommands of medsam2-hpc; each module defines register(subparsers)."""
