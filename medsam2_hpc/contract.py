@@ -2,6 +2,13 @@
 
 Trainers call :func:`build_metrics`; the collector and the tests call
 :func:`validate_metrics`. NaN (an organ absent from a case) is written as ``null``.
+
+Schema 2 (issue 14) says where the checkpoint was chosen, so a reader can tell an honest
+held-out score from one picked on the cases it reports: ``selection_split`` and
+``selection_cases`` (the validation cases), ``selection_dice`` (Dice of the chosen checkpoint
+there, null when not measured in Dice), ``checkpoint`` ({select: best|last, epoch,
+validated}: a run that never validated says so), ``hd95_unit`` (mm | px) and ``hparams``
+(the resolved hyper-parameters, so sweep points stay apart).
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from typing import Any
 
 from .task import MODELS, PROMPTS, Task
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "build_metrics", "validate_metrics", "git_sha"]
+__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "HD95_UNITS", "SELECT", "checkpoint_record", "build_metrics",
+           "validate_metrics", "git_sha"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HD95_UNITS = ("mm", "px")
+SELECT = ("best", "last", "given")  # given: weights from outside the run (inference)
 REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
     "schema_version": (int,),
     "task_id": (str,),
@@ -41,6 +51,12 @@ REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
     "git_sha": (str, type(None)),
     "container": (dict, str, type(None)),
     "created_at": (str,),
+    "selection_split": (str,),
+    "selection_cases": (list,),
+    "selection_dice": (float, int, type(None)),
+    "hd95_unit": (str,),
+    "hparams": (dict,),
+    "checkpoint": (dict,),
 }
 
 
@@ -79,10 +95,21 @@ def container_info() -> dict[str, Any] | None:
     return {"image": image, "digest": os.environ.get("MEDSAM2_IMAGE_DIGEST")}
 
 
+def checkpoint_record(select: str, epoch: int | None, validated: bool) -> dict[str, Any]:
+    """The ``checkpoint`` entry: which rule picked the scored weights, from which epoch (1-based)."""
+    return {"select": select, "epoch": None if epoch is None else int(epoch), "validated": bool(validated)}
+
+
 def build_metrics(
     task: Task,
     *,
     split: str,
+    selection_split: str,
+    selection_cases: list[str],
+    selection_dice: float | None,
+    checkpoint: dict[str, Any],
+    hd95_unit: str,
+    hparams: dict[str, Any],
     dice_mean: float | None,
     per_class: dict[str, float | None],
     per_case: dict[str, dict[str, float | None]],
@@ -94,7 +121,11 @@ def build_metrics(
     peak_gpu_mem_gb: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Assemble a contract-complete metrics dict; ``extra`` keys (e.g. dice_mean_per_slice) ride along."""
+    """Assemble a contract-complete metrics dict; ``extra`` keys (e.g. dice_mean_per_slice) ride along.
+
+    ``hparams`` is the trainer's resolved configuration (defaults filled in), not the raw
+    ``task.hparams``; ``per_case`` keys are the scored cases of ``split``.
+    """
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "task_id": task.task_id,
@@ -118,6 +149,12 @@ def build_metrics(
         "git_sha": git_sha(),
         "container": container_info(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "selection_split": selection_split,
+        "selection_cases": sorted(str(c) for c in selection_cases),
+        "selection_dice": selection_dice,
+        "hd95_unit": hd95_unit,
+        "hparams": hparams,
+        "checkpoint": checkpoint,
         **extra,
     }
     return _clean(metrics)
@@ -145,10 +182,27 @@ def validate_metrics(data: Any) -> list[str]:
     for case, classes in data["per_case"].items():
         if not isinstance(classes, dict):
             problems.append(f"per_case[{case!r}] should map class -> Dice")
+    if data["hd95_unit"] not in HD95_UNITS:
+        problems.append(f"hd95_unit {data['hd95_unit']!r} is not one of {HD95_UNITS}")
+    if not all(isinstance(c, str) for c in data["selection_cases"]):
+        problems.append("selection_cases should be a list of case ids (strings)")
+    problems += _checkpoint_problems(data["checkpoint"])
     d = data["dice_mean"]
     if d is not None and not 0.0 <= d <= 1.0:
         problems.append(f"dice_mean {d} is outside [0, 1]")
     if data["model"] == "sam2-3d" or data["dataset"] == "btcv":
         if "dice_mean_per_slice" not in data:
             problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
+    return problems
+
+
+def _checkpoint_problems(ckpt: dict[str, Any]) -> list[str]:
+    problems = []
+    if ckpt.get("select") not in SELECT:
+        problems.append(f"checkpoint.select {ckpt.get('select')!r} is not one of {SELECT}")
+    epoch = ckpt.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        problems.append(f"checkpoint.epoch should be int or null, got {type(epoch).__name__}")
+    if not isinstance(ckpt.get("validated"), bool):
+        problems.append("checkpoint.validated should be true or false")
     return problems

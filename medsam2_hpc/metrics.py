@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
-__all__ = ["probs_to_mask", "dice", "iou", "hd95", "per_slice_dice", "volume_scores", "summarise"]
+__all__ = ["probs_to_mask", "dice", "iou", "hd95", "per_slice_dice", "summarise"]
 
 Array = Any  # numpy array or torch tensor
 
@@ -94,38 +94,6 @@ def per_slice_dice(pred: Array, truth: Array) -> float:
     scores = compute_dice(p[keep][:, None].float(), t[keep][:, None].float(), include_background=True,
                           ignore_empty=False)
     return float(scores.mean())
-
-
-def volume_scores(
-    pred_label: Array,
-    truth_label: Array,
-    classes: Mapping[int, str],
-    spacing: Sequence[float] | None = None,
-    hd95: bool = False,  # shadows hd95() in here: the interface names the flag so (see _hd95)
-) -> dict[str, dict[str, float]]:
-    """All scores of one case from two integer label maps (D, H, W), per class name.
-
-    Returns ``{"dice": {...}, "per_slice": {...}, "iou": {...}, "hd95": {...}}``; ``hd95`` is
-    all NaN unless asked for (it is the slow one).
-    """
-    pred_np, truth_np = np.asarray(_as_numpy(pred_label)), np.asarray(_as_numpy(truth_label))
-    if pred_np.shape != truth_np.shape:
-        raise ValueError(f"prediction shape {pred_np.shape} differs from truth shape {truth_np.shape}")
-    out: dict[str, dict[str, float]] = {"dice": {}, "per_slice": {}, "iou": {}, "hd95": {}}
-    for label, name in classes.items():
-        p, t = pred_np == label, truth_np == label
-        out["dice"][name] = dice(p, t)
-        out["per_slice"][name] = per_slice_dice(p, t)
-        out["iou"][name] = iou(p, t)
-        out["hd95"][name] = _hd95(p, t, spacing) if hd95 else math.nan
-    return out
-
-
-_hd95 = hd95  # volume_scores' flag shadows the function name inside it
-
-
-def _as_numpy(x: Array) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def summarise(per_case: Mapping[str, Mapping[str, float | None]]) -> tuple[dict[str, float], float]:

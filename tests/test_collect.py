@@ -15,7 +15,7 @@ import yaml
 from scipy.stats import wilcoxon
 
 from medsam2_hpc import cli
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import build_metrics, checkpoint_record
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.report import collect_study
 from medsam2_hpc.task import RunDir, Task
@@ -53,7 +53,9 @@ def _write_run(study: Path, model: str, variant: str, dataset: str, seed: int, l
     metrics = build_metrics(task, split="test", dice_mean=_mean(per_class.values()), per_class=per_class,
                             per_case=per_case, epochs_completed=3, train_seconds=3600.0 * (1 + seed),
                             eval_seconds=10.0, params_m={"resnet": 25.6, "yolo": 27.6}.get(model, 38.9),
-                            hd95_mean=5.0 + seed, **extra)
+                            hd95_mean=5.0 + seed, selection_split="val", selection_cases=["v1", "v2"],
+                            selection_dice=0.5, checkpoint=checkpoint_record("best", 3, True),
+                            hd95_unit="mm" if dataset == "btcv" else "px", hparams={"lr": 1e-4}, **extra)
     run.write_metrics(metrics)
     run.update_status(state="completed", attempts=1)
     return metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from medsam2_hpc.contract import REQUIRED_KEYS, build_metrics, validate_metrics
+from medsam2_hpc.contract import REQUIRED_KEYS, build_metrics, checkpoint_record, validate_metrics
 from medsam2_hpc.task import Task
 
 
@@ -13,9 +13,11 @@ def _metrics(**extra):
     task = Task(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path="/d", study="s",
                 prompt="bbox")
     return build_metrics(
-        task, split="val", dice_mean=0.5, per_class={"spleen": 0.5, "liver": float("nan")},
+        task, split="test", dice_mean=0.5, per_class={"spleen": 0.5, "liver": float("nan")},
         per_case={"img0035": {"spleen": 0.5, "liver": float("nan")}}, epochs_completed=2,
-        train_seconds=1.0, eval_seconds=0.5, params_m=38.9, **extra,
+        train_seconds=1.0, eval_seconds=0.5, params_m=38.9, selection_split="val",
+        selection_cases=["img0002", "img0001"], selection_dice=0.4, hd95_unit="mm",
+        checkpoint=checkpoint_record("best", 2, True), hparams={"lr": 1e-4}, **extra,
     )
 
 
@@ -39,3 +41,20 @@ def test_validator_names_every_problem():
     assert validate_metrics(broken) == ["dice_mean 1.5 is outside [0, 1]"]
     assert validate_metrics([]) == ["metrics.json is not a JSON object"]
     assert not math.isnan(metrics["dice_mean"])
+
+
+def test_selection_fields_are_checked_by_name():
+    metrics = _metrics(dice_mean_per_slice=0.6)
+    assert metrics["selection_cases"] == ["img0001", "img0002"]  # sorted: a set of case ids
+    assert metrics["checkpoint"] == {"select": "best", "epoch": 2, "validated": True}
+    bad = dict(metrics, hd95_unit="cm", checkpoint={"select": "first", "epoch": "2", "validated": 1},
+               selection_cases=[3])
+    assert validate_metrics(bad) == [
+        "hd95_unit 'cm' is not one of ('mm', 'px')",
+        "selection_cases should be a list of case ids (strings)",
+        "checkpoint.select 'first' is not one of ('best', 'last', 'given')",
+        "checkpoint.epoch should be int or null, got str",
+        "checkpoint.validated should be true or false",
+    ]
+    never = dict(metrics, checkpoint=checkpoint_record("best", None, False), selection_dice=None)
+    assert validate_metrics(never) == []

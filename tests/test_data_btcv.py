@@ -19,9 +19,9 @@ from medsam2_hpc.errors import InputError
 def test_slices_layout_reads_what_was_written(btcv_slices: Path) -> None:
     volumes = btcv.BTCVVolumes(btcv_slices, "train")
     assert volumes.layout == "slices"
-    assert volumes.cases == ["img0001", "img0002", "img0003", "img0004"]
-    assert btcv.BTCVVolumes(btcv_slices, "val").cases == btcv.BTCVVolumes(btcv_slices, "test").cases \
-        == ["img0005", "img0006"]
+    assert volumes.cases == ["img0001", "img0002", "img0003"]
+    assert btcv.BTCVVolumes(btcv_slices, "val").cases == ["img0004"]  # carved from Training/
+    assert btcv.BTCVVolumes(btcv_slices, "test").cases == ["img0005", "img0006"]
     volume = volumes.get("img0002")
     assert volume.image.shape == volume.label.shape == (20, 96, 96)
     assert volume.image.dtype == np.float32 and 0.0 <= volume.image.min() and volume.image.max() <= 1.0
@@ -36,7 +36,7 @@ def test_slices_layout_reads_what_was_written(btcv_slices: Path) -> None:
 
 def test_nifti_layout_keeps_geometry_and_matches_slices_layout(btcv_nifti: Path, btcv_slices: Path) -> None:
     volumes = btcv.BTCVVolumes(btcv_nifti, "train")
-    assert volumes.layout == "nifti" and volumes.cases == ["img0001", "img0002", "img0003", "img0004"]
+    assert volumes.layout == "nifti" and volumes.cases == ["img0001", "img0002", "img0003"]
     assert btcv.BTCVVolumes(btcv_nifti, "test").cases == ["img0005", "img0006"]
     volume = volumes[0]
     source = nib.load(btcv_nifti / "imagesTr/img0001.nii.gz")
@@ -56,9 +56,9 @@ def test_ct_window_maps_hounsfield_units(tmp_path: Path) -> None:
     (tmp_path / "labelsTr").mkdir()
     nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), affine), tmp_path / "imagesTr/img0001.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 5), np.uint8), affine), tmp_path / "labelsTr/label0001.nii.gz")
-    (tmp_path / "dataset_0.json").write_text(json.dumps({"training": [
-        {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}], "validation": []}))
-    image = btcv.BTCVVolumes(tmp_path).get("img0001").image
+    (tmp_path / "dataset_0.json").write_text(json.dumps({"validation": [
+        {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}], "training": []}))
+    image = btcv.BTCVVolumes(tmp_path, "test").get("img0001").image
     assert image[:, 0, 0] == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
 
 
@@ -77,8 +77,8 @@ def _reoriented_copy(src: Path, dst: Path, ornt: np.ndarray) -> None:
 def test_orientation_is_undone_and_predictions_overlay_the_source(btcv_nifti: Path, tmp_path: Path,
                                                                   ornt: list) -> None:
     _reoriented_copy(btcv_nifti, tmp_path / "copy", np.array(ornt))
-    reference = btcv.BTCVVolumes(btcv_nifti, "val")[0]
-    volume = btcv.BTCVVolumes(tmp_path / "copy", "val")[0]
+    reference = btcv.BTCVVolumes(btcv_nifti, "test")[0]
+    volume = btcv.BTCVVolumes(tmp_path / "copy", "test")[0]
     assert np.array_equal(volume.label, reference.label)
     assert np.allclose(volume.image, reference.image)
     written = btcv.write_prediction(volume, volume.label, tmp_path / "pred")
@@ -99,7 +99,7 @@ def test_volumes_are_decoded_once_and_cached(tmp_path: Path) -> None:
 
 
 def test_lru_cache_bound_evicts_the_oldest(tmp_path: Path) -> None:
-    root = synthetic.make_btcv(tmp_path, "slices", n_train=2, n_test=1, depth=8, size=32)
+    root = synthetic.make_btcv(tmp_path, "slices", n_train=3, n_test=1, depth=8, size=32)
     volumes = btcv.BTCVVolumes(root, "train", cache_size=1)
     volumes.get("img0001")
     second = volumes.get("img0002")
@@ -110,7 +110,7 @@ def test_lru_cache_bound_evicts_the_oldest(tmp_path: Path) -> None:
 
 
 def test_clips_cover_labelled_windows(btcv_slices: Path) -> None:
-    volumes = btcv.BTCVVolumes(btcv_slices, "val")
+    volumes = btcv.BTCVVolumes(btcv_slices, "test")
     clips = btcv.BTCVClips(volumes, video_length=4, image_size=48)
     everything = btcv.BTCVClips(volumes, video_length=4, image_size=48, labelled_only=False)
     assert everything.index == [(case, s) for case in volumes.cases for s in range(20 - 4 + 1)]
@@ -150,9 +150,9 @@ def test_split_is_generated_without_dataset_json(btcv_nifti: Path, tmp_path: Pat
     with caplog.at_level(logging.WARNING):
         train = btcv.BTCVVolumes(tmp_path, "train")
     assert "generated split" in caplog.text
-    val = btcv.BTCVVolumes(tmp_path, "val")
-    assert train.cases == ["img0001", "img0002", "img0003", "img0004", "img0005"]
-    assert val.cases == ["img0006"]
+    assert train.cases == ["img0001", "img0002", "img0003", "img0004"]
+    assert btcv.BTCVVolumes(tmp_path, "val").cases == ["img0005"]  # carved from the first 80 %
+    assert btcv.BTCVVolumes(tmp_path, "test").cases == ["img0006"]  # the last 20 %
 
 
 def test_mni152_brain_through_the_nifti_path(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_mni152_brain_through_the_nifti_path(tmp_path: Path) -> None:
     entry = {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}
     (tmp_path / "dataset_0.json").write_text(json.dumps({"training": [entry], "validation": [entry]}))
 
-    volume = btcv.BTCVVolumes(tmp_path, "val", window=None)[0]
+    volume = btcv.BTCVVolumes(tmp_path, "test", window=None)[0]
     assert volume.image.shape == (95, 117, 99)  # (z, y, x) of the 99 x 117 x 95 template
     assert volume.image.min() == 0.0 and volume.image.max() == 1.0
     assert volume.spacing == (2.0, 2.0, 2.0)
@@ -199,11 +199,11 @@ def test_unlabelled_nifti_test_scans_from_dataset_json(tmp_path: Path) -> None:
     root = synthetic.make_btcv(tmp_path, "nifti", n_train=1, n_test=1, depth=8, size=32, unlabelled=2)
     listing = json.loads((root / "dataset_0.json").read_text())
     assert listing["test"] == ["imagesTs/img0003.nii.gz", "imagesTs/img0004.nii.gz"]
-    # "test" = the json's test scans; val keeps "validation"; default labels="required" refuses them
-    assert btcv.BTCVVolumes(root, "val").cases == ["img0002"]
+    # "unlabelled" = the json's test scans; test keeps "validation"; labels="required" refuses them
+    assert btcv.BTCVVolumes(root, "test").cases == ["img0002"]
     with pytest.raises(InputError, match=r"imagesTs/img0003.nii.gz: case img0003 has no label file"):
-        btcv.BTCVVolumes(root, "test")
-    test = btcv.BTCVVolumes(root, "test", labels="optional")
+        btcv.BTCVVolumes(root, "unlabelled")
+    test = btcv.BTCVVolumes(root, "unlabelled", labels="optional")
     assert test.cases == ["img0003", "img0004"]
     volume = test.get("img0004")
     assert volume.label is None and volume.image.shape == (8, 32, 32)
@@ -211,8 +211,8 @@ def test_unlabelled_nifti_test_scans_from_dataset_json(tmp_path: Path) -> None:
     assert np.allclose(volume.affine, nib.load(volume.source).affine)
     assert btcv.labelled_slices(volume).size == 0
     # the optional policy changes nothing for labelled cases
-    assert np.array_equal(btcv.BTCVVolumes(root, "val", labels="optional")[0].label,
-                          btcv.BTCVVolumes(root, "val")[0].label)
+    assert np.array_equal(btcv.BTCVVolumes(root, "test", labels="optional")[0].label,
+                          btcv.BTCVVolumes(root, "test")[0].label)
 
 
 def test_json_test_entries_may_be_objects_with_labels(tmp_path: Path) -> None:
@@ -220,12 +220,14 @@ def test_json_test_entries_may_be_objects_with_labels(tmp_path: Path) -> None:
     listing = json.loads((root / "dataset_0.json").read_text())
     listing["test"] = [{"image": "imagesTs/img0003.nii.gz"}, dict(listing["validation"][0])]
     (root / "dataset_0.json").write_text(json.dumps(listing))
-    volumes = btcv.BTCVVolumes(root, "test", labels="optional")
+    volumes = btcv.BTCVVolumes(root, "unlabelled", labels="optional")
     assert [v.case for v in volumes] == ["img0003", "img0002"]
     assert volumes.get("img0003").label is None and volumes.get("img0002").label is not None
-    listing["test"] = []  # an empty list is no test set: back to "validation"
+    listing["test"] = []  # an empty list: no unlabelled scans; the scored test split is unchanged
     (root / "dataset_0.json").write_text(json.dumps(listing))
     assert btcv.BTCVVolumes(root, "test").cases == ["img0002"]
+    with pytest.raises(InputError, match="split 'unlabelled' has no cases"):
+        btcv.BTCVVolumes(root, "unlabelled", labels="optional")
 
 
 def test_unlabelled_slices_case_and_bare_folders(tmp_path: Path) -> None:
@@ -236,6 +238,7 @@ def test_unlabelled_slices_case_and_bare_folders(tmp_path: Path) -> None:
     assert test.cases == ["img0002", "img0003"]
     assert test.get("img0003").label is None and test.get("img0003").image.shape == (8, 32, 32)
     assert test.get("img0002").label.shape == (8, 32, 32)
+    assert btcv.BTCVVolumes(root, "unlabelled", labels="optional").cases == ["img0003"]
 
     nifti_root = synthetic.make_btcv(tmp_path / "n", "nifti", n_train=2, n_test=1, depth=8, size=32)
     # imagesTr/ without labelsTr/ (and no split file): the generated split, every case unlabelled

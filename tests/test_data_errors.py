@@ -175,10 +175,10 @@ def test_unlabelled_policy_and_bad_test_list(tmp_path: Path) -> None:
                          ("imagesTs/img0009.nii.gz", "imagesTs/img0009.nii.gz: image file missing")):
         split_file.write_text(json.dumps({**listing, "test": [bad]}))
         with pytest.raises(InputError, match=message):
-            BTCVVolumes(root, "test", labels="optional")
+            BTCVVolumes(root, "unlabelled", labels="optional")
     split_file.write_text(json.dumps({**listing, "test": "imagesTs"}))
     with pytest.raises(InputError, match="key 'test' must be a list"):
-        BTCVVolumes(root, "test", labels="optional")
+        BTCVVolumes(root, "unlabelled", labels="optional")
     # a label the data names stays required even when labels are optional: that copy is broken
     (root / "labelsTr/label0003.nii.gz").unlink()
     split_file.write_text(json.dumps(listing))

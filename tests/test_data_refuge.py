@@ -17,7 +17,8 @@ def test_multirater_layout_returns_cases_with_shapes(refuge_multirater: Path) ->
     train = RefugeDataset(refuge_multirater, "train", image_size=64, out_size=32)
     test = RefugeDataset(refuge_multirater, "test", image_size=64, out_size=32)
     assert (train.layout, train.classes) == ("multirater", ("cup",))
-    assert train.names == ["g0001", "g0003", "n0002", "n0004"]
+    assert train.names == ["g0001", "g0003", "n0002"]
+    assert RefugeDataset(refuge_multirater, "val").names == ["n0004"]  # carved from Training-400
     assert test.names == ["T0001", "T0002"]
     item = train[1]
     assert item["name"] == "g0003"
@@ -33,7 +34,7 @@ def test_root_may_be_the_parent_of_the_refuge_dir(refuge_multirater: Path, tmp_p
 
 
 def _write_case(root: Path, name: str, image: np.ndarray, raters: list[np.ndarray]) -> None:
-    case = root / "Training-400" / name
+    case = root / "Test-400" / name
     case.mkdir(parents=True)
     Image.fromarray(image).save(case / f"{name}_cropped.jpg", quality=100)
     for r, mask in enumerate(raters, start=1):
@@ -49,12 +50,12 @@ def test_ground_truth_is_the_majority_of_seven_raters(tmp_path: Path) -> None:
         mask[:, : 8 * r] = 255
         raters.append(mask)
     _write_case(tmp_path, "vote", np.full((64, 64, 3), 100, np.uint8), raters)
-    mask = RefugeDataset(tmp_path, "train", image_size=64, out_size=64)[0]["mask"][0]
+    mask = RefugeDataset(tmp_path, "test", image_size=64, out_size=64)[0]["mask"][0]
     expected = torch.zeros(64, 64)
     expected[:, :32] = 1
     assert torch.equal(mask, expected)
     # Shrinking keeps the vote: area resize of the soft mask, then >= 0.5.
-    small = RefugeDataset(tmp_path, "train", image_size=32, out_size=16)[0]["mask"][0]
+    small = RefugeDataset(tmp_path, "test", image_size=32, out_size=16)[0]["mask"][0]
     assert small[:, :8].all() and not small[:, 8:].any()
 
 
@@ -70,7 +71,7 @@ def test_multirater_mask_matches_the_drawn_cup(refuge_multirater: Path) -> None:
 def test_challenge_layout_reads_cup_and_disc_from_bmp(refuge_challenge: Path) -> None:
     ds = RefugeDataset(refuge_challenge, "train", image_size=64, out_size=128)
     assert (ds.layout, ds.classes) == ("challenge", ("cup", "disc"))
-    assert ds.names == ["g0001", "g0003", "n0002", "n0004"]
+    assert ds.names == ["g0001", "g0003", "n0002"]
     bmp = np.asarray(Image.open(refuge_challenge / "Annotation-Training400" / "Disc_Cup_Masks" / "Glaucoma"
                                 / "g0001.bmp"))
     cup, disc = ds[0]["mask"].numpy() > 0
@@ -98,7 +99,7 @@ def test_retina_photograph_with_a_drawn_cup(tmp_path: Path) -> None:
     raters = [((((yy - cy) ** 2 + (xx - cx - dx) ** 2) <= radius ** 2) * 255).astype(np.uint8)
               for dx in (-4, -2, -1, 0, 1, 2, 4)]
     _write_case(tmp_path, "retina", photo, raters)
-    item = RefugeDataset(tmp_path, "train", image_size=256, out_size=256)[0]
+    item = RefugeDataset(tmp_path, "test", image_size=256, out_size=256)[0]
     image, mask = item["image"], item["mask"][0]
     assert item["name"] == "retina" and image.shape == (3, 256, 256)
     reference = np.asarray(Image.fromarray(photo).resize((256, 256), Image.BILINEAR)) / 255.0

@@ -94,3 +94,44 @@ def test_corrupt_or_missing_checkpoint_is_one_clear_input_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(InputError, match="no such file"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _scripted(run: RunDir, scores: list[float], select: str = "best", val_freq: int = 1) -> TrainLoop:
+    """A loop whose validation returns ``scores`` in turn (NaN: nothing scored that epoch)."""
+    model = torch.nn.Linear(1, 1)
+    loop = TrainLoop(run, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     config=LoopConfig(epochs=len(scores), val_freq=val_freq, select=select))
+    marks = iter(scores)
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))  # the weights say which epoch they come from
+        return {}
+
+    loop.fit(train_epoch, lambda epoch: {"dice": next(marks)})
+    return loop
+
+
+def _weight(path) -> float:
+    return float(load_checkpoint(path)["model"]["weight"])
+
+
+def test_best_is_the_best_validated_epoch_and_last_is_the_last(tmp_path):
+    best = _scripted(RunDir(tmp_path / "best"), [0.2, 0.7, 0.4]).selected()
+    assert (best.select, best.epoch, best.validated, best.score) == ("best", 2, True, 0.7)
+    assert _weight(best.path) == 1.0  # epoch index 1 = the second epoch
+    last = _scripted(RunDir(tmp_path / "last"), [0.2, 0.7, 0.4], select="last").selected()
+    assert (last.select, last.epoch, last.validated, last.score) == ("last", 3, True, 0.4)
+    assert _weight(last.path) == 2.0
+
+
+def test_a_run_that_never_validated_writes_no_best_and_says_so(tmp_path):
+    run = RunDir(tmp_path / "never")
+    chosen = _scripted(run, [float("nan")] * 3).selected()
+    assert not run.best_ckpt.exists()  # epoch 1 is not "best" just because nothing was scored
+    assert chosen.path == run.last_ckpt and chosen.record() == {"select": "best", "epoch": 3,
+                                                                "validated": False}
+    assert chosen.score is None
+    # a NaN epoch after a finite one keeps the finite one as best
+    kept = _scripted(RunDir(tmp_path / "kept"), [0.3, float("nan")]).selected()
+    assert (kept.epoch, kept.validated, _weight(kept.path)) == (1, True, 0.0)

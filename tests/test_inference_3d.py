@@ -176,7 +176,8 @@ def _lines(capsys) -> list[str]:
 
 
 def test_prompt_file_predicts_unlabelled_nifti_test_scans(meta_ckpt, tmp_path, capsys):
-    """dataset_0.json's "test" list (imagesTs/, no labels) is the test split; a prompt file predicts it."""
+    """dataset_0.json's "test" list (imagesTs/, no labels) is the "unlabelled" split; a prompt file
+    predicts it."""
     from medsam2_hpc.data import synthetic
 
     data = synthetic.make_btcv(tmp_path / "btcv", "nifti", n_train=1, n_test=1, depth=8, size=SIZE,
@@ -185,7 +186,8 @@ def test_prompt_file_predicts_unlabelled_nifti_test_scans(meta_ckpt, tmp_path, c
                {"case": "img0003", "slice": 3, "organ": 1, "points": [[45, 35]]}]
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     out = tmp_path / "out"
-    assert main(_args(meta_ckpt, data, out, "-prompt_file", str(tmp_path / "p.json"), "-save_vis")) == 0
+    assert main(_args(meta_ckpt, data, out, "-prompt_file", str(tmp_path / "p.json"), "-save_vis",
+                      "-split", "unlabelled")) == 0
     assert "unscored (no labels): img0003" in capsys.readouterr().err
     source = nib.load(str(data / "imagesTs" / "img0003.nii.gz"))
     written = nib.load(str(out / "img0003.nii.gz"))
@@ -203,7 +205,7 @@ def test_prompt_file_predicts_unlabelled_nifti_test_scans(meta_ckpt, tmp_path, c
         assert Image.open(png).size == (2 * SIZE + 4, SIZE)
 
     # ground-truth prompts on the same split: one line naming the unlabelled scan, nothing written
-    assert main(_args(meta_ckpt, data, tmp_path / "gt")) == 2
+    assert main(_args(meta_ckpt, data, tmp_path / "gt", "-split", "unlabelled")) == 2
     err = _lines(capsys)
     assert len(err) == 1 and "imagesTs/img0003.nii.gz: case img0003 has no label file" in err[0]
     assert not (tmp_path / "gt").exists()

@@ -76,7 +76,9 @@ def train(task: Task, run: RunDir) -> dict:
     _log(run, "evaluate")
     return build_metrics(task, split="test", dice_mean=0.5, per_class={"cup": 0.5},
                          per_case={"case0": {"cup": 0.5}}, epochs_completed=state.epoch,
-                         train_seconds=state.train_seconds, eval_seconds=0.0, params_m=3e-6)
+                         train_seconds=state.train_seconds, eval_seconds=0.0, params_m=3e-6,
+                         selection_split="val", selection_cases=["val0"], selection_dice=0.5,
+                         checkpoint=loop.selected().record(), hd95_unit="px", hparams={})
 
 
 def run_tiny(task: Task) -> dict:

@@ -76,40 +76,6 @@ def test_hd95_nan_when_either_side_is_empty() -> None:
     assert math.isnan(metrics.hd95(empty, empty, (1.0, 1.0)))
 
 
-def _volumes() -> tuple[np.ndarray, np.ndarray]:
-    """3 slices of 2x2. Organ 1 in slices 0-1 of the truth; organ 2 only predicted; organ 3 nowhere."""
-    truth = np.zeros((3, 2, 2), np.uint8)
-    truth[0] = [[1, 1], [0, 0]]
-    truth[1] = [[1, 0], [0, 0]]
-    pred = np.zeros((3, 2, 2), np.uint8)
-    pred[0] = [[1, 1], [0, 0]]  # slice Dice 1
-    pred[1] = [[1, 1], [0, 0]]  # slice Dice 2*1/(2+1)
-    pred[2] = [[1, 0], [0, 2]]  # a false positive of organ 1 on a slice the truth lacks it
-    return pred, truth
-
-
-def test_volume_scores_volumetric_vs_per_slice() -> None:
-    pred, truth = _volumes()
-    scores = metrics.volume_scores(pred, truth, {1: "a", 2: "b", 3: "c"}, spacing=(1, 1, 1))
-    # volumetric: truth 3 voxels, pred 5 voxels, overlap 3
-    assert scores["dice"]["a"] == pytest.approx(2 * 3 / 8)
-    assert scores["iou"]["a"] == pytest.approx(3 / 5)
-    # per slice: mean over slices 0 and 1 only (where the truth has the organ)
-    assert scores["per_slice"]["a"] == pytest.approx((1.0 + 2 / 3) / 2)
-    assert scores["dice"]["b"] == 0.0 and math.isnan(scores["per_slice"]["b"])
-    assert math.isnan(scores["dice"]["c"]) and math.isnan(scores["iou"]["c"])
-    assert all(math.isnan(v) for v in scores["hd95"].values())  # not asked for
-
-
-def test_volume_scores_hd95_on_request() -> None:
-    pred, truth = _volumes()
-    scores = metrics.volume_scores(torch.from_numpy(pred), torch.from_numpy(truth), {1: "a", 2: "b"},
-                                   spacing=(3.0, 1.0, 1.0), hd95=True)
-    assert scores["hd95"]["a"] == pytest.approx(metrics.hd95(pred == 1, truth == 1, (3.0, 1.0, 1.0)))
-    assert scores["hd95"]["a"] > 0.0  # the stray voxel of slice 2 is a surface error
-    assert math.isnan(scores["hd95"]["b"])
-
-
 def test_summarise_skips_nan_and_none() -> None:
     per_case = {
         "c1": {"a": 0.8, "b": math.nan},

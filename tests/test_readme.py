@@ -97,7 +97,7 @@ def sandbox(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("readme")
     synthetic.make_refuge(root / "data" / "REFUGE", n_train=2, n_test=1, size=64)
-    synthetic.make_btcv(root / "data" / "btcv", layout="nifti", n_train=1, n_test=1, size=64, depth=8)
+    synthetic.make_btcv(root / "data" / "btcv", layout="nifti", n_train=2, n_test=1, size=64, depth=8)
     model = build_sam2_model("sam2_hiera_s", None, image_size=64, allow_random=True)
     (root / "checkpoints").mkdir()
     torch.save({"model": model.state_dict()}, root / "checkpoints" / "sam2_hiera_small.pt")

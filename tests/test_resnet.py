@@ -51,7 +51,7 @@ def test_local_imagenet_weights_load_into_encoder(tmp_path):
 
 def test_overfits_one_image(tmp_path):
     """Dice on one synthetic fundus rises from chance to clearly higher after 40 steps on it."""
-    root = synthetic.make_refuge(tmp_path / "one", "challenge", n_train=1, n_test=1, size=64, seed=3)
+    root = synthetic.make_refuge(tmp_path / "one", "challenge", n_train=2, n_test=1, size=64, seed=3)
     data = BaselineData("refuge", str(root), 64)
     item = data.train[0]
     torch.manual_seed(0)
@@ -152,13 +152,15 @@ def test_benchmark_smoke_writes_json(tmp_path, mode):
     assert record["images_per_s"] > 0 and record["peak_mem_gb"] > 0 and record["params_m"] > 10
 
 
-def test_btcv_with_unlabelled_test_scans_is_scored_on_val(tmp_path):
-    """The raw BTCV release's test scans have no labels: the run scores the labelled val split."""
+def test_btcv_unlabelled_scans_leave_the_scored_test_split_alone(tmp_path):
+    """The raw release's imagesTs scans have no labels: test is dataset_0.json's "validation",
+    val is carved from "training", and the unlabelled scans are in neither."""
     from medsam2_hpc.data import synthetic
-    from medsam2_hpc.data.btcv import scored_split
 
     root = synthetic.make_btcv(tmp_path / "btcv", layout="nifti", n_train=2, n_test=1, size=64, depth=8,
                                unlabelled=2)
-    assert scored_split(root) == "val"
     metrics = run_task(_task(tmp_path, "btcv", root, epochs=1))
-    assert validate_metrics(metrics) == [] and metrics["split"] == "val" and metrics["n_cases"] == 1
+    assert validate_metrics(metrics) == [] and metrics["split"] == "test"
+    assert list(metrics["per_case"]) == ["img0003"]
+    assert (metrics["selection_split"], metrics["selection_cases"]) == ("val", ["img0002"])
+    assert metrics["hd95_unit"] == "mm" and metrics["checkpoint"]["validated"] is True

@@ -68,8 +68,8 @@ def test_one_epoch_writes_every_output(layout, request, tmp_path):
 
 
 def test_overfitting_one_volume_raises_dice(tmp_path):
-    root = synthetic.make_btcv(tmp_path / "one", "slices", n_train=1, n_test=1, depth=8, size=SIZE,
-                               organs=(1, 6), seed=0)
+    root = synthetic.make_btcv(tmp_path / "one", "slices", n_train=2, n_test=1, depth=8, size=SIZE,
+                               organs=(1, 6), seed=0)  # train = img0001 (img0002 is carved as val)
     volumes = BTCVVolumes(root, "train")
     clips = BTCVClips(volumes, 4, SIZE)
     model = _tiny_model()

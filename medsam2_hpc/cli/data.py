@@ -76,7 +76,7 @@ def _check_refuge(path: Path) -> dict:
     from medsam2_hpc.data.refuge import RefugeDataset
 
     summary: dict = {"dataset": "refuge"}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         ds = RefugeDataset(path, split, image_size=256, out_size=256)
         fractions = np.array([ds[i]["mask"].mean(dim=(1, 2)).numpy() for i in range(len(ds))])
         summary.update(layout=ds.layout, classes=list(ds.classes))
@@ -90,7 +90,7 @@ def _check_btcv(path: Path, window: str) -> dict:
     from medsam2_hpc.data.nifti import CT_WINDOW
 
     summary: dict = {"dataset": "btcv"}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         volumes = BTCVVolumes(path, split, window=CT_WINDOW if window == "ct" else None, cache_size=1)
         organs: set[int] = set()
         shapes, slices = [], 0
@@ -99,7 +99,7 @@ def _check_btcv(path: Path, window: str) -> dict:
             organs.update(int(v) for v in np.unique(volume.label) if v)
             slices += len(labelled_slices(volume))
         summary["layout"] = volumes.layout
-        summary["val/test" if split == "val" else split] = {
+        summary[split] = {
             "cases": volumes.cases, "shapes": shapes, "labelled_slices": slices,
             "organs": [ORGANS[o] for o in sorted(organs)]}
     return summary

@@ -16,7 +16,6 @@ A volume is decoded once and cached in :class:`BTCVVolumes` (optionally LRU-boun
 
 from __future__ import annotations
 
-import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from .btcv_scan import LABEL_POLICIES, SPLITS, CaseFiles, detect_layout, scan_ca
 from .images import read_image, read_npy, resize_image, resize_labels
 from .organs import ORGANS
 
-__all__ = ["ORGANS", "Volume", "BTCVVolumes", "scored_split", "training_volumes", "BTCVClips", "BTCVSlices",
+__all__ = ["ORGANS", "Volume", "BTCVVolumes", "training_volumes", "BTCVClips", "BTCVSlices",
            "write_prediction", "labelled_slices"]
 
 MAX_LABEL = max(ORGANS)
@@ -73,7 +72,7 @@ class BTCVVolumes:
 
     def __init__(self, root: str | Path, split: str = "train", *,
                  window: tuple[float, float] | None = nifti.CT_WINDOW, cache_size: int | None = None,
-                 labels: str = "required") -> None:
+                 labels: str = "required", split_file: str | Path | None = None) -> None:
         split = look_up(split, SPLITS, "BTCV split")
         labels = look_up(labels, LABEL_POLICIES, "labels")
         if window is not None and not window[0] < window[1]:
@@ -82,7 +81,7 @@ class BTCVVolumes:
             raise InputError(f"cache_size: must be >= 1 or None, got {cache_size}")
         self.layout, self.root = detect_layout(root)
         self.split, self.window, self.cache_size, self.labels = split, window, cache_size, labels
-        self._files = {c.case: c for c in scan_cases(self.layout, self.root, split, labels)}
+        self._files = {c.case: c for c in scan_cases(self.layout, self.root, split, labels, split_file)}
         self._cache: OrderedDict[str, Volume] = OrderedDict()
 
     @property
@@ -93,6 +92,11 @@ class BTCVVolumes:
     def labelled(self) -> bool:
         """Every case has labels (decides nothing; read from the file listing, nothing decoded)."""
         return all(files.labels for files in self._files.values())
+
+    @property
+    def hd95_unit(self) -> str:
+        """Distances are in mm where the files carry spacing (NIfTI), in pixels for JPEG slices."""
+        return "mm" if self.layout == "nifti" else "px"
 
     def __len__(self) -> int:
         return len(self._files)
@@ -156,26 +160,9 @@ class BTCVVolumes:
         return Volume(files.case, image, label, spacing, affine, image_path)
 
 
-def scored_split(root: str | Path, split: str = "test") -> str:
-    """The split a training run's final scores come from: ``split`` if it is labelled, else "val".
-
-    The raw BTCV release lists its 20 unlabelled challenge scans as dataset_0.json's "test";
-    published BTCV numbers are on the labelled validation scans, so a run is scored there.
-    """
-    volumes = BTCVVolumes(root, split, labels="optional")
-    if len(volumes) and volumes.labelled:
-        return split
-    print(f"[btcv] {root}: the {split} split has unlabelled scans: final scores use 'val'",
-          file=sys.stderr, flush=True)
-    return "val"
-
-
-def training_volumes(root: str | Path) -> dict[str, BTCVVolumes]:
-    """What a training run reads: train, val, and under "test" the split it is scored on
-    (:func:`scored_split`); every case labelled."""
-    volumes = {split: BTCVVolumes(root, split) for split in ("train", "val")}
-    volumes["test"] = BTCVVolumes(root, scored_split(root))
-    return volumes
+def training_volumes(root: str | Path, split_file: str | Path | None = None) -> dict[str, BTCVVolumes]:
+    """What a training run reads: train, val (selection) and test (scored once); every case labelled."""
+    return {split: BTCVVolumes(root, split, split_file=split_file) for split in ("train", "val", "test")}
 
 
 def write_prediction(volume: Volume, label_volume: np.ndarray | torch.Tensor,

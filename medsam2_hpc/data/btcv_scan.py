@@ -5,7 +5,8 @@ Preprocessed slices (Medical-SAM2's copy); ``root`` is the btcv directory or its
     {Training,Test}/image/<case>/<i>.jpg     one axial slice per file, i = 0, 1, ... (numeric order)
     {Training,Test}/mask/<case>/<i>.npy      integer label map (H,W) of the same slice
 
-Split mapping: train = Training, val = Test, test = Test (the copy has no third set).
+Split mapping: test = Test (its labelled cases); train and val = Training, val carved from it
+(:func:`medsam2_hpc.data.splits.carve_val`); unlabelled = the Test cases without masks.
 
 Raw NIfTI (the BTCV challenge files, MONAI's split file)::
 
@@ -14,14 +15,17 @@ Raw NIfTI (the BTCV challenge files, MONAI's split file)::
                       "validation": [...],
                       "test": ["imagesTs/img0061.nii.gz", ...]}   (paths relative to the json's directory)
 
-Split mapping: train = "training", val = "validation", test = "test" when the json has a
-non-empty "test" list (strings, or ``{"image": ...}`` objects with an optional "label"; the
-real release's test scans have no labels), else test = "validation" as well. Without
-dataset_0.json the images in imagesTr/ are paired with labelsTr/ (``img0001`` <-> ``label0001``,
-or the same file name) and a deterministic split is generated: the last 20 % (at least one)
-of the sorted cases are val/test, the rest train; a log line says so. A bare folder of
-scans (``*.nii.gz`` / ``*.nii`` directly under ``root``, e.g. ``imagesTs/`` itself) is one
-unlabelled set that every split lists in full.
+Split mapping: test = "validation" (the labelled held-out scans published numbers use);
+train and val = "training", val carved from it (``splits.carve_val``: 4 of the real 24);
+unlabelled = the json's "test" list (strings, or ``{"image": ...}`` objects with an optional
+"label"; the real release's imagesTs/ scans have no labels). Without dataset_0.json the
+images in imagesTr/ are paired with labelsTr/ (``img0001`` <-> ``label0001``, or the same file
+name): the last 20 % (at least one) of the sorted cases are test, val is carved from the rest;
+a log line says so. A bare folder of scans (``*.nii.gz`` / ``*.nii`` directly under ``root``,
+e.g. ``imagesTs/`` itself) is one unlabelled set that every split lists in full.
+
+A split file (``splits.read_split_file``) replaces the mapping of train, val and test: its
+case ids are looked up among the training and test sources together.
 
 Labels: with ``labels="required"`` (training, scoring, ground-truth prompts) a case without
 labels is an InputError naming its file. With ``labels="optional"`` (prediction from a
@@ -40,15 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from . import splits
 
 __all__ = ["CaseFiles", "detect_layout", "scan_cases", "SPLITS", "LABEL_POLICIES"]
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+SPLITS = (*splits.SPLITS, "unlabelled")
 LABEL_POLICIES = ("required", "optional")
-_SLICE_DIRS = {"train": "Training", "val": "Test", "test": "Test"}
-_JSON_KEYS = {"train": "training", "val": "validation", "test": "validation"}
+_SLICE_DIRS = {"train": "Training", "test": "Test", "unlabelled": "Test"}
+_JSON_KEYS = {"train": "training", "test": "validation"}
 SPLIT_FILE = "dataset_0.json"
 _NIFTI_GLOBS = ("*.nii.gz", "*.nii")
 
@@ -83,13 +88,32 @@ def detect_layout(root: str | Path) -> tuple[str, Path]:
                      f"mask/, or imagesTr/ + labelsTr/ [+ {SPLIT_FILE}], or a folder of .nii.gz scans)")
 
 
-def scan_cases(layout: str, base: Path, split: str, labels: str = "required") -> list[CaseFiles]:
+def scan_cases(layout: str, base: Path, split: str, labels: str = "required",
+               split_file: str | Path | None = None) -> list[CaseFiles]:
     """The cases of ``split``; ``labels`` is "required" or "optional" (module docstring)."""
     required = labels == "required"
-    cases = _scan_slices(base, split, required) if layout == "slices" else _scan_nifti(base, split, required)
+    if layout == "nifti" and not (base / SPLIT_FILE).is_file() and not (base / "imagesTr").is_dir():
+        cases = _scan_nifti(base, split, required)  # a bare folder: every split is all of it
+    elif split_file is not None and split != "unlabelled":
+        pool = {c.case: c for source in ("train", "test") for c in _source(layout, base, source, required)}
+        cases = [pool[case] for case in splits.assign(list(pool), split_file, split)]
+    elif split in ("train", "val"):
+        source = _source(layout, base, "train", required)
+        chosen = set(splits.carve_val([c.case for c in source], f"{base} (BTCV training cases)")[split])
+        cases = [c for c in source if c.case in chosen]
+    else:
+        cases = _source(layout, base, split, required)
     if not cases:
         raise InputError(f"{base}: BTCV split {split!r} has no cases")
     return cases
+
+
+def _source(layout: str, base: Path, source: str, required: bool) -> list[CaseFiles]:
+    """The cases of one part of the release: "train", "test" or "unlabelled" (module docstring)."""
+    if layout == "slices":
+        cases = _scan_slices(base, source, required and source != "unlabelled")
+        return [c for c in cases if not c.labels] if source == "unlabelled" else cases
+    return _scan_nifti(base, source, required)
 
 
 def _slice_index(path: Path) -> int:
@@ -163,10 +187,11 @@ def _pairs_from_json(split_file: Path, split: str, required: bool) -> list[tuple
     data = _read_split_file(split_file)
     if not isinstance(data, dict):
         raise InputError(f"{split_file}: expected a JSON object with 'training' and 'validation' lists")
-    test = data.get("test")
-    if split == "test" and test is not None and not isinstance(test, list):
-        raise InputError(f"{split_file}: key 'test' must be a list of image paths or {{image}} objects")
-    if split == "test" and test:
+    if split == "unlabelled":
+        test = data.get("test")
+        if not isinstance(test, list):
+            raise InputError(f"{split_file}: key 'test' must be a list of image paths or {{image}} objects "
+                             "(the unlabelled scans)")
         return [_test_entry(split_file, i, entry) for i, entry in enumerate(test)]
     key = _JSON_KEYS[split]
     entries = data.get(key)
@@ -204,7 +229,9 @@ def _generated_split(base: Path, split: str, required: bool) -> list[tuple[Path,
         if label is None and required:
             raise InputError(f"{image}: case has an image but no label in {labels_dir}")
         pairs.append((image, label))
-    n_val = max(1, round(0.2 * len(pairs))) if len(pairs) > 1 else 0
-    log.warning("%s: no %s; generated split: %d train, %d val/test (last cases in sorted order)",
-                base, SPLIT_FILE, len(pairs) - n_val, n_val)
-    return pairs[: len(pairs) - n_val] if split == "train" else pairs[len(pairs) - n_val:]
+    n_test = max(1, round(0.2 * len(pairs))) if len(pairs) > 1 else 0
+    if split == "unlabelled":
+        raise InputError(f"{base}: no {SPLIT_FILE}, so no list of unlabelled scans")
+    log.warning("%s: no %s; generated split: %d train + val, %d test (last cases in sorted order)",
+                base, SPLIT_FILE, len(pairs) - n_test, n_test)
+    return pairs[: len(pairs) - n_test] if split == "train" else pairs[len(pairs) - n_test:]

@@ -8,8 +8,9 @@ Multi-rater copy (the one Medical-SAM2 uses); ``root`` is the REFUGE directory o
     REFUGE/Test-400/...                                             (same)
 
 Ground truth = mean of the rater masks (grey / 255) >= 0.5, i.e. the majority of 7 raters.
-Split "train" reads Training-400, "test" reads Test-400. Classes: ("cup",), or
-("cup", "disc") when asked for and the disc files are there.
+Split "test" reads Test-400; "train" and "val" read Training-400, val carved from it
+(``splits.carve_val``: every 6th image). Classes: ("cup",), or ("cup", "disc") when asked
+for and the disc files are there.
 
 Original challenge release (images + one BMP per image: 0 cup, 128 disc, 255 background;
 the disc class is the pixels at 0 or 128, so it contains the cup)::
@@ -18,9 +19,15 @@ the disc class is the pixels at 0 or 128, so it contains the cup)::
     Annotation-Training400/[Annotation-Training400/]Disc_Cup_Masks/{Glaucoma,Non-Glaucoma}/<name>.bmp
     REFUGE-Validation400/<name>.jpg
     REFUGE-Validation400-GT/Disc_Cup_Masks/<name>.bmp
+    REFUGE-Test400/<name>.jpg, REFUGE-Test-GT/Disc_Cup_Masks/<name>.bmp   (where present)
 
-Split "train" reads Training400, "test" reads REFUGE-Validation400 (the held-out set whose
-ground truth ships with the release). Classes: ("cup", "disc").
+With the test set and its ground truth present: train = Training400, val = the challenge's
+REFUGE-Validation400, test = REFUGE-Test400. Without them, test = REFUGE-Validation400 (the
+held-out set whose ground truth ships with the release) and val is carved from Training400.
+Classes: ("cup", "disc").
+
+A split file (``hparams.split_file``, see ``splits``) names the images of each split
+instead; its ids are looked up among the training and held-out images together.
 
 Images are resized to ``image_size`` (bilinear) for the model; masks to ``out_size``
 (area average of the soft mask, then >= 0.5).
@@ -37,14 +44,17 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..options import look_up
+from . import splits
 from .images import read_image, resize_image, resize_mask
 
 __all__ = ["RefugeDataset", "LAYOUTS", "detect_layout"]
 
 LAYOUTS = ("multirater", "challenge")
+SPLITS = ("train", "val", "test")
 _MULTIRATER_DIRS = {"train": "Training-400", "test": "Test-400"}
 _CHALLENGE_DIRS = {"train": ("Training400", "Annotation-Training400"),
-                   "test": ("REFUGE-Validation400", "REFUGE-Validation400-GT")}
+                   "val": ("REFUGE-Validation400", "REFUGE-Validation400-GT"),
+                   "test": ("REFUGE-Test400", "REFUGE-Test-GT")}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -73,14 +83,14 @@ class RefugeDataset(Dataset):
     """REFUGE samples: ``{"image": [3,S,S] in [0,1], "mask": [C,O,O] in {0,1}, "name": str}``."""
 
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 1024,
-                 out_size: int = 1024, classes: tuple[str, ...] | list[str] | None = None) -> None:
-        split = look_up(split, _MULTIRATER_DIRS, "REFUGE split")
+                 out_size: int = 1024, classes: tuple[str, ...] | list[str] | None = None,
+                 split_file: str | Path | None = None) -> None:
+        split = look_up(split, SPLITS, "REFUGE split")
         if image_size < 1 or out_size < 1:
             raise InputError(f"image_size/out_size: must be positive, got {image_size}/{out_size}")
         self.layout, self.root = detect_layout(root)
         self.split, self.image_size, self.out_size = split, int(image_size), int(out_size)
-        cases = _scan_multirater(self.root, split) if self.layout == "multirater" else _scan_challenge(
-            self.root, split)
+        cases = _split_cases(self.layout, self.root, split, split_file)
         available = ("cup", "disc") if self.layout == "challenge" or all("disc" in c.masks for c in cases) \
             else ("cup",)
         default = ("cup",) if self.layout == "multirater" else ("cup", "disc")
@@ -117,6 +127,37 @@ class RefugeDataset(Dataset):
             return np.mean(maps, axis=0, dtype=np.float32) / 255.0
         (grey,) = maps
         return (grey < (64 if cls == "cup" else 192)).astype(np.float32)
+
+
+def _part_dirs(layout: str, base: Path) -> dict[str, str]:
+    """split -> the release part it reads ("carve": val carved from train); module docstring."""
+    if layout == "multirater":
+        return {"train": "train", "val": "carve", "test": "test"}
+    if all((base / d).is_dir() for d in _CHALLENGE_DIRS["test"]):
+        return {"train": "train", "val": "val", "test": "test"}
+    return {"train": "train", "val": "carve", "test": "val"}
+
+
+def _scan(layout: str, base: Path, part: str) -> list[_Case]:
+    return _scan_multirater(base, part) if layout == "multirater" else _scan_challenge(base, part)
+
+
+def _split_cases(layout: str, base: Path, split: str, split_file: str | Path | None) -> list[_Case]:
+    parts = _part_dirs(layout, base)
+    if split_file is not None:
+        pool: dict[str, _Case] = {}
+        for part in dict.fromkeys(p for p in parts.values() if p != "carve"):
+            for case in _scan(layout, base, part):
+                if case.name in pool:
+                    raise InputError(f"{case.image}: image name {case.name} appears twice in {base}; "
+                                     "a split file cannot tell them apart")
+                pool[case.name] = case
+        return [pool[name] for name in splits.assign(list(pool), split_file, split)]
+    if parts[split] != "carve" and (split != "train" or parts["val"] != "carve"):
+        return _scan(layout, base, parts[split])
+    train = _scan(layout, base, "train")
+    chosen = set(splits.carve_val([c.name for c in train], f"{base} (REFUGE training images)")[split])
+    return [c for c in train if c.name in chosen]
 
 
 def _scan_multirater(base: Path, split: str) -> list[_Case]:

@@ -3,6 +3,10 @@
 A trainer supplies two callables (``train_epoch(epoch) -> scalars`` and
 ``validate(epoch) -> scalars with a 'dice' key``); the loop owns everything around them,
 in the spirit of nnU-Net's short ``run_training``. Trainers know nothing of Slurm.
+
+``best.pt`` is written only from an epoch whose validation returned a finite score, so an
+unvalidated model is never reported as "best"; :meth:`TrainLoop.selected` names the weights
+to score (``select: best|last``) and says whether validation ever chose them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -23,7 +27,7 @@ from .checkpoint import link_into, load_checkpoint, rng_state, save_checkpoint, 
 from .distributed import any_process, is_main_process, unwrap_model
 from .stop import StopRequested, stop_requested
 
-__all__ = ["LoopConfig", "LoopState", "TrainLoop", "progress"]
+__all__ = ["LoopConfig", "LoopState", "Selection", "TrainLoop", "progress"]
 
 T = TypeVar("T")
 
@@ -33,6 +37,7 @@ class LoopConfig:
     epochs: int
     val_freq: int = 1
     monitor: str = "dice"
+    select: Literal["best", "last"] = "best"  # the weights scored at the end (best on val, or the last)
     compat_view: Path | None = None  # Medical-SAM2-compatible <run>/Model/{best_dice_epoch,latest_epoch}.pth
 
 
@@ -41,8 +46,23 @@ class LoopState:
     epoch: int = 0  # epochs completed
     best_score: float = -math.inf
     best_epoch: int = -1
+    last_score: float = math.nan  # validation score of the last epoch (NaN: not validated)
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The checkpoint to score and how it was chosen (metrics.json ``checkpoint``/``selection_dice``)."""
+
+    path: Path
+    select: str
+    epoch: int | None  # 1-based
+    validated: bool
+    score: float | None  # the monitored validation score of these weights
+
+    def record(self) -> dict[str, Any]:
+        return {"select": self.select, "epoch": self.epoch, "validated": self.validated}
 
 
 def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
@@ -91,6 +111,22 @@ class TrainLoop:
             link_into(self.run.last_ckpt, self.config.compat_view / "latest_epoch.pth")
             if self.run.best_ckpt.exists():
                 link_into(self.run.best_ckpt, self.config.compat_view / "best_dice_epoch.pth")
+
+    def selected(self) -> Selection:
+        """What to score after :meth:`fit`: ``best.pt`` (best validated epoch) or ``last.pt``.
+
+        ``select: best`` with no validated epoch falls back to ``last.pt`` and says so
+        (``validated`` False), rather than calling an unvalidated model the best.
+        """
+        st = self.state
+        if self.config.select == "best" and st.best_epoch >= 0 and self.run.best_ckpt.exists():
+            return Selection(self.run.best_ckpt, "best", st.best_epoch + 1, True, st.best_score)
+        if self.config.select == "best":
+            print(f"[train] {self.run.path}: no epoch validated with a finite {self.config.monitor}; "
+                  "scoring last.pt", file=sys.stderr, flush=True)
+        validated = math.isfinite(st.last_score)
+        return Selection(self.run.last_ckpt, self.config.select, st.epoch or None, validated,
+                         st.last_score if validated else None)
 
     def resume(self, path: Path | None = None) -> bool:
         """Continue from ``last.pt`` (or ``path``); False when there is nothing to resume."""
@@ -145,16 +181,18 @@ class TrainLoop:
                 self.state.train_seconds += time.perf_counter() - t0
                 scalars["train/lr"] = float(self.optimizer.param_groups[0]["lr"])
                 is_best = False
+                self.state.last_score = math.nan
                 if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch + 1 == cfg.epochs:
                     val = validate(epoch)
                     scalars.update({f"val/{k}": float(v) for k, v in val.items()})
                     score = float(val.get(cfg.monitor, math.nan))
+                    self.state.last_score = score
                     if math.isfinite(score) and score > self.state.best_score:
                         self.state.best_score, self.state.best_epoch = score, epoch
                         is_best = True
                 self.state.epoch = epoch + 1
                 self.state.history.append({"epoch": float(epoch), **scalars})
-                self.save(is_best=is_best or not self.run.best_ckpt.exists())
+                self.save(is_best=is_best)
                 self.log_scalars(scalars, epoch)
                 if is_main_process():
                     print(_epoch_line(epoch, cfg.epochs, scalars), file=sys.stderr, flush=True)

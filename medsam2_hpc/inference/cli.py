@@ -33,7 +33,7 @@ import torch
 
 from medsam2_hpc.atomic import write_json
 from medsam2_hpc.cli.compat.common import CompatParser, nonneg_int, positive_int
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import build_metrics, checkpoint_record
 from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = evaluate(propagator, cases, kind=args.prompt, prompt_freq=args.prompt_freq,
                       image_size=image_size, device=device, amp=args.amp, seed=args.seed,
+                      unit="mm" if all(v.affine is not None for v in cases) else "px",
                       hd95=not args.no_hd95, file_prompts=file_prompts, on_case=write)
     seconds = time.perf_counter() - t0
     write_json(out / "predictions.json", {"data_path": str(args.data_path), "split": args.split,
@@ -153,23 +154,23 @@ def run(args: argparse.Namespace) -> int:
     summary = f"[inference_3d] {len(cases)} case(s) -> {out}"
     if unscored:
         summary += f"; unscored (no labels): {', '.join(unscored)}"
-    if not result.per_case:
+    if not result.kept("dice"):
         print(f"{summary}; nothing scored, so no dice.csv or metrics.json", file=sys.stderr)
         return 0
-    write_dice_csv(out / "dice.csv", result.per_case, result.per_case_slice, result.per_case_hd95)
+    write_dice_csv(out / "dice.csv", result.kept("dice"), result.kept("per_slice"), result.kept("hd95"))
     s = result.summary()
     task = Task(model="sam2-3d", variant=variant_of(config), dataset="btcv", data_path=str(args.data_path),
                 output_root=str(out), seed=args.seed, prompt=args.prompt, name="inference_3d")
     metrics = build_metrics(
-        task, split=args.split, dice_mean=s["dice_mean"], per_class=s["per_class"], per_case=s["per_case"],
+        task, split=args.split, selection_split="none", selection_cases=[], selection_dice=None,
+        checkpoint=checkpoint_record("given", None, False),
+        hparams={"prompt_freq": args.prompt_freq, "image_size": image_size}, **s.fields(),
         epochs_completed=0, train_seconds=0.0, eval_seconds=seconds, params_m=count_params_m(model),
-        hd95_mean=s["hd95_mean"], peak_gpu_mem_gb=peak_memory_gb(device),
-        dice_mean_per_slice=s["dice_mean_per_slice"], per_class_per_slice=s["per_class_per_slice"],
-        per_class_hd95=s["per_class_hd95"], checkpoint=str(args.checkpoint), checkpoint_kind=kind,
+        peak_gpu_mem_gb=peak_memory_gb(device), checkpoint_path=str(args.checkpoint), checkpoint_kind=kind,
         image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
-        cases=list(result.per_case), unscored_cases=unscored)
+        cases=list(s.per_case), unscored_cases=unscored)
     write_json(out / "metrics.json", metrics)
-    print(f"{summary}; dice_mean={metrics['dice_mean']} over {len(result.per_case)} scored", file=sys.stderr)
+    print(f"{summary}; dice_mean={metrics['dice_mean']} over {metrics['n_cases']} scored", file=sys.stderr)
     return 0
 
 

@@ -14,9 +14,8 @@ slice, not the reference's first quarter), with the per-slice mean beside it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -24,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from medsam2_hpc.data.btcv import ORGANS, Volume
+from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.data.prompts import make_prompt
 from medsam2_hpc.engine.runtime import autocast
-from medsam2_hpc.metrics import summarise, volume_scores
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
+from medsam2_hpc.scoring import Scorer, resize_scores
 
 __all__ = ["SlicePrompt", "VolumePrompts", "prompt_from_mask", "gt_prompts", "object_prompts",
-           "predict_volume", "merge_slice", "EvalResult", "evaluate", "protocol", "resize_volume"]
+           "predict_volume", "merge_slice", "evaluate", "protocol", "resize_volume"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,10 +106,10 @@ def object_prompts(specs: list[SlicePrompt], hw: tuple[int, int], image_size: in
 
 
 def resize_volume(image: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
-    """(T, H, W) grey in [0, 1] -> (T, 3, S, S), as SAM2 takes RGB."""
+    """(T, H, W) grey in [0, 1] -> (T, 3, S, S), as SAM2 takes RGB; the same (antialiased) resize
+    the training clips get (``data.images.resize_image``), so the model sees what it trained on."""
     x = torch.as_tensor(image, dtype=torch.float32)[:, None]
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.clamp(0, 1).expand(-1, 3, -1, -1)
+    return resize_image(x, image_size).expand(-1, 3, -1, -1)
 
 
 @torch.inference_mode()
@@ -141,8 +141,7 @@ def predict_volume(propagator: VideoPropagator, image: np.ndarray, prompts: Volu
             per_slice = {t: object_prompts([prompts[o][t] for o in organs], (h, w), image_size, device)
                          for t in slices}
             for t, res in propagator.propagate(feats, per_slice, depth, len(organs)):
-                logits = F.interpolate(res.low_res.float(), size=(h, w), mode="bilinear", align_corners=False)
-                merge_slice(out[t], best[t], ids, torch.sigmoid(logits[:, 0]))
+                merge_slice(out[t], best[t], ids, torch.sigmoid(resize_scores(res.low_res[:, 0], (h, w))))
     return out.cpu().numpy()
 
 
@@ -170,39 +169,16 @@ def protocol(kind: str, prompt_freq: int, prompt_file: str | None = None) -> dic
             "dice_mean_per_slice": "mean 2D Dice over the slices holding the organ"}
 
 
-@dataclass
-class EvalResult:
-    """Scores of a set of cases; NaN (organ absent in truth and prediction) left out."""
-
-    per_case: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_case_slice: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_case_hd95: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def add(self, case: str, scores: dict[str, dict[str, float]]) -> None:
-        def keep(d: dict[str, float]) -> dict[str, float]:
-            return {k: float(v) for k, v in d.items() if v is not None and math.isfinite(v)}
-        self.per_case[case] = keep(scores["dice"])
-        self.per_case_slice[case] = keep(scores["per_slice"])
-        self.per_case_hd95[case] = keep(scores["hd95"])
-
-    def summary(self) -> dict[str, Any]:
-        per_class, dice_mean = summarise(self.per_case)
-        per_class_slice, slice_mean = summarise(self.per_case_slice)
-        per_class_hd95, hd95_mean = summarise(self.per_case_hd95)
-        return {"dice_mean": dice_mean, "per_class": per_class, "per_case": self.per_case,
-                "dice_mean_per_slice": slice_mean, "per_class_per_slice": per_class_slice,
-                "hd95_mean": hd95_mean, "per_class_hd95": per_class_hd95}
-
-
 def evaluate(propagator: VideoPropagator, volumes: Iterable[Volume], *, kind: str, prompt_freq: int,
-             image_size: int, device: torch.device, amp: str, seed: int = 0, hd95: bool = True,
+             image_size: int, device: torch.device, amp: str, unit: str, seed: int = 0, hd95: bool = True,
              file_prompts: dict[str, VolumePrompts] | None = None,
-             on_case: Callable[[Volume, np.ndarray], None] | None = None) -> EvalResult:
-    """Predict every volume (GT prompts, or ``file_prompts[case]``) and score those with labels."""
+             on_case: Callable[[Volume, np.ndarray], None] | None = None) -> Scorer:
+    """Predict every volume (GT prompts, or ``file_prompts[case]``) and score those with labels
+    (:class:`~medsam2_hpc.scoring.Scorer`, HD95 in ``unit``)."""
     model = propagator.model
     was_training = model.training
     model.eval()
-    result = EvalResult()
+    result = Scorer(unit, hd95=hd95, per_slice=True)
     try:
         for i, volume in enumerate(volumes):
             if file_prompts is not None:
@@ -212,7 +188,7 @@ def evaluate(propagator: VideoPropagator, volumes: Iterable[Volume], *, kind: st
             pred = predict_volume(propagator, volume.image, prompts, image_size=image_size,
                                   device=device, amp=amp)
             if volume.label is not None:
-                result.add(volume.case, volume_scores(pred, volume.label, ORGANS, volume.spacing, hd95=hd95))
+                result.add_labels(volume.case, pred, volume.label, ORGANS, volume.spacing)
             if on_case is not None:
                 on_case(volume, pred)
     finally:

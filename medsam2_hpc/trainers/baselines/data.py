@@ -1,51 +1,36 @@
 """Data and scoring shared by the 2D baselines (ResNet, YOLO), so both see exactly what SAM2 sees.
 
 Both baselines train on the same loaders and splits as the SAM2 trainers (``RefugeDataset``,
-``BTCVVolumes`` + ``BTCVSlices``) and are scored by the same code (``metrics.dice``,
-``metrics.volume_scores``). A baseline only supplies ``predict(images [B,3,S,S]) -> scores
-[B,K,S,S]`` in [0, 1]; everything from resizing back to the ground truth's size to
-metrics.json numbers happens here, once.
+``BTCVVolumes`` + ``BTCVSlices``) and are scored by the same code (:mod:`medsam2_hpc.scoring`).
+A baseline only supplies ``predict(images [B,3,S,S]) -> scores [B,K,S,S]`` in [0, 1]; the
+resize back to the ground truth's size and the scores come from scoring.py.
 
-REFUGE has train and test splits only; validation (choosing ``best.pt``) uses the test split,
-as Medical-SAM2 and the SAM2 2D trainer do. BTCV validates on its "val" split.
+Validation (choosing ``best.pt``) reads the val split, the final scores the test split,
+for both datasets (data/splits.py).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from medsam2_hpc import metrics
 from medsam2_hpc.atomic import atomic_write
 from medsam2_hpc.data import btcv
 from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 
-__all__ = ["BaselineData", "Scores", "Predict", "check_data", "load_data", "to_uint8_rgb"]
+__all__ = ["BaselineData", "Predict", "check_data", "load_data", "to_uint8_rgb"]
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B,3,S,S] in [0,1] -> [B,K,S,S] scores in [0,1]
-
-
-@dataclass
-class Scores:
-    """What an evaluation yields for contract.build_metrics (``extra`` holds dice_mean_per_slice)."""
-
-    dice_mean: float
-    per_class: dict[str, float]
-    per_case: dict[str, dict[str, float]]
-    hd95_mean: float | None
-    extra: dict[str, Any]
 
 
 class _Targets(Dataset):
@@ -67,29 +52,30 @@ class BaselineData:
     """One dataset's train/val items and its test scoring, for a given model input size."""
 
     def __init__(self, dataset: str, root: str, image_size: int, *, out_size: int | None = None,
-                 classes: list[str] | None = None) -> None:
+                 classes: list[str] | None = None, split_file: str | None = None) -> None:
         self.dataset, self.root, self.image_size = dataset, root, int(image_size)
-        self.out_size = int(out_size or image_size)
+        self.out_size, self.split_file = int(out_size or image_size), split_file
         if dataset == "refuge":
-            train = RefugeDataset(root, "train", self.image_size, self.image_size, classes)
+            train = RefugeDataset(root, "train", self.image_size, self.image_size, classes, split_file)
             self.class_names: tuple[str, ...] = tuple(train.classes)
             self.multilabel = True
             self.train = _Targets(train, "mask")
-            test = RefugeDataset(root, "test", self.image_size, self.image_size, classes)
-            self.val = _Targets(test, "mask")
+            val = RefugeDataset(root, "val", self.image_size, self.image_size, classes, split_file)
+            self.val = _Targets(val, "mask")
         else:
             self.class_names = tuple(btcv.ORGANS[k] for k in sorted(btcv.ORGANS))
             self.multilabel = False
-            self._volumes = btcv.training_volumes(root)
+            self._volumes = btcv.training_volumes(root, split_file)
             self.train = _Targets(btcv.BTCVSlices(self._volumes["train"], self.image_size), "label")
             self.val = _Targets(btcv.BTCVSlices(self._volumes["val"], self.image_size), "label")
         if len(self.train) == 0:
             raise InputError(f"{root}: the {dataset} training split has no labelled images")
 
     @property
-    def scored_split(self) -> str:
-        """The split behind the final scores: REFUGE's test; BTCV's test, or val when test is unlabelled."""
-        return "test" if self.dataset == "refuge" else self._volumes["test"].split
+    def selection_cases(self) -> list[str]:
+        if self.dataset == "refuge":
+            return list(self.val.base.names)
+        return self._volumes["val"].cases
 
     @property
     def num_outputs(self) -> int:
@@ -106,72 +92,60 @@ class BaselineData:
 
     def _evaluate_refuge(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                          split: str) -> Scores:
-        split = "test" if split == "val" else split  # REFUGE has no val split (module docstring)
-        data = RefugeDataset(self.root, split, self.image_size, self.out_size, list(self.class_names))
-        per_case: dict[str, dict[str, float]] = {}
-        dists: list[float] = []
+        data = RefugeDataset(self.root, split, self.image_size, self.out_size, list(self.class_names),
+                             self.split_file)
+        scorer = Scorer("px", hd95=hd95)
         for start in progress(range(0, len(data), batch_size), f"eval {split}"):
             items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-            scores = predict(torch.stack([it["image"] for it in items]))
-            scores = F.interpolate(scores.float(), size=(self.out_size,) * 2, mode="bilinear",
-                                   align_corners=False)
+            scores = resize_scores(predict(torch.stack([it["image"] for it in items])), self.out_size)
             for item, score in zip(items, scores, strict=True):
-                pred, truth = score >= 0.5, item["mask"].bool()
-                per_case[item["name"]] = {c: metrics.dice(pred[k], truth[k])
-                                          for k, c in enumerate(self.class_names)}
-                if hd95:
-                    dists += [metrics.hd95(pred[k], truth[k]) for k in range(len(self.class_names))]
+                pred = score >= 0.5
+                scorer.add(item["name"], pred, item["mask"].bool(), self.class_names)
                 if out_dir is not None:
                     for k, c in enumerate(self.class_names):
                         png = pred[k].numpy().astype(np.uint8) * 255
                         _write_png(out_dir / f"{item['name']}_{c}.png", png)
-        per_class, mean = metrics.summarise(per_case)
-        return Scores(mean, per_class, per_case, _nanmean(dists) if hd95 else None, {})
+        return scorer.summary()
 
     def _evaluate_btcv(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                        split: str) -> Scores:
         volumes = self._volumes[split]
-        per_case: dict[str, dict[str, float]] = {}
-        per_slice: dict[str, dict[str, float]] = {}
-        dists: list[float] = []
+        scorer = Scorer(volumes.hd95_unit, hd95=hd95, per_slice=True)
         for vol in progress((volumes[i] for i in range(len(volumes))), f"eval {split}", total=len(volumes)):
             if vol.label is None:
                 raise InputError(f"{self.root}: BTCV {split} case {vol.case} has no label map to score")
             label = self.predict_volume(predict, vol.image, batch_size)
-            scores = metrics.volume_scores(label, vol.label, btcv.ORGANS, vol.spacing, hd95=hd95)
-            per_case[vol.case], per_slice[vol.case] = scores["dice"], scores["per_slice"]
-            dists += [v for v in scores["hd95"].values() if not math.isnan(v)]
+            scorer.add_labels(vol.case, label, vol.label, btcv.ORGANS, vol.spacing)
             if out_dir is not None:
                 btcv.write_prediction(vol, label, out_dir)
-        per_class, mean = metrics.summarise(per_case)
-        _, mean_per_slice = metrics.summarise(per_slice)
-        return Scores(mean, per_class, per_case, _nanmean(dists) if hd95 else None,
-                      {"dice_mean_per_slice": mean_per_slice})
+        return scorer.summary()
 
     def predict_volume(self, predict: Predict, image: np.ndarray, batch_size: int) -> np.ndarray:
         """Slice by slice at the model size, scores resized back to (H, W), argmax, stacked (D,H,W)."""
         depth, h, w = image.shape
         out = np.zeros((depth, h, w), np.uint8)
         for start, batch in _slice_batches(image, self.image_size, batch_size):
-            scores = F.interpolate(predict(batch).float(), size=(h, w), mode="bilinear", align_corners=False)
+            scores = resize_scores(predict(batch), (h, w))
             out[start:start + len(batch)] = scores.argmax(1).numpy().astype(np.uint8)
         return out
 
 
-def check_data(task: Any, classes: list[str] | None = None) -> None:
-    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty."""
+def check_data(task: Any, classes: list[str] | None = None, split_file: str | None = None) -> None:
+    """Cheap pre-flight (files are scanned, not decoded): the three splits found, train not empty."""
     if task.dataset == "refuge":
-        n = len(RefugeDataset(task.data_path, "train", classes=classes))
-        RefugeDataset(task.data_path, "test", classes=classes)
+        n = len(RefugeDataset(task.data_path, "train", classes=classes, split_file=split_file))
+        for split in ("val", "test"):
+            RefugeDataset(task.data_path, split, classes=classes, split_file=split_file)
     else:
-        n = len(btcv.BTCVVolumes(task.data_path, "train"))
+        n = len(btcv.training_volumes(task.data_path, split_file)["train"])
     if n == 0:
         raise InputError(f"{task.data_path}: the {task.dataset} training split is empty")
 
 
-def load_data(task: Any, image_size: int, out_size: int | None = None,
-              classes: list[str] | None = None) -> BaselineData:
-    return BaselineData(task.dataset, task.data_path, image_size, out_size=out_size, classes=classes)
+def load_data(task: Any, image_size: int, out_size: int | None = None, classes: list[str] | None = None,
+              split_file: str | None = None) -> BaselineData:
+    return BaselineData(task.dataset, task.data_path, image_size, out_size=out_size, classes=classes,
+                        split_file=split_file)
 
 
 def _slice_batches(image: np.ndarray, size: int, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -189,8 +163,3 @@ def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
 def _write_png(path: Path, array: np.ndarray) -> None:
     img = Image.fromarray(array)
     atomic_write(path, lambda fh: img.save(fh, format="PNG"))
-
-
-def _nanmean(values: list[float]) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None

@@ -68,6 +68,8 @@ class ResNetConfig:
     classes: list[str] | None = None  # REFUGE classes (default: every class the layout has)
     pretrained_weights: str | None = None  # local torchvision ResNet state dict (ImageNet)
     hd95: bool = False
+    select: Literal["best", "last"] = "best"  # scored weights: best validation Dice, or the last epoch
+    split_file: str | None = None  # JSON train/val/test case ids (data/splits.py)
 
 
 def _config(task: Task) -> ResNetConfig:
@@ -89,7 +91,7 @@ def check(task: Task) -> None:
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
     make_loss(cfg.loss, cfg.pos_weight)
-    check_data(task, cfg.classes)
+    check_data(task, cfg.classes, cfg.split_file)
 
 
 class _Criterion(nn.Module):
@@ -112,7 +114,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     seed_everything(task.seed)
     device = pick_device(cfg.device)
     init_distributed(device)  # one process per GPU (multi-GPU profile): DDP; else a no-op
-    data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes)
+    data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes, cfg.split_file)
     model = build_network(task.variant, data.num_outputs, cfg.pretrained_weights).to(device)
     net = wrap_model(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,7 +122,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     criterion = _Criterion(data.multilabel, cfg)
     loop = TrainLoop(run, model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq),
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select),
                      extra_state={"config": asdict(cfg)})
     loop.resume()
     reset_peak_memory(device)
@@ -155,20 +157,23 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
 
     def validate(epoch: int) -> dict[str, float]:
         scores = data.evaluate(predict, None, batch_size=cfg.batch_size, split="val")
-        return {"dice": scores.dice_mean, **scores.extra}
+        slices = scores.dice_mean_per_slice
+        return {"dice": scores.dice_mean, **({} if slices is None else {"dice_per_slice": slices})}
 
     loop.fit(train_epoch, validate)
     barrier()  # rank 0 has finished writing best.pt
-    model.load_state_dict(load_checkpoint(run.best_ckpt, what="best checkpoint")["model"])
+    chosen = loop.selected()
+    model.load_state_dict(load_checkpoint(chosen.path, what="selected checkpoint")["model"])
     t0 = time.perf_counter()
     out_dir = run.predictions if is_main_process() else None
     scores = data.evaluate(predict, out_dir, batch_size=cfg.batch_size, hd95=cfg.hd95)
     return build_metrics(
-        task, split=data.scored_split, dice_mean=scores.dice_mean, per_class=scores.per_class,
-        per_case=scores.per_case, hd95_mean=scores.hd95_mean, epochs_completed=loop.state.epoch,
+        task, split="test", selection_split="val",
+        selection_cases=data.selection_cases, selection_dice=chosen.score, checkpoint=chosen.record(),
+        hparams=asdict(cfg), **scores.fields(), epochs_completed=loop.state.epoch,
         train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
         params_m=count_params_m(model), peak_gpu_mem_gb=peak_memory_gb(device),
-        best_epoch=loop.state.best_epoch + 1, image_size=cfg.image_size, **scores.extra,
+        image_size=cfg.image_size,
     )
 
 

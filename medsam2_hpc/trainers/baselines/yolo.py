@@ -12,7 +12,8 @@ No network at any step: the model is built from ``<variant>.yaml`` (or a local `
 font standing in for Arial, which Ultralytics would download) lives in the run directory,
 all before ``ultralytics`` is first imported. AMP runs as bf16, the mode in which
 Ultralytics skips its AMP check (which downloads a model). ``best.pt`` is chosen by
-Ultralytics' fitness (box/mask mAP on the val split), not by Dice.
+Ultralytics' fitness (box/mask mAP on the val split), not by Dice, so metrics.json carries
+``selection_dice`` null and no best epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from medsam2_hpc.atomic import read_json, write_json
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import build_metrics, checkpoint_record
 from medsam2_hpc.engine import peak_memory_gb, pick_device, seed_everything
 from medsam2_hpc.engine.checkpoint import link_into
 from medsam2_hpc.engine.runtime import reset_peak_memory
@@ -64,6 +65,8 @@ class YoloConfig:
     patience: int = 100
     plots: bool = True
     hd95: bool = False
+    select: Literal["best", "last"] = "best"  # best: Ultralytics' best.pt (fitness on val); last: last.pt
+    split_file: str | None = None  # JSON train/val/test case ids (data/splits.py)
 
 
 def _config(task: Task) -> YoloConfig:
@@ -83,7 +86,7 @@ def check(task: Task) -> None:
     cfg = _config(task)
     look_up(task.variant, VARIANTS, "variant")
     pick_device(cfg.device)
-    check_data(task, cfg.classes)
+    check_data(task, cfg.classes, cfg.split_file)
 
 
 def offline_environment(config_dir: Path) -> None:
@@ -200,7 +203,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     seed_everything(task.seed)
     device = pick_device(cfg.device)
     offline_environment(run.path / "yolo_config")
-    data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes)
+    data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes, cfg.split_file)
     data_yaml = export_dataset(run.path / "yolo_data", {"train": data.train, "val": data.val},
                                data.class_names, data.multilabel, to_uint8_rgb)
     reset_peak_memory(device)
@@ -211,17 +214,20 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         link_into(weights / name, run.checkpoints / name)
     from ultralytics import YOLO
 
-    model = YOLO(os.fspath(run.best_ckpt))
+    chosen = run.best_ckpt if cfg.select == "best" else run.last_ckpt
+    model = YOLO(os.fspath(chosen))
     t0 = time.perf_counter()
     scores = data.evaluate(make_predictor(model, data, cfg, device), run.predictions,
                            batch_size=cfg.batch_size, hd95=cfg.hd95)
     clock = run.path / "yolo" / "train_seconds.json"
+    epochs = _epochs_done(weights.parent / "results.csv")
     return build_metrics(
-        task, split=data.scored_split, dice_mean=scores.dice_mean, per_class=scores.per_class,
-        per_case=scores.per_case, hd95_mean=scores.hd95_mean,
-        epochs_completed=_epochs_done(weights.parent / "results.csv"),
+        task, split="test", selection_split="val",
+        selection_cases=data.selection_cases, selection_dice=None,
+        checkpoint=checkpoint_record(cfg.select, None if cfg.select == "best" else epochs, True),
+        hparams=asdict(cfg), **scores.fields(), epochs_completed=epochs,
         train_seconds=float(read_json(clock)["seconds"]) if clock.is_file() else 0.0,
         eval_seconds=time.perf_counter() - t0,
         params_m=sum(p.numel() for p in model.model.parameters()) / 1e6,
-        peak_gpu_mem_gb=peak_memory_gb(device), image_size=cfg.image_size, **scores.extra,
+        peak_gpu_mem_gb=peak_memory_gb(device), image_size=cfg.image_size,
     )

@@ -49,7 +49,10 @@ class Sam2Config:
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
     trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
-    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do).
+    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do),
+    select (best: the epoch with the best validation Dice; last: the final weights),
+    split_file (JSON train/val/test case ids replacing the dataset's splits, see data/splits.py),
+    hd95 (also score HD95: mm where the data has spacing, else px; see scoring.py).
     """
 
     epochs: int = 100
@@ -71,6 +74,9 @@ class Sam2Config:
     pretrain: str | None = None
     trainable: Literal["decoder", "decoder+memory", "all-but-encoder", "all"] = "all-but-encoder"
     compat_view: bool = False
+    select: Literal["best", "last"] = "best"
+    split_file: str | None = None
+    hd95: bool = True
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "val_freq"):

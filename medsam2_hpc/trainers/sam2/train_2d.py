@@ -2,15 +2,15 @@
 
 One prompt per (image, class) drawn from the ground truth; the mask decoder predicts one mask
 per prompt, scored at ``out_size`` with Dice and IoU on sigmoid probabilities > 0.5. Validation
-runs on the test split every ``val_freq`` epochs (as Medical-SAM2 does; REFUGE has no
-validation split), and ``best.pt`` is evaluated on it once more at the end for metrics.json.
+runs on the val split every ``val_freq`` epochs (chooses ``best.pt``); the selected weights
+are scored once on the test split at the end for metrics.json.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -73,11 +74,13 @@ def config(task: Task) -> Sam2Config2D:
     return config_from_dict(Sam2Config2D, task.hparams, "hparams")
 
 
-def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
+def _datasets(task: Task, cfg: Sam2Config2D) -> dict[str, Any]:
+    """train, val (selection) and test (scored once) REFUGE datasets."""
     from medsam2_hpc.data.refuge import RefugeDataset
 
-    kw = dict(image_size=cfg.image_size, out_size=cfg.out_size, classes=cfg.classes)
-    return RefugeDataset(task.data_path, "train", **kw), RefugeDataset(task.data_path, "test", **kw)
+    kw = dict(image_size=cfg.image_size, out_size=cfg.out_size, classes=cfg.classes,
+              split_file=cfg.split_file)
+    return {split: RefugeDataset(task.data_path, split, **kw) for split in ("train", "val", "test")}
 
 
 def check(task: Task) -> None:
@@ -136,46 +139,35 @@ class Predictor:
             feats = encode(self.model, batch["image"].to(self.device, non_blocking=True)).repeat(c)
             embed = self.bank.condition(self.model, feats, c)
             low, _, obj = decode(self.model, embed, feats.high_res, coords, labels)
-        logits = upsample(low, self.cfg.out_size)
+        logits = resize_scores(low, self.cfg.out_size)
         if self.cfg.memory_bank_size:
             with autocast(self.device, self.cfg.amp):
                 self.bank.add(self.model, feats, upsample(low, self.cfg.image_size), obj, c)
         return logits.view(b, c, *logits.shape[-2:]), batch["present"].to(self.device)
 
 
-@dataclass
-class Scores:
-    dice: float
-    iou: float
-    per_case: dict[str, dict[str, float]]
-    per_class: dict[str, float]
-
-
 @torch.no_grad()
 def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
              vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
-    """Dice/IoU per case and class on thresholded probabilities; deterministic for given weights."""
+    """Scores per case and class (scoring.py, HD95 in px) on thresholded probabilities;
+    deterministic for given weights."""
     predictor.model.eval()
     predictor.reset()
     classes = dataset.classes
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    dice_cases: dict[str, dict[str, float]] = {}
-    iou_cases: dict[str, dict[str, float]] = {}
+    scorer = Scorer("px", hd95=predictor.cfg.hd95)
     for i, batch in enumerate(progress(loader, desc=f"{tag}")):
         logits, present = predictor(batch)
         pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]
         truth = batch["mask"].bool()
         for k, name in enumerate(batch["name"]):
-            dice_cases[name] = {cls: metrics.dice(pred[k, j], truth[k, j]) for j, cls in enumerate(classes)}
-            iou_cases[name] = {cls: metrics.iou(pred[k, j], truth[k, j]) for j, cls in enumerate(classes)}
+            scorer.add(name, pred[k], truth[k], classes)
             if pred_dir is not None:
                 for j, cls in enumerate(classes):
                     mask_png(pred_dir / f"{name}_{cls}.png", pred[k, j])
             if vis_every and vis_dir is not None and i % vis_every == 0:
                 overlay_png(vis_dir / f"{tag}_{name}.png", batch["image"][k], truth[k], pred[k])
-    per_class, dice_mean = metrics.summarise(dice_cases)
-    _, iou_mean = metrics.summarise(iou_cases)
-    return Scores(dice_mean, iou_mean, dice_cases, per_class)
+    return scorer.summary()
 
 
 def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float) -> None:
@@ -228,7 +220,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     cfg = config(task)
     device = pick_device(cfg.device)
     seed_everything(task.seed)
-    train_ds, test_ds = _datasets(task, cfg)
+    data = _datasets(task, cfg)
+    train_ds = data["train"]
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
     optimizer = optimizer_for(model, cfg)
@@ -237,29 +230,32 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                                                            eta_min=cfg.lr * 0.01)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     loop = TrainLoop(run, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select,
                                        compat_view=run.path / "Model" if cfg.compat_view else None))
     loop.resume()
     predictor = Predictor(model, cfg, len(train_ds.classes), device)
-    test_prompted = Prompted(test_ds, task.prompt, cfg.image_size, task.seed, Prompted.EVAL_EPOCH)
+    val_prompted, test_prompted = (Prompted(data[split], task.prompt, cfg.image_size, task.seed,
+                                            Prompted.EVAL_EPOCH) for split in ("val", "test"))
     loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
     eval_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     reset_peak_memory(device)
 
     def validate(epoch: int) -> dict[str, float]:
-        s = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, tag=f"val_e{epoch + 1}",
+        s = evaluate(predictor, val_prompted, vis_dir=run.vis, vis_every=cfg.vis, tag=f"val_e{epoch + 1}",
                      **eval_kw)
-        return {"dice": s.dice, "iou": s.iou}
+        return {"dice": s.dice_mean, "iou": s.iou_mean}
 
     loop.fit(lambda epoch: _train_epoch(loop, predictor, train_ds, loss_fn, scheduler, cfg, task, epoch),
              validate)
-    load_weights_from(model, run.best_ckpt)
+    chosen = loop.selected()
+    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
     scores = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, pred_dir=run.predictions,
                       tag="test", **eval_kw)
     return build_metrics(
-        task, split="test", dice_mean=scores.dice, per_class=scores.per_class, per_case=scores.per_case,
+        task, split="test", selection_split="val", selection_cases=data["val"].names,
+        selection_dice=chosen.score, checkpoint=chosen.record(), hparams=asdict(cfg), **scores.fields(),
         epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
         eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device), iou_mean=scores.iou, best_epoch=loop.state.best_epoch + 1,
+        peak_gpu_mem_gb=peak_memory_gb(device),
         image_size=cfg.image_size, out_size=cfg.out_size)

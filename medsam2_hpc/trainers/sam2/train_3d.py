@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +39,7 @@ from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -61,7 +62,7 @@ class Sam2Config3D(Sam2Config):
     pointers and memory embeddings; the reference hard-codes 1e-8), encoder_lr (only with
     trainable=all), obj_score_weight (BCE on SAM2's "object on this slice" logit: without it a
     head that says "absent" gets no mask gradient), max_cond_frames (prompted slices each
-    slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip), hd95,
+    slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip),
     activation_checkpointing (recompute each slice's per-object activations in the backward
     pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
     checkpoint_keeps_attention (with it, keep the attention kernels' outputs instead of
@@ -77,7 +78,6 @@ class Sam2Config3D(Sam2Config):
     obj_score_weight: float = 1.0
     max_cond_frames: int = 4
     clips_per_epoch: int = 0
-    hd95: bool = True
     activation_checkpointing: bool = True
     checkpoint_keeps_attention: bool = True
     attention: Literal["default", "cudnn"] = "default"
@@ -106,18 +106,18 @@ def check(task: Task) -> None:
         raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
     if task.prompt not in ("bbox", "click", "mask"):
         raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
-    for split, volumes in training_volumes(task.data_path).items():
+    for split, volumes in training_volumes(task.data_path, cfg.split_file).items():
         if not len(volumes):
             raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
     check_model(task, cfg)
 
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
-                     device: torch.device, **kwargs: Any) -> dict[str, Any]:
+                     device: torch.device, **kwargs: Any) -> Scores:
     """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of inference/predict.py)."""
     result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
-                      image_size=cfg.image_size, device=device, amp=cfg.amp, seed=task.seed,
-                      hd95=cfg.hd95, **kwargs)
+                      image_size=cfg.image_size, device=device, amp=cfg.amp, unit=volumes.hd95_unit,
+                      seed=task.seed, hd95=cfg.hd95, **kwargs)
     return result.summary()
 
 
@@ -169,7 +169,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     cfg = config(task)
     device = pick_device(cfg.device)
     seed_everything(task.seed)
-    volumes = training_volumes(task.data_path)
+    volumes = training_volumes(task.data_path, cfg.split_file)
     clips = BTCVClips(volumes["train"], cfg.video_length, cfg.image_size)
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
@@ -179,7 +179,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
                                   weight_decay=cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
-                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq,
+                     config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select,
                                        compat_view=run.path / "Model" if cfg.compat_view else None),
                      extra_state={"sam_config": sam2_config_name(task, cfg), "image_size": cfg.image_size,
                                   "prompt": task.prompt, "prompt_freq": cfg.prompt_freq})
@@ -188,21 +188,22 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
 
     def validate(epoch: int) -> dict[str, float]:
         s = validate_volumes(propagator, volumes["val"], task, cfg, device)
-        return {"dice": s["dice_mean"], "dice_per_slice": s["dice_mean_per_slice"], "hd95": s["hd95_mean"]}
+        hd95 = math.nan if s.hd95_mean is None else s.hd95_mean
+        return {"dice": s.dice_mean, "dice_per_slice": s.dice_mean_per_slice, "hd95": hd95}
 
     loop.fit(lambda epoch: _train_epoch(loop, propagator, clips, cfg, task, epoch, device), validate)
-    load_weights_from(model, run.best_ckpt)
+    chosen = loop.selected()
+    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
     writer = _PredictionWriter(run, cfg.vis > 0)
     s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
     peak = peak_memory_gb(device)
     return build_metrics(
-        task, split=volumes["test"].split, dice_mean=_finite(s["dice_mean"]), per_class=s["per_class"],
-        per_case=s["per_case"], epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
-        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
-        hd95_mean=_finite(s["hd95_mean"]), peak_gpu_mem_gb=peak,
-        dice_mean_per_slice=_finite(s["dice_mean_per_slice"]), per_class_per_slice=s["per_class_per_slice"],
-        per_class_hd95=s["per_class_hd95"], best_epoch=loop.state.best_epoch + 1,
+        task, split="test", selection_split="val", selection_cases=volumes["val"].cases,
+        selection_dice=chosen.score, checkpoint=chosen.record(),
+        hparams=asdict(cfg), **s.fields(), epochs_completed=loop.state.epoch,
+        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
+        params_m=count_params_m(model), peak_gpu_mem_gb=peak,
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
         video_length=cfg.video_length, trainable=cfg.trainable)
 
@@ -220,7 +221,3 @@ class _PredictionWriter:
         write_prediction(volume, pred, self.run.predictions)
         if self.vis:
             save_vis(volume, pred, self.run.vis)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
