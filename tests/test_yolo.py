@@ -66,7 +66,8 @@ def test_refuge_run_offline_keeps_ultralytics_outputs(tmp_path, refuge_challenge
     data = yaml.safe_load((run / "yolo_data" / "dataset.yaml").read_text())
     assert data["names"] == {0: "cup", 1: "disc"}
     assert len(list((run / "yolo_data" / "labels" / "train").glob("*.txt"))) == 3  # the 4th is carved as val
-    assert [p.stem for p in (run / "yolo_data" / "labels" / "val").glob("*.txt")] == metrics["selection_cases"]
+    val = [p.stem for p in (run / "yolo_data" / "labels" / "val").glob("*.txt")]
+    assert val == metrics["selection_cases"]
     assert {"results.csv", "results.png", "args.yaml"} <= {p.name for p in (run / "yolo" / "train").iterdir()}
     for name in ("best.pt", "last.pt"):
         assert os.path.samefile(task.run_dir.checkpoints / name, run / "yolo" / "train" / "weights" / name)
