@@ -97,19 +97,23 @@ def _overlap(data: dict[str, Any], selection_split: str, problems: list[str]) ->
     if cases is not None and not (isinstance(cases, list) and all(isinstance(c, str) for c in cases)):
         problems.append("key 'selection_cases' should be a list of case ids")
         cases = None
-    if selection_split not in (UNKNOWN, NONE) and selection_split == data["split"]:
+    scored = data.get("per_case") if isinstance(data.get("per_case"), dict) else {}
+    if selection_split not in (UNKNOWN, NONE) and selection_split == data.get("split"):
         return f"checkpoint selected on the scored split {selection_split!r}"
     if cases:
-        shared = sorted(set(cases).intersection(data["per_case"]))
+        shared = sorted(set(cases).intersection(scored))
         if shared:
             shown = ", ".join(shared[:_SHOWN_CASES]) + (", ..." if len(shared) > _SHOWN_CASES else "")
             return (f"{len(shared)} of {len(cases)} selection cases ({selection_split}) are scored "
-                    f"{data['split']} cases: {shown}")
+                    f"{data.get('split')} cases: {shown}")
     return ""
 
 
 def read_provenance(data: dict[str, Any]) -> tuple[Provenance, list[str]]:
-    """The fields of a contract-valid metrics dict, and every problem with them (empty: all fine)."""
+    """The round-2 fields of a metrics dict, and every problem with them (empty: all fine).
+
+    Reads any dict, so that a file with other problems too has all of them named at once.
+    """
     problems: list[str] = []
     selection_split = _split(data, problems)
     selection_dice = data.get("selection_dice")

@@ -4,9 +4,10 @@ The collector trusts only metrics.json (ARCHITECTURE.md section 3), checked with
 ``contract.validate_metrics``; status.json says why a run has none, task.yaml says what the
 run was meant to be. Nothing is dropped silently: a run without valid metrics keeps its row
 with a ``state`` (failed, running, preempted, pending, missing, malformed) and a ``note``, and a
-malformed or old-schema metrics.json also becomes a warning naming the file. A completed run
-whose checkpoint was selected on cases it is then scored on (``provenance.py``) keeps its row,
-out of the tables, with the reason as its note.
+malformed metrics.json (a missing key, an old schema, a Dice, per case too, that is not a number
+in [0, 1]) also becomes a warning naming the file and its problems. A completed run whose
+checkpoint was selected on cases it is then scored on (``provenance.py``) keeps its row, out of
+the tables, with the reason as its note.
 
 Decoding 10,000 metrics.json files is most of a study's collect time, so :func:`read_runs`
 returns a :class:`Chunk` small enough to send back from a worker process cheaply: one dict per
@@ -120,7 +121,7 @@ def case_scores(per_case: dict[str, dict[str, Any]]) -> np.ndarray:
         rows = [list(classes.values()) for classes in per_case.values()]
         try:
             table = np.array(rows, dtype=float)  # None -> NaN
-        except (TypeError, ValueError):  # ragged rows or stray values: the slow, careful way
+        except (TypeError, ValueError):  # ragged rows (validated: numbers or None): the slow way
             return np.array([_row_mean(row) for row in rows], dtype=float)
     if table.ndim != 2 or table.shape[1] == 0:
         return np.full(len(per_case), math.nan)
@@ -180,9 +181,9 @@ class _Reader:
 
     def _add_metrics(self, row: dict[str, Any], path: str, data: Any, problem: str | None) -> None:
         problems = [problem] if problem else validate_metrics(data)
-        provenance = None
-        if not problems:
-            provenance, problems = read_provenance(data)
+        if isinstance(data, dict):  # every problem at once, the round-2 fields' too
+            provenance, more = read_provenance(data)
+            problems += more
         if problems:
             study, file = self.study, Path(path)
             rel = file.relative_to(study.parent) if study.parent in file.parents else file
