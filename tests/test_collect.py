@@ -395,6 +395,9 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     assert listed[shared_cases["task_id"]] == (
         "not tabulated: 2 of 6 selection cases (val) are scored test cases: img0035, img0036")
     assert set(listed.index) == {same_split["task_id"], shared_cases["task_id"]}
+    # the only baseline never recorded a validation Dice: no best baseline is chosen on test instead
+    assert report.tables["paired_tests"].data["note"].tolist() == [
+        "no baseline recorded a selection Dice to choose on"]
     shown = report.tables["headline"].display.set_index("Model")
     assert shown.loc["resnet", "Checkpoint"] == "not recorded"
     assert shown.loc["resnet", "Hyper-parameters"] == "hparams not recorded"
