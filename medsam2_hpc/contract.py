@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .task import MODELS, PROMPTS, Task
+from .registry import DATASET_KINDS, dataset_names, model_names
+from .task import PROMPTS, Task
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "build_metrics", "validate_metrics", "git_sha"]
 
@@ -138,8 +139,10 @@ def validate_metrics(data: Any) -> list[str]:
         return problems
     if data["schema_version"] != SCHEMA_VERSION:
         problems.append(f"schema_version {data['schema_version']} is not {SCHEMA_VERSION}")
-    if data["model"] not in MODELS:
-        problems.append(f"model {data['model']!r} is not one of {MODELS}")
+    if data["model"] not in model_names():
+        problems.append(f"model {data['model']!r} is not one of {model_names()}")
+    if data["dataset"] not in dataset_names():
+        problems.append(f"dataset {data['dataset']!r} is not one of {dataset_names()}")
     if data["prompt"] not in PROMPTS:
         problems.append(f"prompt {data['prompt']!r} is not one of {PROMPTS}")
     for case, classes in data["per_case"].items():
@@ -148,7 +151,8 @@ def validate_metrics(data: Any) -> list[str]:
     d = data["dice_mean"]
     if d is not None and not 0.0 <= d <= 1.0:
         problems.append(f"dice_mean {d} is outside [0, 1]")
-    if data["model"] == "sam2-3d" or data["dataset"] == "btcv":
+    dataset = DATASET_KINDS.get(data["dataset"])
+    if dataset is not None and dataset.volumetric:
         if "dice_mean_per_slice" not in data:
             problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
     return problems

@@ -2,7 +2,8 @@
 
 Pairs are test cases: a case's score is its Dice averaged over classes and then over seeds,
 so every model is compared with the baseline on exactly the same cases (cases only one side
-scored are left out). The best baseline is the ResNet/YOLO row with the highest mean Dice.
+scored are left out). The best baseline is the row of a baseline model kind (``baseline`` in the
+registry: ResNet, YOLO) with the highest mean Dice.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from ..registry import model_kind, model_names
 from .collect import GROUP, Study
 
-__all__ = ["BASELINES", "MIN_PAIRS", "case_scores", "paired_tests"]
+__all__ = ["MIN_PAIRS", "baseline_models", "case_scores", "paired_tests"]
 
-BASELINES = ("resnet", "yolo")
 # Below 6 pairs the exact two-sided test cannot reach p < 0.05 (the smallest p for n=5 is 1/16).
 MIN_PAIRS = 6
 COLUMNS = [*GROUP, "baseline", "n_pairs", "mean_diff", "statistic", "p_value", "note"]
+
+
+def baseline_models() -> tuple[str, ...]:
+    """The model kinds every other model is tested against."""
+    return tuple(name for name in model_names() if model_kind(name).baseline)
 
 
 def case_scores(study: Study) -> pd.DataFrame:
@@ -59,11 +65,12 @@ def paired_tests(study: Study, cases: pd.DataFrame | None = None) -> pd.DataFram
     scored = study.scored
     means = scored.groupby(GROUP, sort=True, dropna=False)["dice"].mean()
     rows = []
+    baseline_kinds = baseline_models()
     for dataset in sorted(scored["dataset"].dropna().unique()):
         in_dataset = means[means.index.get_level_values("dataset") == dataset]
-        baselines = in_dataset[in_dataset.index.get_level_values("model").isin(BASELINES)].dropna()
+        baselines = in_dataset[in_dataset.index.get_level_values("model").isin(baseline_kinds)].dropna()
         for key in in_dataset.index:
-            if key[1] in BASELINES:
+            if key[1] in baseline_kinds:
                 continue
             if baselines.empty:
                 rows.append(_row(key, "", 0, note="no baseline run on this dataset"))

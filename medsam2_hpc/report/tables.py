@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..data.organs import ORGANS
+from ..registry import dataset_kind, model_names
 from . import published
 from .collect import GROUP, Study
 
-__all__ = ["Table", "headline", "btcv_organs", "btcv_per_slice", "refuge", "paired", "incomplete",
-           "fmt", "fmt_p"]
+__all__ = ["Table", "SECTIONS", "headline", "btcv_organs", "btcv_per_slice", "refuge", "per_class", "paired",
+           "incomplete", "fmt", "fmt_p"]
 
-_MODEL_ORDER = {"sam2-2d": 0, "sam2-3d": 1, "resnet": 2, "yolo": 3}
-_REFUGE_ORDER = {"cup": 0, "disc": 1}
-_ORGAN_ORDER = {name: i for i, name in enumerate(ORGANS.values())}  # BTCV label order
 _NAMES = {"dataset": "Dataset", "model": "Model", "variant": "Variant", "prompt": "Prompt",
           "n_runs": "n runs"}
 
@@ -67,7 +65,8 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     """Dataset, then model kind in the project's order, then variant and prompt."""
     if frame.empty:
         return frame
-    order = frame["model"].map(_MODEL_ORDER).fillna(len(_MODEL_ORDER))
+    kinds = {name: i for i, name in enumerate(model_names())}  # the registry's order
+    order = frame["model"].map(kinds).fillna(len(kinds))
     return (frame.assign(_order=order).sort_values(["dataset", "_order", "variant", "prompt"])
             .drop(columns="_order").reset_index(drop=True))
 
@@ -152,8 +151,8 @@ def _per_class(study: Study, dataset: str, metric: str) -> tuple[pd.DataFrame, l
     return wide.reset_index(), list(wide.columns)
 
 
-def _class_table(study: Study, dataset: str, metric: str, order: dict[str, int],
-                 mean_column: str) -> tuple[pd.DataFrame, list[str]]:
+def _class_table(study: Study, dataset: str, metric: str, mean_column: str) -> tuple[pd.DataFrame, list[str]]:
+    order = {name: i for i, name in enumerate(dataset_kind(dataset).classes)}  # the registry's column order
     wide, names = _per_class(study, dataset, metric)
     names = sorted(names, key=lambda n: (order.get(n, len(order)), n))
     groups = _groups(study, dataset)[[*GROUP, "n_runs", mean_column]]
@@ -172,7 +171,7 @@ def _class_display(data: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def btcv_organs(study: Study, with_published: bool = False) -> Table:
     """The 13 organs, volumetric Dice (per case, then mean over cases and seeds)."""
-    data, names = _class_table(study, "btcv", "dice", _ORGAN_ORDER, "dice_mean")
+    data, names = _class_table(study, "btcv", "dice", "dice_mean")
     if with_published and not data.empty:
         pub = published.BTCV_ORGANS_MEDICAL_SAM2
         row = {"dataset": "btcv", "model": pub.label, "variant": "", "prompt": "", "n_runs": math.nan,
@@ -185,7 +184,7 @@ def btcv_organs(study: Study, with_published: bool = False) -> Table:
 
 def btcv_per_slice(study: Study) -> Table:
     """The per-slice numbers Medical-SAM2 reports, kept apart from the volumetric table."""
-    data, names = _class_table(study, "btcv", "per_slice", _ORGAN_ORDER, "dice_per_slice")
+    data, names = _class_table(study, "btcv", "per_slice", "dice_per_slice")
     data = data[data["mean"].notna() | data[names].notna().any(axis=1)] if names else \
         data[data["mean"].notna()]
     return Table("btcv_per_slice", "BTCV per-slice Dice (not volumetric)", data.reset_index(drop=True),
@@ -197,7 +196,7 @@ def btcv_per_slice(study: Study) -> Table:
 
 def refuge(study: Study, with_published: bool = False) -> Table:
     """Optic cup (and disc where the challenge layout provides it)."""
-    data, names = _class_table(study, "refuge", "dice", _REFUGE_ORDER, "dice_mean")
+    data, names = _class_table(study, "refuge", "dice", "dice_mean")
     if with_published and not data.empty:
         pub = published.REFUGE_CUP
         row = {"dataset": "refuge", "model": pub.label, "variant": "", "prompt": "", "n_runs": math.nan,
@@ -205,6 +204,22 @@ def refuge(study: Study, with_published: bool = False) -> Table:
         data = pd.concat([data, pd.DataFrame([row])], ignore_index=True)
     return Table("refuge", "REFUGE: Dice per structure", data, _class_display(data, names),
                  "Dice per test image, averaged over images and seeds.", names)
+
+
+def per_class(study: Study, dataset: str, with_published: bool = False) -> Table:
+    """Any dataset: Dice per class (the section a dataset gets unless it names its own)."""
+    data, names = _class_table(study, dataset, "dice", "dice_mean")
+    return Table(dataset, f"{dataset}: Dice per class", data, _class_display(data, names),
+                 "Dice per test case, averaged over cases and seeds.", names)
+
+
+# Table sections a dataset can name in the registry: (study, dataset, with_published) -> Table.
+SECTIONS: dict[str, Callable[[Study, str, bool], Table]] = {
+    "btcv_organs": lambda study, dataset, with_published: btcv_organs(study, with_published),
+    "btcv_per_slice": lambda study, dataset, with_published: btcv_per_slice(study),
+    "refuge": lambda study, dataset, with_published: refuge(study, with_published),
+    "per_class": per_class,
+}
 
 
 def paired(tests: pd.DataFrame) -> Table:
