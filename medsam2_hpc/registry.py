@@ -147,10 +147,12 @@ def _builtins() -> None:
             importlib.import_module(package)
 
 
-def model_names() -> tuple[str, ...]:
-    """Models first, then baselines, each by name: the order of every list and table."""
+def model_names(*, baseline: bool | None = None) -> tuple[str, ...]:
+    """Models first, then baselines, each by name (the order of every list and table); only the
+    baselines (or only the others) when ``baseline`` is given."""
     _builtins()
-    return tuple(sorted(MODEL_KINDS, key=lambda name: (MODEL_KINDS[name].baseline, name)))
+    names = sorted(MODEL_KINDS, key=lambda name: (MODEL_KINDS[name].baseline, name))
+    return tuple(n for n in names if baseline is None or MODEL_KINDS[n].baseline == baseline)
 
 
 def dataset_names() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """``medsam2-hpc train`` / ``python train.py --model X``: one local run of any model kind.
 
-The local fallback of the seed README (`python train.py --model yolo`). It builds the
+The local fallback of the original README (`python train.py --model yolo`). It builds the
 same Task as jobs.yaml and the sbatch script, and calls the same run_task.
 """
 

@@ -15,19 +15,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from ..registry import model_kind, model_names
+from ..registry import model_names
 from .collect import GROUP, Study
 
-__all__ = ["MIN_PAIRS", "baseline_models", "case_scores", "paired_tests"]
+__all__ = ["MIN_PAIRS", "case_scores", "paired_tests"]
 
 # Below 6 pairs the exact two-sided test cannot reach p < 0.05 (the smallest p for n=5 is 1/16).
 MIN_PAIRS = 6
 COLUMNS = [*GROUP, "baseline", "n_pairs", "mean_diff", "statistic", "p_value", "note"]
-
-
-def baseline_models() -> tuple[str, ...]:
-    """The model kinds every other model is tested against."""
-    return tuple(name for name in model_names() if model_kind(name).baseline)
 
 
 def case_scores(study: Study) -> pd.DataFrame:
@@ -65,7 +60,7 @@ def paired_tests(study: Study, cases: pd.DataFrame | None = None) -> pd.DataFram
     scored = study.scored
     means = scored.groupby(GROUP, sort=True, dropna=False)["dice"].mean()
     rows = []
-    baseline_kinds = baseline_models()
+    baseline_kinds = model_names(baseline=True)
     for dataset in sorted(scored["dataset"].dropna().unique()):
         in_dataset = means[means.index.get_level_values("dataset") == dataset]
         baselines = in_dataset[in_dataset.index.get_level_values("model").isin(baseline_kinds)].dropna()
