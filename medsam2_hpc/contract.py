@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import DATASET_KINDS, dataset_names, model_names
+from .registry import dataset_kind, dataset_names, model_names
 from .task import PROMPTS, Task
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "build_metrics", "validate_metrics", "git_sha"]
@@ -193,8 +193,7 @@ def validate_metrics(data: Any) -> list[str]:
         problems += _score_problems("per_class", ok["per_class"])
     if "per_case" in ok:
         problems += _per_case_problems(ok["per_case"])
-    dataset = DATASET_KINDS.get(ok.get("dataset", ""))
-    if dataset is not None and dataset.volumetric:
+    if ok.get("dataset") in dataset_names() and dataset_kind(ok["dataset"]).volumetric:
         if "dice_mean_per_slice" not in data:
             problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
     return problems

@@ -118,6 +118,8 @@ class DatasetKind:
             raise ValueError(f"dataset {self.name}: needs classes and layouts; hd95_unit is mm or px")
 
 
+# Filled by register_*; read them through model_kind()/model_names() and their dataset twins,
+# which load the built-in entries first.
 MODEL_KINDS: dict[str, ModelKind] = {}
 DATASET_KINDS: dict[str, DatasetKind] = {}
 _loaded = False

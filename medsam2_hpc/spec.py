@@ -23,7 +23,7 @@ import yaml
 
 from .errors import InputError
 from .options import suggest
-from .registry import MODEL_KINDS, dataset_names, model_names
+from .registry import dataset_names, model_kind, model_names
 from .task import PROMPTS, Task
 
 __all__ = ["RUNTIMES", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
@@ -394,7 +394,7 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
     variants = chk.items(d.get("variants"), (*path, "variants"), chk.string)
     data_path = chk.string(d.get("data_path"), (*path, "data_path"))
     prompt = chk.choice(d.get("prompt"), (*path, "prompt"), PROMPTS, None)
-    kind = MODEL_KINDS.get(model) if model is not None else None
+    kind = model_kind(model) if model is not None else None  # chk.choice returns a known name or None
     if kind is not None and kind.prompts and prompt not in kind.prompts:
         chk.add((*path, "prompt"), f"{model} needs a prompt: {', '.join(kind.prompts)}"
                                    + (f" (got {prompt!r})" if prompt not in (None, "none") else ""))

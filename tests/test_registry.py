@@ -98,13 +98,13 @@ def train(task: Task, run: RunDir) -> dict:
 
 
 @pytest.fixture
-def toy_registered(monkeypatch):
-    """The two entries registered on copies of the registries, so no other test sees them."""
+def toy_registered():
+    """The two entries registered for one test, and removed after it so no other test sees them."""
     registry.model_names()  # the built-in entries first
-    monkeypatch.setattr(registry, "MODEL_KINDS", dict(registry.MODEL_KINDS))
-    monkeypatch.setattr(registry, "DATASET_KINDS", dict(registry.DATASET_KINDS))
     registry.register_model(TOY_MODEL)
     registry.register_dataset(TOY_DATA)
+    yield
+    del registry.MODEL_KINDS[TOY_MODEL.name], registry.DATASET_KINDS[TOY_DATA.name]
 
 
 def test_a_model_kind_and_a_dataset_registered_here_run_end_to_end(toy_registered, tmp_path, monkeypatch,

@@ -13,14 +13,7 @@ from typing import Any
 import yaml
 
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.registry import (
-    DATASET_KINDS,
-    MODEL_KINDS,
-    dataset_kind,
-    dataset_names,
-    model_kind,
-    model_names,
-)
+from medsam2_hpc.registry import dataset_kind, dataset_names, model_kind, model_names
 from medsam2_hpc.task import PROMPTS, Task
 
 __all__ = ["add_arguments", "task_from_args", "main", "register"]
@@ -29,8 +22,8 @@ __all__ = ["add_arguments", "task_from_args", "main", "register"]
 def add_arguments(parser: argparse.ArgumentParser, models: Sequence[str] | None = None) -> None:
     """Flags of a local run; choices and defaults come from the registry (each model kind's defaults)."""
     models = list(models or model_names())
-    variants = "; ".join(f"{m}: {'|'.join(MODEL_KINDS[m].variants)}" for m in models)
-    paths = ", ".join(f"{d}: {DATASET_KINDS[d].default_path}" for d in dataset_names())
+    variants = "; ".join(f"{m}: {'|'.join(model_kind(m).variants)}" for m in models)
+    paths = ", ".join(f"{d}: {dataset_kind(d).default_path}" for d in dataset_names())
     parser.add_argument("--model", required=True, choices=models, help="model kind to train")
     parser.add_argument("--variant", help=f"size ({variants}; default per model)")
     parser.add_argument("--dataset", choices=list(dataset_names()), help="default per model")
