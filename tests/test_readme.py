@@ -184,33 +184,16 @@ def run_cluster_commands(checkout: Path, work: Path) -> tuple[dict[str, subproce
     return results, (calls.read_text().splitlines() if calls.exists() else [])
 
 
-def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
-    """Dry run, status, resubmit and cancel on a copy of the committed jobs.yaml; container
-    check and build (through the apptainer stand-in, into the copy)."""
-    work = tmp_path / "work"
-    results, calls = run_cluster_commands(ROOT, work)
-    assert len(results) >= 7
-    for command, out in results.items():
-        assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
-        if command.endswith("--dry-run"):
-            assert "#SBATCH" in out.stdout or "sbatch" in out.stdout
-    (build,) = calls  # nothing reached sbatch, squeue, scancel or scontrol
-    assert re.fullmatch(rf"apptainer build --fakeroot {re.escape(str(work))}/containers/medsam2\.sif "
-                        r"\.medsam2-build-\d+\.def", build), build
-    assert not list(work.glob(".medsam2-build-*.def"))  # the rendered definition is cleaned up
-
-
 def _files(root: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_readme_cluster_commands_leave_a_live_study_alone(tmp_path):
-    """A checkout holding a study in flight (runs/main with a running task and its Slurm array):
-    the README test's commands neither read it nor call anything about its jobs."""
+def _checkout_with_a_live_study(checkout: Path) -> Path:
+    """A copy of what the commands read, plus a study in flight: runs/main with a running task
+    and the Slurm array it runs in (status.json, submissions.json). Returns runs/."""
     from medsam2_hpc import spec
 
-    checkout = tmp_path / "checkout"
     checkout.mkdir()
     for name in CLUSTER_FILES:
         source = ROOT / name
@@ -222,12 +205,25 @@ def test_readme_cluster_commands_leave_a_live_study_alone(tmp_path):
     (study.study_dir / "submissions.json").write_text(json.dumps({"submissions": [
         {"job_id": "4242", "executor": "slurm", "profile": task.profile,
          "submitted_at": "2026-01-01T00:00:00", "tasks": {task.task_id: "4242_0"}}]}))
-    runs = checkout / "runs"
-    assert study.study_dir.parent == runs
-    before = _files(runs)
+    assert study.study_dir.parent == checkout / "runs"
+    return checkout / "runs"
 
-    results, calls = run_cluster_commands(checkout, tmp_path / "work")
-    assert all(out.returncode == 0 for out in results.values())
+
+def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
+    """Dry run, status, resubmit and cancel on a copy of the committed jobs.yaml; container check
+    and build (through the apptainer stand-in, into the copy). The checkout they were copied from
+    holds a live runs/main: they neither change it nor call anything about its jobs."""
+    runs = _checkout_with_a_live_study(tmp_path / "checkout")
+    before = _files(runs)
+    work = tmp_path / "work"
+    results, calls = run_cluster_commands(tmp_path / "checkout", work)
+    assert len(results) >= 7
+    for command, out in results.items():
+        assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
+        if command.endswith("--dry-run"):
+            assert "#SBATCH" in out.stdout or "sbatch" in out.stdout
     assert _files(runs) == before
-    assert [c.split()[0] for c in calls] == ["apptainer"]  # the build; no squeue, scancel or sbatch
-    assert not any("4242" in c for c in calls)
+    (build,) = calls  # nothing reached sbatch, squeue, scancel or scontrol, nor named job 4242
+    assert re.fullmatch(rf"apptainer build --fakeroot {re.escape(str(work))}/containers/medsam2\.sif "
+                        r"\.medsam2-build-\d+\.def", build), build
+    assert not list(work.glob(".medsam2-build-*"))  # the rendered definition is cleaned up
