@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -120,12 +121,15 @@ _PROBLEMS = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(autouse=True)
-def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_working_directory(tmp_path: Path) -> Iterator[None]:
     """Every test starts in its own temporary directory, so relative outputs (runs/, logs/,
     Ultralytics' runs/segment) land there. The checkout stays importable for the subprocesses
-    tests start (``python -m`` from the checkout gave them that)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    tests start (``python -m`` from the checkout gave them that). A MonkeyPatch of its own, so a
+    test's ``monkeypatch.undo()`` does not take the test back to the checkout."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def test_talks_to_the_test_cluster(tmp_path):
     subprocess.run(["scancel", "1"], env={**os.environ, "SLURM_CONF": str(conf)}, check=True)
 
 
-def test_stays_in_its_own_directory(tmp_path):
+def test_stays_in_its_own_directory(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the test's own patches only
     assert Path.cwd() == tmp_path
     Path("runs").mkdir()
 '''
