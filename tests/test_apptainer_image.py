@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from contextlib import contextmanager
 from io import StringIO
@@ -68,6 +69,13 @@ def test_built_image_passes_its_test_and_carries_our_labels(medsam2_image, appta
     assert cuda != "None"  # PyPI's CUDA-enabled torch wheels
 
 
+def shared_copy(data: Path, tmp_path: Path, host: real_apptainer_host.RealApptainer) -> Path:
+    """A copy of a session data set that the container's user may read (pytest's dirs are 0700)."""
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    host.share(copy)
+    return copy
+
+
 def write_study(tmp_path: Path, image: Path, data: Path, *, executor: str, hparams: dict,
                 profile: str = "{cpus: 1, mem: 2G, time: 10}") -> spec.Study:
     runs = tmp_path / "runs"
@@ -88,7 +96,8 @@ HPARAMS = {"epochs": 1, "image_size": 64, "batch_size": 2, "num_workers": 0, "de
 def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
         medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
-    study = write_study(tmp_path, medsam2_image, refuge_multirater, executor="local", hparams=HPARAMS)
+    data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
+    study = write_study(tmp_path, medsam2_image, data, executor="local", hparams=HPARAMS)
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
     argv = launcher.python_argv(study, study.profiles["cpu"], study.tasks, launcher.LocalBackend(),

@@ -17,7 +17,7 @@ import pytest
 
 from medsam2_hpc.hpc import launcher
 
-from ..test_apptainer_image import shared_umask, write_study
+from ..test_apptainer_image import shared_copy, shared_umask, write_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
 
@@ -27,7 +27,8 @@ def test_array_task_in_the_image_requeues_from_inside_and_resumes(
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
     hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
                "amp": "none"}
-    study = write_study(tmp_path, medsam2_image, refuge_multirater, executor="slurm", hparams=hparams,
+    data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
+    study = write_study(tmp_path, medsam2_image, data, executor="slurm", hparams=hparams,
                         profile="{cpus: 1, mem: 2G, time: 10, signal_delay_s: 30, max_requeues: 2}")
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
