@@ -12,10 +12,11 @@ import re
 
 import pandas as pd
 
+from ..registry import model_names
+
 __all__ = ["NOT_RECORDED", "variant_rank", "sort_rows", "setting_labels", "row_label"]
 
 NOT_RECORDED = "hparams not recorded"
-_MODEL_ORDER = {"sam2-2d": 0, "sam2-3d": 1, "resnet": 2, "yolo": 3}
 _SIZES = {"t": 0, "s": 1, "b+": 2, "l": 3}  # SAM2 Hiera tiny, small, base-plus, large
 _YOLO_SIZES = {size: i for i, size in enumerate("nsmlx")}
 _HIERA = re.compile(r"hiera_(t|s|b\+|l)$")
@@ -40,9 +41,10 @@ def sort_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Dataset, model kind in the project's order, size order, prompt, then the hyper-parameter label."""
     if frame.empty:
         return frame.reset_index(drop=True)
+    kinds = {name: i for i, name in enumerate(model_names())}  # the registry's order
     keys = pd.DataFrame({
         "dataset": frame["dataset"].astype(str),
-        "model": frame["model"].map(_MODEL_ORDER).fillna(len(_MODEL_ORDER)),
+        "model": frame["model"].map(kinds).fillna(len(kinds)),
         "variant": frame["variant"].map(variant_rank),
         "prompt": frame["prompt"].astype(str),
         "setting": frame["setting"].astype(str) if "setting" in frame else "",
