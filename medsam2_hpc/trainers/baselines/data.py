@@ -5,8 +5,10 @@ Both baselines train on the same loaders and splits as the SAM2 trainers (``Refu
 A baseline only supplies ``predict(images [B,3,S,S]) -> scores [B,K,S,S]`` in [0, 1]; the
 resize back to the ground truth's size and the scores come from scoring.py.
 
-Validation (choosing ``best.pt``) reads the val split, the final scores the test split,
-for both datasets (data/splits.py).
+A dataset is read through its registry entry's loader: 2D images (REFUGE: multi-label masks, one
+sigmoid channel per class) or volumes (BTCV: label maps, softmax over background + classes, scored
+per volume). Validation (choosing ``best.pt``) reads the val split, the final scores the test
+split, for both datasets (data/splits.py).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from torch.utils.data import Dataset
 from medsam2_hpc.atomic import atomic_write
 from medsam2_hpc.data import btcv
 from medsam2_hpc.data.images import resize_image
-from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.registry import dataset_kind, load_entry
 from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 
 __all__ = ["BaselineData", "Predict", "check_data", "load_data", "to_uint8_rgb"]
@@ -55,17 +57,19 @@ class BaselineData:
                  classes: list[str] | None = None, split_file: str | None = None) -> None:
         self.dataset, self.root, self.image_size = dataset, root, int(image_size)
         self.out_size, self.split_file = int(out_size or image_size), split_file
-        if dataset == "refuge":
-            train = RefugeDataset(root, "train", self.image_size, self.image_size, classes, split_file)
+        kind = dataset_kind(dataset)
+        self._load = load_entry(kind.loader)
+        self.multilabel = not kind.volumetric  # 2D images: one mask per class; volumes: label maps
+        if self.multilabel:
+            size = self.image_size
+            train = self._load(root, "train", size, size, classes, split_file=split_file)
             self.class_names: tuple[str, ...] = tuple(train.classes)
-            self.multilabel = True
             self.train = _Targets(train, "mask")
-            val = RefugeDataset(root, "val", self.image_size, self.image_size, classes, split_file)
+            val = self._load(root, "val", size, size, classes, split_file=split_file)
             self.val = _Targets(val, "mask")
         else:
-            self.class_names = tuple(btcv.ORGANS[k] for k in sorted(btcv.ORGANS))
-            self.multilabel = False
-            self._volumes = btcv.training_volumes(root, split_file)
+            self.class_names = kind.classes
+            self._volumes = self._load(root, split_file)
             self.train = _Targets(btcv.BTCVSlices(self._volumes["train"], self.image_size), "label")
             self.val = _Targets(btcv.BTCVSlices(self._volumes["val"], self.image_size), "label")
         if len(self.train) == 0:
@@ -73,9 +77,8 @@ class BaselineData:
 
     @property
     def selection_cases(self) -> list[str]:
-        if self.dataset == "refuge":
-            return list(self.val.base.names)
-        return self._volumes["val"].cases
+        """The val cases ``validate`` (best.pt) reads."""
+        return list(self.val.base.names) if self.multilabel else self._volumes["val"].cases
 
     @property
     def num_outputs(self) -> int:
@@ -86,14 +89,14 @@ class BaselineData:
     def evaluate(self, predict: Predict, out_dir: Path | None, *, batch_size: int = 4,
                  hd95: bool = False, split: str = "test") -> Scores:
         """Score ``predict`` on ``split`` with our metrics; write predictions under ``out_dir`` if given."""
-        if self.dataset == "refuge":
-            return self._evaluate_refuge(predict, out_dir, batch_size, hd95, split)
-        return self._evaluate_btcv(predict, out_dir, batch_size, hd95, split)
+        if self.multilabel:
+            return self._evaluate_images(predict, out_dir, batch_size, hd95, split)
+        return self._evaluate_volumes(predict, out_dir, batch_size, hd95, split)
 
-    def _evaluate_refuge(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
+    def _evaluate_images(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                          split: str) -> Scores:
-        data = RefugeDataset(self.root, split, self.image_size, self.out_size, list(self.class_names),
-                             self.split_file)
+        data = self._load(self.root, split, self.image_size, self.out_size, list(self.class_names),
+                          split_file=self.split_file)
         scorer = Scorer("px", hd95=hd95)
         for start in progress(range(0, len(data), batch_size), f"eval {split}"):
             items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
@@ -107,15 +110,17 @@ class BaselineData:
                         _write_png(out_dir / f"{item['name']}_{c}.png", png)
         return scorer.summary()
 
-    def _evaluate_btcv(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
+    def _evaluate_volumes(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                        split: str) -> Scores:
         volumes = self._volumes[split]
         scorer = Scorer(volumes.hd95_unit, hd95=hd95, per_slice=True)
+        labels = dict(enumerate(self.class_names, 1))  # label value -> class (0: background)
         for vol in progress((volumes[i] for i in range(len(volumes))), f"eval {split}", total=len(volumes)):
             if vol.label is None:
-                raise InputError(f"{self.root}: BTCV {split} case {vol.case} has no label map to score")
+                raise InputError(f"{self.root}: {self.dataset.upper()} {split} case {vol.case} has no label "
+                                 "map to score")
             label = self.predict_volume(predict, vol.image, batch_size)
-            scorer.add_labels(vol.case, label, vol.label, btcv.ORGANS, vol.spacing)
+            scorer.add_labels(vol.case, label, vol.label, labels, vol.spacing)
             if out_dir is not None:
                 btcv.write_prediction(vol, label, out_dir)
         return scorer.summary()
@@ -132,12 +137,14 @@ class BaselineData:
 
 def check_data(task: Any, classes: list[str] | None = None, split_file: str | None = None) -> None:
     """Cheap pre-flight (files are scanned, not decoded): the three splits found, train not empty."""
-    if task.dataset == "refuge":
-        n = len(RefugeDataset(task.data_path, "train", classes=classes, split_file=split_file))
-        for split in ("val", "test"):
-            RefugeDataset(task.data_path, split, classes=classes, split_file=split_file)
+    kind = dataset_kind(task.dataset)
+    load = load_entry(kind.loader)
+    if kind.volumetric:
+        n = len(load(task.data_path, split_file)["train"])
     else:
-        n = len(btcv.training_volumes(task.data_path, split_file)["train"])
+        n = len(load(task.data_path, "train", classes=classes, split_file=split_file))
+        for split in ("val", "test"):
+            load(task.data_path, split, classes=classes, split_file=split_file)
     if n == 0:
         raise InputError(f"{task.data_path}: the {task.dataset} training split is empty")
 

@@ -49,7 +49,7 @@ class Sam2Config:
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
     trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
-    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do),
+    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the Medical-SAM2 commands do),
     select (best: the epoch with the best validation Dice; last: the final weights),
     split_file (JSON train/val/test case ids replacing the dataset's splits, see data/splits.py),
     hd95 (also score HD95: mm where the data has spacing, else px; see scoring.py).

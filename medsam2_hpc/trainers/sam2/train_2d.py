@@ -86,10 +86,6 @@ def _datasets(task: Task, cfg: Sam2Config2D) -> dict[str, Any]:
 def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
-    if task.dataset != "refuge":
-        raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
-    if task.prompt not in ("click", "bbox"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
     _datasets(task, cfg)
     pick_device(cfg.device)
     check_model(task, cfg)

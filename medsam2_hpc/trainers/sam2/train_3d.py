@@ -100,12 +100,8 @@ def config(task: Task) -> Sam2Config3D:
 
 
 def check(task: Task) -> None:
-    """Hyper-parameters, prompt kind, data layout and checkpoints; writes nothing."""
+    """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
-    if task.dataset != "btcv":
-        raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
-    if task.prompt not in ("bbox", "click", "mask"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
     for split, volumes in training_volumes(task.data_path, cfg.split_file).items():
         if not len(volumes):
             raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
