@@ -20,7 +20,7 @@ import torch
 
 from medsam2_hpc import metrics, registry
 from medsam2_hpc.cli import main as cli
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import build_metrics, checkpoint_record
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.task import RunDir, Task
 
@@ -91,7 +91,9 @@ def train(task: Task, run: RunDir) -> dict:
                 for it in load(task.data_path, "test")}
     per_class, mean = metrics.summarise(per_case)
     return build_metrics(task, split="test", dice_mean=mean, per_class=per_class, per_case=per_case,
-                         epochs_completed=1, train_seconds=0.1, eval_seconds=0.1, params_m=1e-6)
+                         epochs_completed=1, train_seconds=0.1, eval_seconds=0.1, params_m=1e-6,
+                         selection_split="none", selection_cases=[], selection_dice=None,  # nothing selected
+                         checkpoint=checkpoint_record("last", 1, False), hd95_unit="px", hparams={})
 
 
 # --- the test ---------------------------------------------------------------------------------
