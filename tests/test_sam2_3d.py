@@ -80,8 +80,8 @@ def test_overfitting_one_volume_raises_dice(tmp_path):
 
     def dice() -> float:
         result = evaluate(prop, volumes, kind="bbox", prompt_freq=4, image_size=SIZE, device=cpu, amp="none",
-                          hd95=False)
-        return result.summary()["dice_mean"]
+                          unit=volumes.hd95_unit, hd95=False)
+        return result.summary().dice_mean
 
     before = dice()
     for step in range(30):
