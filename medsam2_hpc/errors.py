@@ -62,9 +62,14 @@ def guarded(fn: Callable[[], int], prog: str) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    """A message as one line: embedded newlines (a worker's traceback, a path) never reach the user."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
+    """A message as one line. A DataLoader worker's error arrives as "Caught X in DataLoader worker
+    ... Original Traceback ...": its own message is the traceback's last line, after "Type: "."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and any(line.startswith("Original Traceback") for line in lines):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0]
 
 
 def _failed(exc: BaseException, prog: str) -> int:

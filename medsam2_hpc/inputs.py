@@ -20,7 +20,8 @@ import yaml
 from .errors import InputError
 
 __all__ = ["CONTROL", "NAME", "MAX_TASKS", "MAX_YAML_BYTES", "control_chars", "check_text", "check_tree",
-           "safe_name", "check_number", "check_hparams", "check_seed", "parse_yaml", "read_yaml"]
+           "safe_name", "check_number", "check_hparams", "check_seed", "parse_yaml", "read_yaml",
+           "check_output_dir"]
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # a directory name: no '/', no leading '.', '-' or '+', no '..'; long enough for generated task ids
@@ -171,3 +172,17 @@ def read_yaml(path: str | os.PathLike, what: str | None = None) -> tuple[str, An
     except OSError as exc:
         raise InputError(f"{what}: cannot be read ({exc.strerror or exc})") from None
     return text, parse_yaml(text, what)
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` can become a directory: it is one, or its nearest existing ancestor is a writable one."""
+    path = Path(path)
+    check_text(os.fspath(path), what)
+    for probe in (path, *path.parents):
+        if probe.exists():
+            if not probe.is_dir():
+                raise InputError(f"{what} {path}: {probe} is a file, not a directory")
+            if not os.access(probe, os.W_OK | os.X_OK):
+                raise InputError(f"{what} {path}: {probe} is not writable")
+            break
+    return path

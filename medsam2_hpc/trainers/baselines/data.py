@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from medsam2_hpc import metrics
 from medsam2_hpc.atomic import atomic_write
-from medsam2_hpc.data import btcv
+from medsam2_hpc.data import btcv, decode_first
 from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine.loop import progress
@@ -159,14 +159,14 @@ class BaselineData:
 
 
 def check_data(task: Any, classes: list[str] | None = None) -> None:
-    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty."""
+    """Pre-flight before anything is written: layout found, no split empty, and the first item of
+    each split decoded (a corrupt file fails now, not after the run directory is made)."""
     if task.dataset == "refuge":
-        n = len(RefugeDataset(task.data_path, "train", classes=classes))
-        RefugeDataset(task.data_path, "test", classes=classes)
+        splits: dict[str, Any] = {split: RefugeDataset(task.data_path, split, image_size=64, out_size=64,
+                                                       classes=classes) for split in ("train", "test")}
     else:
-        n = len(btcv.BTCVVolumes(task.data_path, "train"))
-    if n == 0:
-        raise InputError(f"{task.data_path}: the {task.dataset} training split is empty")
+        splits = btcv.training_volumes(task.data_path)
+    decode_first(splits, task.data_path)
 
 
 def load_data(task: Any, image_size: int, out_size: int | None = None,

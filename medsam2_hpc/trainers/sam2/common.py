@@ -123,7 +123,7 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
     model = build_sam2_model(config, ckpt, image_size=cfg.image_size, device="cpu",
                              allow_random=ckpt.lower() == "none")
     if cfg.pretrain:
-        load_sam2_weights(model, cfg.pretrain, config)
+        load_sam2_weights(model, cfg.pretrain, config, what="pretrain")
     return model.to(device)
 
 

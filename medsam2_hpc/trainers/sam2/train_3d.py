@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -32,6 +33,7 @@ from medsam2_hpc.engine import (
     pick_device,
     progress,
 )
+from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
@@ -106,9 +108,8 @@ def check(task: Task) -> None:
         raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
     if task.prompt not in ("bbox", "click", "mask"):
         raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
-    for split, volumes in training_volumes(task.data_path).items():
-        if not len(volumes):
-            raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
+    decode_first(training_volumes(task.data_path), task.data_path)
+    check_resumable(task.run_dir)
     check_model(task, cfg)
 
 
