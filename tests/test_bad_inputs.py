@@ -114,6 +114,15 @@ def btcv(tmp: Path) -> Path:
     return synthetic.make_btcv(tmp / "data" / "btcv", "slices", n_train=2, n_test=1, depth=6, size=32, seed=0)
 
 
+_SHARED: dict[str, Path] = {}  # read-only datasets, made once per module: "{refuge}", "{btcv}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_data(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("shared")
+    _SHARED["refuge"], _SHARED["btcv"] = refuge(root), btcv(root)
+
+
 class Payload:
     """Unpickling this calls ``open(marker, 'w')``: the file appears only if code ran."""
 
@@ -166,14 +175,10 @@ def spec_with(old: str, new: str) -> Callable[[Path], list[str]]:
 
 
 def argv(*args: str) -> Callable[[Path], list[str]]:
-    """Fixed argv; '{tmp}' is replaced by the case's tmp dir, '{refuge}'/'{btcv}' make data there."""
+    """Fixed argv; '{tmp}' is replaced by the case's tmp dir, '{refuge}'/'{btcv}' by shared datasets."""
 
     def make(tmp: Path) -> list[str]:
-        subs = {"{tmp}": str(tmp)}
-        if any("{refuge}" in a for a in args):
-            subs["{refuge}"] = str(refuge(tmp))
-        if any("{btcv}" in a for a in args):
-            subs["{btcv}"] = str(btcv(tmp))
+        subs = {"{tmp}": str(tmp), "{refuge}": str(_SHARED["refuge"]), "{btcv}": str(_SHARED["btcv"])}
         out = []
         for a in args:
             for k, v in subs.items():
@@ -328,11 +333,12 @@ _SWEEP = (
 add("spec", "sweep-10^8", "medsam2-hpc", spec_with("hparams: {epochs: 1}", _SWEEP))
 add(
     "spec",
-    "seeds-20000",
+    "sweep-101-by-seeds-100",
     "medsam2-hpc",
     spec_with(
         "hparams: {epochs: 1}",
-        "hparams: {epochs: 1}\n        seeds: [" + ", ".join(map(str, range(20000))) + "]",
+        "hparams: {epochs: 1}\n        seeds: [" + ", ".join(map(str, range(100))) + "]\n"
+        "        sweep: {lr: [" + ", ".join(f"{i + 1}e-5" for i in range(101)) + "]}",
     ),
 )
 
@@ -344,7 +350,7 @@ for _id, _text in {
     "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
     "latin1": "output_root: caf\xe9\n".encode("latin-1"),
     "nul-in-text": b"output_root: runs\x00\n",
-    "deep-lists": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "deep-lists": "a: " + "[" * 1500 + "]" * 1500 + "\n",
     "deep-maps": "".join("  " * i + f"k{i}:\n" for i in range(3000)) + "  " * 3000 + "v\n",
     "alias-bomb": _BOMB + "studies: {s: {experiments: [{model: resnet}]}}\n",
     "recursive-alias": "studies: &s {s: {experiments: *s}}\n",
@@ -746,8 +752,6 @@ add(
         "sam2_hiera_t",
         "-data_path",
         "{tmp}/data/btcv",
-        "-split",
-        "train",
         "-output_dir",
         "{tmp}/out",
     ),

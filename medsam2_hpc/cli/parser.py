@@ -20,7 +20,21 @@ __all__ = ["Parser", "positive_int", "nonneg_int", "positive_float", "seed_int",
 
 
 class Parser(argparse.ArgumentParser):
-    """``prog: error: <what>`` and ``prog: run 'prog --help' for the flags``; exit 2."""
+    """``prog: error: <what>`` and ``prog: run 'prog --help' for the flags``; exit 2.
+
+    Abbreviated flags are refused: ``-out`` silently meaning ``-output_dir`` (or ``--epoch``
+    meaning ``--epochs``) is how a typo runs for hours.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _get_option_tuples(self, option_string: str) -> list:
+        # Python 3.11 still expands single-dash prefixes ('-out' -> '-output_dir') with allow_abbrev
+        # off; keep only a one-letter flag glued to its value ('-b4' -> '-b 4').
+        found = super()._get_option_tuples(option_string)
+        return found if self.allow_abbrev else [t for t in found if len(t[1]) == 2]
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)

@@ -128,7 +128,10 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
 
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
-    """Build once on the CPU so a wrong config/checkpoint fails before anything is written."""
+    """Build once on the CPU so a wrong config/checkpoint fails before anything is written
+    (an unreadable ``pretrain`` file first, before a model is built for nothing)."""
+    if cfg.pretrain:
+        load_checkpoint(cfg.pretrain, what="pretrain")
     build_model(task, cfg, "cpu")
 
 

@@ -38,7 +38,7 @@ from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
 from medsam2_hpc.losses import make_loss
-from medsam2_hpc.models.sam2 import set_trainable
+from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
 from medsam2_hpc.task import RunDir, Task
@@ -71,7 +71,7 @@ class Sam2Config3D(Sam2Config):
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
     """
 
-    trainable: str = "decoder+memory"
+    trainable: TrainableParts = "decoder+memory"
     video_length: int = 2
     prompt_freq: int = 2
     memory_lr: float = 1e-5
