@@ -22,11 +22,10 @@ from .atomic import read_json, write_json, write_text
 from .errors import InputError
 from .inputs import check_hparams, check_seed, check_text, parse_yaml, safe_name
 from .jobenv import job_identity
+from .registry import dataset_names, model_names
 
-__all__ = ["MODELS", "DATASETS", "PROMPTS", "STATES", "Task", "RunDir"]
+__all__ = ["PROMPTS", "STATES", "Task", "RunDir"]
 
-MODELS = ("sam2-2d", "sam2-3d", "resnet", "yolo")
-DATASETS = ("refuge", "btcv")
 PROMPTS = ("bbox", "click", "mask", "none")
 STATES = ("pending", "running", "completed", "failed", "preempted")
 
@@ -56,10 +55,10 @@ class Task:
         """Every front end builds a Task, so the values that become paths are checked here, once."""
         if isinstance(self.dataset, str):
             object.__setattr__(self, "dataset", self.dataset.lower())
-        if self.model not in MODELS:
-            raise InputError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
-            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.model not in model_names():
+            raise InputError(f"model {self.model!r} is not one of {', '.join(model_names())}")
+        if self.dataset not in dataset_names():
+            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(dataset_names())}")
         if self.prompt not in PROMPTS:
             raise InputError(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
         safe_name(self.variant, "variant")

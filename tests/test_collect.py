@@ -395,6 +395,9 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     assert listed[shared_cases["task_id"]] == (
         "not tabulated: 2 of 6 selection cases (val) are scored test cases: img0035, img0036")
     assert set(listed.index) == {same_split["task_id"], shared_cases["task_id"]}
+    # the only baseline never recorded a validation Dice: no best baseline is chosen on test instead
+    assert report.tables["paired_tests"].data["note"].tolist() == [
+        "no baseline recorded a selection Dice to choose on"]
     shown = report.tables["headline"].display.set_index("Model")
     assert shown.loc["resnet", "Checkpoint"] == "not recorded"
     assert shown.loc["resnet", "Hyper-parameters"] == "hparams not recorded"
@@ -490,12 +493,14 @@ def holm_by_scipy(p: pd.Series) -> np.ndarray:
 def test_sizes_in_size_order() -> None:
     from medsam2_hpc.report.labels import variant_rank
 
-    shuffled = ["hiera_l", "hiera_b+", "hiera_t", "hiera_s"]
-    assert sorted(shuffled, key=variant_rank) == ["hiera_t", "hiera_s", "hiera_b+", "hiera_l"]
+    shuffled = ["hiera_l", "sam2.1_hiera_t", "hiera_b+", "hiera_t", "hiera_s"]
+    assert sorted(shuffled, key=lambda v: variant_rank("sam2-3d", v)) == [
+        "hiera_t", "hiera_s", "hiera_b+", "hiera_l", "sam2.1_hiera_t"]
     yolo = ["yolo11x-seg", "yolo11l-seg", "yolo11n-seg", "yolo11m-seg", "yolo11s-seg"]
-    assert sorted(yolo, key=variant_rank) == [f"yolo11{s}-seg" for s in "nsmlx"]
-    resnets = ["resnet50", "resnet101", "resnet18"]
-    assert sorted(resnets, key=variant_rank) == ["resnet18", "resnet50", "resnet101"]
+    assert sorted(yolo, key=lambda v: variant_rank("yolo", v)) == [f"yolo11{s}-seg" for s in "nsmlx"]
+    resnets = ["resnet50", "resnet101", "my_net", "resnet18"]
+    assert sorted(resnets, key=lambda v: variant_rank("resnet", v)) == [
+        "resnet18", "resnet50", "resnet101", "my_net"]  # unregistered variants last
 
 
 def test_box_plot_draws_every_case_and_figures_are_pdf_and_200_dpi_png(tmp_path, monkeypatch) -> None:

@@ -442,7 +442,8 @@ def test_build_carries_host_pip_config_without_printing_it_with_standin_apptaine
     assert "MirrorURL: http://m.example/debian" in built
     assert c._section_body(built, "files")[0].split()[1] == "/opt/medsam2-hpc/build/pip.conf"
     argv = (record / "argv").read_text().splitlines()
-    assert argv[:4] == ["build", "--mksquashfs-args", "-comp zstd", str(tmp_path / "m.sif")]
+    assert argv[:4] == ["build", "--mksquashfs-args", "-comp zstd -Xcompression-level 3",
+                        str(tmp_path / "m.sif")]
     assert not list(ctx.glob(".medsam2-build-*"))  # scratch files removed
 
 

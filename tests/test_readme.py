@@ -37,7 +37,8 @@ EXERCISED: dict[str, str] = {
     "python train.py": "run",
     "python baselines/train.py": "run",
     "medsam2-hpc container check": "run",
-    "medsam2-hpc container build": "run: no Apptainer here, so the clear refusal (exit 2) is checked",
+    "medsam2-hpc container build": "run: without Apptainer on PATH, the clear refusal (exit 2) is "
+                                   "checked; tests/test_apptainer_image.py builds it for real",
     "medsam2-hpc submit jobs.yaml --dry-run": "run",
     "medsam2-hpc submit jobs.yaml": "tests/test_launcher.py::test_slurm_submits_one_sbatch_per_profile_skips_"
                                     "queued_and_cancels; tests/slurm/test_launcher_slurm.py (real Slurm)",

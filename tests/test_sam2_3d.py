@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medsam2_hpc import runner
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data import synthetic
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
@@ -22,7 +23,6 @@ from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers.sam2 import train_3d as sam2_3d
 from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -145,10 +145,11 @@ def test_gradients_reach_memory_modules_through_propagation(btcv_slices):
     ({"dataset": "refuge"}, "btcv"),
 ])
 def test_check_rejects_bad_input(btcv_slices, tmp_path, change, message):
+    """runner.check: the model kind's dataset and prompt (registry), then the trainer's own check."""
     base = dict(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path=str(btcv_slices),
                 output_root=str(tmp_path), prompt="bbox", hparams={"sam_ckpt": "none", "image_size": SIZE})
     with pytest.raises(InputError, match=message):
-        sam2_3d.check(Task(**{**base, **change}))
+        runner.check(Task(**{**base, **change}))
     assert not any(tmp_path.iterdir())
 
 

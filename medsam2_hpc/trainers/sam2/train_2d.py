@@ -85,10 +85,6 @@ def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
 def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
-    if task.dataset != "refuge":
-        raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
-    if task.prompt not in ("click", "bbox"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
     check_resumable(task.run_dir)
     train, test = _datasets(task, cfg)
     decode_first({"train": train, "test": test}, task.data_path)
