@@ -398,12 +398,9 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     assert report.study.runs.set_index("run").loc[same_split["task_id"], "state"] == "completed"
 
 
-def test_runs_from_before_round_2_are_tabulated_as_unknown(tmp_path, monkeypatch) -> None:
-    """No selection split, checkpoint, hparams or HD95 unit recorded: labelled, never guessed.
-
-    Transitional: once metrics.json schema 2 (issue 14A) requires these fields, such a file is
-    malformed (listed with its problems) and this test goes with the 'unknown' path it covers.
-    """
+def test_runs_from_before_round_2_are_malformed_under_schema_2(tmp_path, monkeypatch) -> None:
+    """No selection split, checkpoint, hparams or HD95 unit recorded: schema 2 requires them, so such
+    a run is listed with its problems and never tabulated (nothing is guessed for it)."""
     root = _study(tmp_path, "old", monkeypatch)
     _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
     old = _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
@@ -411,14 +408,9 @@ def test_runs_from_before_round_2_are_tabulated_as_unknown(tmp_path, monkeypatch
         del old[key]
     RunDir(root / old["task_id"]).write_metrics(old)
     report = collect_study(root, tmp_path / "out", "md")
-    # the only baseline never recorded a validation Dice: no best baseline is chosen on test instead
-    assert report.tables["paired_tests"].data["note"].tolist() == [
-        "no baseline recorded a selection Dice to choose on"]
-    shown = report.tables["headline"].display.set_index("Model")
-    assert shown.loc["resnet", "Checkpoint"] == "not recorded"
-    assert shown.loc["resnet", "Hyper-parameters"] == "hparams not recorded"
-    assert shown.loc["resnet", "HD95 (unit not recorded)"] == "5.00"  # never in the mm column
-    assert shown.loc["resnet", "HD95 (mm)"] == "" and shown.loc["sam2-3d", "HD95 (mm)"] == "5.00"
+    warned = "\n".join(report.warnings)
+    assert f"{old['task_id']}/metrics.json" in warned and "selection_split" in warned
+    assert set(report.tables["headline"].data["model"]) == {"sam2-3d"}
 
 
 def test_never_validated_runs_are_marked(tmp_path, monkeypatch) -> None:

@@ -21,7 +21,7 @@ from medsam2_hpc import scoring
 from medsam2_hpc.data import btcv, synthetic
 from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.scoring import Scorer, resize_scores
-from medsam2_hpc.task import Task
+from medsam2_hpc.task import RunDir, Task
 
 
 def test_dice_iou_and_summary_by_hand():
@@ -112,7 +112,8 @@ def test_resize_scores_is_bilinear_to_the_truth_grid():
 
 @pytest.fixture
 def instrumented(monkeypatch):
-    """Log every case a loader decodes and every case the scorer scores, in order."""
+    """Log every case a loader decodes and every case the scorer scores, in order, from the moment
+    the run directory is made (after the pre-flight check) to the end of the run."""
     events: list[tuple[str, str, str]] = []
     get, item, add = btcv.BTCVVolumes.get, RefugeDataset.__getitem__, Scorer.add
 
@@ -128,9 +129,15 @@ def instrumented(monkeypatch):
         events.append(("score", "", case))
         return add(self, case, *args, **kwargs)
 
+    def started(self, task):  # the pre-flight (check) decodes one item of each split: not selection
+        events.clear()
+        return prepare(self, task)
+
+    prepare = RunDir.prepare
     monkeypatch.setattr(btcv.BTCVVolumes, "get", logged_get)
     monkeypatch.setattr(RefugeDataset, "__getitem__", logged_item)
     monkeypatch.setattr(scoring.Scorer, "add", logged_add)
+    monkeypatch.setattr(RunDir, "prepare", started)
     return events
 
 
