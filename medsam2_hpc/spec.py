@@ -5,8 +5,11 @@ defaults) and one or more ``studies``; each study may override the shared settin
 lists ``experiments`` (model x variants x dataset x hyper-parameter sweep x seeds).
 ``load(path, study)`` validates the *whole* file and reports every problem at once, each with
 its key path, YAML line and near-miss suggestion, so a user fixes a file in one round.
-Relative paths (output root, data paths, image, binds) are resolved against the directory of
-the jobs file, so jobs see the same absolute paths whatever their working directory.
+Paths (output root, data paths, image, binds, container env values and the path-valued
+hparams in :data:`PATH_HPARAMS`, checkpoints included) expand ``$VAR`` / ``${VAR}`` from the
+submitting environment (an unset variable is an error, never a literal ``$VAR`` folder) and
+``~``, then resolve against the directory of the jobs file, so jobs see the same absolute paths
+whatever their working directory.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from .errors import InputError
 from .options import suggest
 from .task import DATASETS, MODELS, PROMPTS, Task
 
-__all__ = ["RUNTIMES", "EXECUTORS", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
+__all__ = ["RUNTIMES", "EXECUTORS", "PATH_HPARAMS", "Bind", "ContainerSpec", "Profile", "Study", "load",
+           "from_dict"]
 
 RUNTIMES = ("apptainer", "singularity", "none")
 EXECUTORS = ("slurm", "local", "debug")
 SAM2_MODELS = ("sam2-2d", "sam2-3d")
+# hparams that name files: expanded and resolved against the jobs file like every other path
+PATH_HPARAMS = ("sam_ckpt", "pretrain", "pretrained_weights", "weights")
+_NOT_A_PATH = ("", "none", "None", "random")  # sam_ckpt: 'none' means random weights
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 FILE_KEYS = ("version", "output_root", "executor", "container", "profiles", "defaults", "studies",
              "default_study")
@@ -111,6 +119,7 @@ class Study:
     container: ContainerSpec
     profiles: Mapping[str, Profile]
     tasks: tuple[Task, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)  # task id -> "key path (line N)"
 
     @property
     def study_dir(self) -> Path:
@@ -155,12 +164,31 @@ class _Checker:
         self.lines = lines or {}
         self.problems: list[str] = []
 
-    def add(self, path: tuple[Any, ...], message: str) -> None:
+    def where(self, path: tuple[Any, ...]) -> str:
+        """``key.path (line N)``: how problems and task origins name a place in the file."""
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
         line = f" (line {self.lines[probe]})" if probe in self.lines else ""
-        self.problems.append(f"{_dotted(path)}{line}: {message}")
+        return f"{_dotted(path)}{line}"
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(f"{self.where(path)}: {message}")
+
+    def expand(self, value: str, path: tuple[Any, ...]) -> str:
+        """``$VAR`` and ``${VAR}`` from the submitting environment; an unset one is a problem."""
+        def one(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            if name not in os.environ:
+                self.add(path, f"${name} is not set in the environment")
+                return match.group(0)
+            return os.environ[name]
+
+        return _VAR.sub(one, value)
+
+    def path(self, value: str, path: tuple[Any, ...], base: Path) -> str:
+        """A path as written in the file: variables and ``~`` expanded, relative to ``base``."""
+        return str((base / os.path.expanduser(self.expand(value, path))).resolve())
 
     def raise_if_any(self) -> None:
         if not self.problems:
@@ -328,8 +356,8 @@ def _bind(value: Any, path: tuple, chk: _Checker, base: Path) -> Bind | None:
     if len(parts) > 3 or not parts[0]:
         chk.add(path, f"expected 'src[:dst[:ro|rw]]', got {value!r}")
         return None
-    src = str((base / os.path.expanduser(parts[0])).resolve())
-    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    src = chk.path(parts[0], path, base)
+    dst = chk.expand(parts[1], path) if len(parts) > 1 and parts[1] else src
     mode = parts[2] if len(parts) > 2 else "rw"
     if mode not in ("ro", "rw"):
         chk.add(path, f"mode {mode!r} is not ro or rw{suggest(mode, ('ro', 'rw'))}")
@@ -346,16 +374,18 @@ def _container(raw: Mapping[str, Any], path: tuple, chk: _Checker, base: Path) -
     image = chk.string(d.get("image"), (*path, "image"))
     if runtime != "none" and image is None:
         chk.add((*path, "image"), f"runtime {runtime} needs an image (a .sif path or URI)")
-    if image is not None and "://" not in image:
-        image = str((base / os.path.expanduser(image)).resolve())
+    if image is not None:
+        where = (*path, "image")
+        image = chk.expand(image, where) if "://" in image else chk.path(image, where, base)
     env = chk.mapping(d.get("env"), (*path, "env"))
     for key, value in env.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             chk.add((*path, "env", key), f"expected a string or number, got {value!r}")
+    env = {str(k): chk.expand(str(v), (*path, "env", k)) for k, v in env.items()}
     binds = chk.items(d.get("binds"), (*path, "binds"), lambda v, p: _bind(v, p, chk, base))
     return ContainerSpec(image=image, runtime=runtime or "none", binds=tuple(binds),
                          nv=chk.boolean(d.get("nv"), (*path, "nv"), True),
-                         env={str(k): str(v) for k, v in env.items()})
+                         env=env)
 
 
 def _seed(value: Any, path: tuple, chk: _Checker) -> int | None:
@@ -415,7 +445,10 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
                        f"{suggest(str(profile), profiles) or ' (' + ', '.join(profiles) + ')'}")
     if None in (model, dataset, data_path) or not variants or not seeds:
         return []
-    data_path = str((base / os.path.expanduser(data_path)).resolve())
+    data_path = chk.path(data_path, (*path, "data_path"), base)
+    hparams = _path_hparams(hparams, (*path, "hparams") if "hparams" in d else path, chk, base)
+    sweep = {k: [_path_hparams({k: v}, (*path, "sweep", k), chk, base)[k] for v in values]
+             for k, values in sweep.items()}
     keys = list(sweep)
     tasks = []
     for variant in variants:
@@ -428,6 +461,16 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
                     profile=str(profile),
                 ))
     return tasks
+
+
+def _path_hparams(hparams: dict, path: tuple, chk: _Checker, base: Path) -> dict:
+    """The hparams of :data:`PATH_HPARAMS` as absolute paths (``sam_ckpt: none`` stays none)."""
+    out = dict(hparams)
+    for key in PATH_HPARAMS:
+        value = out.get(key)
+        if isinstance(value, str) and value not in _NOT_A_PATH:
+            out[key] = chk.path(value, (*path, key), base)
+    return out
 
 
 def _defaults(raw: Any, path: tuple, chk: _Checker, inherited: dict) -> dict:
@@ -454,7 +497,8 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         chk.add(path, "a study name is a directory name: letters, digits, '.', '_' or '-'")
     root = chk.string(d.get("output_root"), (*path, "output_root"), shared["output_root"])
-    output_root = (base / os.path.expanduser(str(root))).resolve()
+    where = (*path, "output_root") if "output_root" in d else ("output_root",)
+    output_root = Path(chk.path(str(root), where, base))
     executor = chk.choice(d.get("executor"), (*path, "executor"), EXECUTORS, shared["executor"])
     container = _container({**shared["container"], **chk.mapping(d.get("container"), (*path, "container"))},
                            (*path, "container") if "container" in d else ("container",), chk, base)
@@ -467,16 +511,17 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
         chk.add((*path, "experiments"), "expected a non-empty list of experiments")
         experiments = []
     tasks: list[Task] = []
+    origins: dict[str, str] = {}
     for i, exp in enumerate(experiments or []):
-        tasks += _experiment(exp, (*path, "experiments", i), chk, base=base, defaults=defaults,
-                             profiles=profiles, study=name, output_root=output_root)
-    seen: dict[str, int] = {}
-    for task in tasks:
-        if task.task_id in seen:
-            chk.add((*path, "experiments"), f"two experiments produce the same task {task.task_id}")
-        seen[task.task_id] = 1
+        where = (*path, "experiments", i)
+        for task in _experiment(exp, where, chk, base=base, defaults=defaults, profiles=profiles,
+                                study=name, output_root=output_root):
+            if task.task_id in origins:
+                chk.add((*path, "experiments"), f"two experiments produce the same task {task.task_id}")
+            origins[task.task_id] = chk.where(where)
+            tasks.append(task)
     return Study(name=name, base_dir=base, output_root=output_root, executor=executor or "slurm",
-                 container=container, profiles=profiles, tasks=tuple(tasks))
+                 container=container, profiles=profiles, tasks=tuple(tasks), origins=origins)
 
 
 def from_dict(data: Any, *, source: str = "jobs.yaml", base: str | os.PathLike = ".",

@@ -143,7 +143,8 @@ def slurm_standins(tmp_path, monkeypatch) -> Path:
 # --- dry run and the python command ----------------------------------------------------------
 
 
-def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path):
+def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path, tiny_trainer):
+    (tmp_path / "img.sif").write_bytes(b"an image")
     study = make_study(
         tmp_path, executor="slurm", seeds=(0, 1, 2), root="out dir",
         container="container: {runtime: apptainer, image: img.sif}\n",
@@ -234,16 +235,17 @@ def test_failed_task_is_reported_and_resubmit_failed_reruns_only_it(tmp_path, ti
     assert "2 task(s): completed 2" in capsys.readouterr().out
 
 
-def test_missing_data_is_refused_before_anything_is_written(tmp_path):
+def test_missing_data_is_refused_before_anything_is_written(tmp_path, tiny_trainer):
     study = make_study(tmp_path)
     (tmp_path / "data").rmdir()
-    with pytest.raises(InputError, match="data_path .*data does not exist"):
+    problem = r"experiments\[0\] \(line 8\): task .*data_path .*data: no such dir"
+    with pytest.raises(InputError, match=problem):
         launcher.submit(study, out=StringIO())
     assert not study.study_dir.exists()
     assert main(["resubmit", str(tmp_path / "jobs.yaml")]) == 2
 
 
-def test_local_executor_runs_tasks_in_processes_in_waves(tmp_path):
+def test_local_executor_runs_tasks_in_processes_in_waves(tmp_path, tiny_trainer):
     study = make_study(tmp_path, executor="local")
     launch = launcher.submit(study, fn=run_tiny, out=StringIO())
     assert launch.errors == [] and len(launch.job_ids) == 2  # array_parallelism 1: one wave per task
@@ -277,7 +279,7 @@ def _wait_for(path: Path, timeout: float = 120.0) -> str:
 
 
 @pytest.mark.slow
-def test_preempted_local_task_checkpoints_requeues_and_resumes(tmp_path):
+def test_preempted_local_task_checkpoints_requeues_and_resumes(tmp_path, tiny_trainer):
     study = make_study(tmp_path, executor="local", seeds=(0,), hparams={"epochs": 3, "hold_at": 1})
     task = study.tasks[0]
     result: dict = {}
@@ -361,7 +363,8 @@ def test_scontrol_shim_records_only_requeue(tmp_path):
 # --- Slurm with stand-ins -------------------------------------------------------------------
 
 
-def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path, slurm_standins):
+def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path, tiny_trainer,
+                                                                       slurm_standins):
     study = make_study(tmp_path, executor="slurm", seeds=(0, 1, 2),
                        profiles="  big: {cpus: 2, time: 60, array_parallelism: 2}\n")
     text = (tmp_path / "jobs.yaml").read_text().replace(
@@ -390,7 +393,7 @@ def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path,
     assert (slurm_standins / "scancel.calls").read_text() == "1001 1002\n"
 
 
-def test_slurm_without_sbatch_is_bad_input(tmp_path, monkeypatch):
+def test_slurm_without_sbatch_is_bad_input(tmp_path, tiny_trainer, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     study = make_study(tmp_path, executor="slurm")
     with pytest.raises(InputError, match="sbatch/srun are not on PATH"):

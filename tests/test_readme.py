@@ -143,10 +143,35 @@ def test_readme_training_and_inference_commands_run(sandbox):
     assert metrics == ["resnet", "yolo", "yolo"]
 
 
-def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
-    """Dry run, status, resubmit and cancel on the committed jobs.yaml; container check and build."""
+@pytest.fixture
+def cluster_sandbox(tmp_path) -> Path:
+    """The committed jobs.yaml beside what its main study needs before queueing: both datasets,
+    Meta-format Hiera-T and -S checkpoints (random weights) and an image file."""
+    import shutil
+
+    import torch
+
+    from medsam2_hpc.data import synthetic
+    from medsam2_hpc.models.sam2 import build_sam2_model
+
+    shutil.copy(ROOT / "jobs.yaml", tmp_path / "jobs.yaml")
+    synthetic.make_refuge(tmp_path / "data" / "REFUGE", n_train=2, n_test=1, size=64)
+    synthetic.make_btcv(tmp_path / "data" / "btcv", layout="nifti", n_train=2, n_test=1, size=64, depth=8)
+    (tmp_path / "checkpoints").mkdir()
+    for config, name in (("sam2_hiera_t", "sam2_hiera_tiny.pt"), ("sam2_hiera_s", "sam2_hiera_small.pt")):
+        model = build_sam2_model(config, None, image_size=64, allow_random=True)
+        torch.save({"model": model.state_dict()}, tmp_path / "checkpoints" / name)
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "medsam2.sif").write_bytes(b"an image file (not run here)")
+    return tmp_path
+
+
+def test_readme_cluster_commands_run_without_a_cluster(cluster_sandbox, monkeypatch):
+    """Dry run (with every task's check), status, resubmit and cancel on the committed jobs.yaml;
+    container check and build."""
+    monkeypatch.setenv("MEDSAM2_CHECKPOINTS", str(cluster_sandbox / "checkpoints"))
     for command in _runnable(("medsam2-hpc", "bash slurm")):
-        out = _run(command, ROOT)
+        out = _run(command, cluster_sandbox)
         if command.startswith("medsam2-hpc container build"):
             assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
             assert "apptainer" in out.stderr
@@ -154,4 +179,4 @@ def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
         assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
         if command.endswith("--dry-run"):
             assert "#SBATCH" in out.stdout
-    assert not (ROOT / "runs" / "main").exists() or not any((ROOT / "runs" / "main").glob("*/task.yaml"))
+    assert not (cluster_sandbox / "runs").exists()

@@ -29,11 +29,12 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from ..atomic import read_json, write_json
 from ..errors import InputError
+from ..precheck import shared_checks
 from ..spec import Bind, Profile, Study
 from ..task import RunDir, Task
 from .requeue import TaskCall, wrapper_path, write_helpers
 
-__all__ = ["BACKENDS", "Backend", "Launch", "plan", "submit", "render_dry_run", "submissions",
+__all__ = ["BACKENDS", "Backend", "Launch", "plan", "check_tasks", "submit", "render_dry_run", "submissions",
            "status_rows", "cancel"]
 
 SUBMISSIONS = "submissions.json"
@@ -324,15 +325,35 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
 # Submit
 
 
-def _check_inputs(study: Study, tasks: Iterable[Task]) -> None:
-    """What a job would only discover after queueing: missing data or image."""
-    missing = sorted({t.data_path for t in tasks if not Path(t.data_path).exists()})
-    if missing:
-        raise InputError(f"study {study.name}: data_path {missing[0]} does not exist"
-                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
+    """Everything a job would only discover after the queue wait, found before it.
+
+    Runs every task's trainer ``check`` (hyper-parameters, variant, data, checkpoint) with the
+    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image.
+    All problems are reported at once, one entry per experiment and message with the first
+    task id and how many more share it.
+
+    Raises:
+        InputError: ``study <name>: N problem(s): <experiment (line)>: task <id>: <message>; ...``
+    """
+    from ..runner import trainer_for
+
+    found: dict[tuple[str, str], list[str]] = {}
+    with shared_checks():
+        for task in tasks:
+            try:
+                trainer_for(task.model).check(task)
+            except InputError as exc:
+                key = (study.origins.get(task.task_id, f"profile {task.profile}"), str(exc))
+                found.setdefault(key, []).append(task.task_id)
+    problems = [f"{origin}: task {ids[0]}" + (f" (and {len(ids) - 1} more)" if len(ids) > 1 else "")
+                + f": {message}" for (origin, message), ids in found.items()]
     image = study.container.image
     if study.container.enabled and image and "://" not in image and not Path(image).is_file():
-        raise InputError(f"container.image: {image} does not exist (build it: medsam2-hpc container build)")
+        problems.append(f"container.image: {image} does not exist (build it: medsam2-hpc container build)")
+    if problems:
+        head = f"study {study.name}: " + (f"{len(problems)} problems: " if len(problems) > 1 else "")
+        raise InputError(head + "; ".join(problems))
 
 
 def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], tasks: Sequence[Task]) -> str:
@@ -348,15 +369,18 @@ def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], task
 def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
            states: set[str] | None = None, fn: Callable[[Task], Any] | None = None,
            out: IO[str] = sys.stdout) -> Launch:
-    """Submit the study's pending tasks: one ``map_array`` per profile (per wave for local)."""
+    """Check, then submit the study's pending tasks: one ``map_array`` per profile (per wave for local).
+
+    The checks run for a dry run too; a problem raises InputError before anything is written.
+    """
     launch = plan(study, executor, states=states)
+    check_tasks(study, [t for tasks in launch.to_run.values() for t in tasks])
     if dry_run:
         render_dry_run(launch, out)
         return launch
     if not launch.n_to_run:
         print(f"study {study.name}: nothing to submit ({len(launch.skipped)} task(s) skipped)", file=out)
         return launch
-    _check_inputs(study, (t for tasks in launch.to_run.values() for t in tasks))
     backend = BACKENDS[launch.executor]()
     folder = _submitit_folder(study)
     if backend.name == "debug" and study.container.enabled:

@@ -31,6 +31,7 @@ from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.precheck import once
 
 __all__ = ["BaselineData", "Scores", "Predict", "check_data", "load_data", "to_uint8_rgb"]
 
@@ -159,7 +160,15 @@ class BaselineData:
 
 
 def check_data(task: Any, classes: list[str] | None = None) -> None:
-    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty."""
+    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty.
+
+    Once per dataset (not per task) while a study is checked before queueing.
+    """
+    key = ("baseline-data", task.dataset, task.data_path, tuple(classes or ()))
+    once(key, lambda: _check_data(task, classes))
+
+
+def _check_data(task: Any, classes: list[str] | None) -> None:
     if task.dataset == "refuge":
         n = len(RefugeDataset(task.data_path, "train", classes=classes))
         RefugeDataset(task.data_path, "test", classes=classes)

@@ -26,6 +26,7 @@ from medsam2_hpc.models.sam2 import (
     load_sam2_weights,
     resolve_config,
 )
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import Task
 
 __all__ = ["Sam2Config", "Features", "sam2_config_name", "checkpoint_path", "build_model", "check_model",
@@ -128,8 +129,10 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
 
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
-    """Build once on the CPU so a wrong config/checkpoint fails before anything is written."""
-    build_model(task, cfg, "cpu")
+    """Build once on the CPU so a wrong config/checkpoint fails before anything is written
+    (once per config, checkpoint and size while a study is checked before queueing)."""
+    key = ("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size)
+    once(key, lambda: build_model(task, cfg, "cpu") and None)
 
 
 def load_weights_from(model: torch.nn.Module, path: Path) -> None:

@@ -34,6 +34,7 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -87,7 +88,8 @@ def check(task: Task) -> None:
         raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
     if task.prompt not in ("click", "bbox"):
         raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
-    _datasets(task, cfg)
+    once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ())),
+         lambda: _datasets(task, cfg) and None)
     pick_device(cfg.device)
     check_model(task, cfg)
 

@@ -39,6 +39,7 @@ from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -106,10 +107,14 @@ def check(task: Task) -> None:
         raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
     if task.prompt not in ("bbox", "click", "mask"):
         raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
-    for split, volumes in training_volumes(task.data_path).items():
-        if not len(volumes):
-            raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
+    once(("btcv-volumes", task.data_path), lambda: _check_volumes(task.data_path))
     check_model(task, cfg)
+
+
+def _check_volumes(data_path: str) -> None:
+    for split, volumes in training_volumes(data_path).items():
+        if not len(volumes):
+            raise InputError(f"{data_path}: no BTCV cases in the {split} split")
 
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
