@@ -84,3 +84,19 @@ def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirat
     baseline_data.check_data(study.tasks[0])  # outside a submit nothing is remembered
     baseline_data.check_data(study.tasks[0])
     assert len(calls) == 4
+
+
+def test_the_image_sees_the_checkpoints_the_host_found(tmp_path, monkeypatch):
+    """$MEDSAM2_CHECKPOINTS goes into the image, bound read-only, and so does an explicit file's folder."""
+    monkeypatch.setenv(checkpoints.ENV_VAR, str(tmp_path / "ckpts"))
+    (tmp_path / "img.sif").write_bytes(b"image")
+    path = _jobs(tmp_path, tmp_path / "d", ["model: sam2-2d, variants: [hiera_t], dataset: refuge, "
+                                            "prompt: click, hparams: {pretrain: ../ft/best.pt}"])
+    path.write_text(path.read_text().replace("{runtime: none}", "{runtime: apptainer, image: img.sif}"))
+    study = spec.load(path)
+    argv = launcher.python_argv(study, study.profiles["default"], study.tasks, launcher.LocalBackend(),
+                                tmp_path / "sub")
+    assert f"{checkpoints.ENV_VAR}={tmp_path / 'ckpts'}" in argv
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert f"{tmp_path / 'ckpts'}:{tmp_path / 'ckpts'}:ro" in binds
+    assert f"{tmp_path.parent / 'ft'}:{tmp_path.parent / 'ft'}:ro" in binds

@@ -27,10 +27,11 @@ from typing import IO, Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from .. import checkpoints
 from ..atomic import read_json, write_json
 from ..errors import InputError
 from ..precheck import shared_checks
-from ..spec import Bind, Profile, Study
+from ..spec import PATH_HPARAMS, Bind, Profile, Study
 from ..task import RunDir, Task
 from .requeue import TaskCall, wrapper_path, write_helpers
 
@@ -257,11 +258,24 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
 # The python each element runs
 
 
+def _checkpoint_dir() -> str | None:
+    """The host's step of the checkpoint search order that the image cannot see by itself:
+    ``$MEDSAM2_CHECKPOINTS``, else this checkout's checkpoints/ when it holds any."""
+    if os.environ.get(checkpoints.ENV_VAR):
+        return str(Path(os.environ[checkpoints.ENV_VAR]).resolve())
+    return str(checkpoints.CHECKOUT_DIR) if any(checkpoints.CHECKOUT_DIR.glob("*.pt")) else None
+
+
 def _binds(study: Study, tasks: Iterable[Task]) -> list[Bind]:
-    """Output root read-write (run dirs, submitit folder, caches); each data path read-only."""
+    """Output root read-write (run dirs, submitit folder, caches); read-only: each data path, the
+    folder of each file an hparam names (checkpoints, weights) and the checkpoint directory."""
     root = str(study.output_root)
     binds = [Bind(root, root, "rw")]
-    for path in sorted({t.data_path for t in tasks}):
+    tasks = list(tasks)
+    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS
+             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")}
+    ckpt = _checkpoint_dir()
+    for path in sorted({t.data_path for t in tasks} | files | ({ckpt} if ckpt else set())):
         if not (path + os.sep).startswith(root + os.sep):
             binds.append(Bind(path, path, "ro"))
     return binds
@@ -276,8 +290,9 @@ def python_argv(study: Study, profile: Profile, tasks: Sequence[Task], backend: 
     from .containers import exec_prefix
 
     cache = study.output_root / ".cache"
-    spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0,
-                               env={"HOME": str(cache / "home"), **container.env})
+    ckpt = _checkpoint_dir()
+    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}), **container.env}
+    spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0, env=env)
     prefix = exec_prefix(spec, gpus=profile.gpus, binds=_binds(study, tasks), cache=cache)
     return backend.wrap_python(prefix, folder) + ["python"]
 
