@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-__all__ = ["guarded", "InputError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_REQUEUE"]
+__all__ = ["guarded", "InputError", "SlurmError", "WaitTimeout", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT",
+           "EXIT_REQUEUE"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -23,6 +24,14 @@ class InputError(Exception):
     """Bad spec, flag, data or checkpoint: reported in one line, exit code 2."""
 
 
+class SlurmError(Exception):
+    """A Slurm command failed or gave no answer: one line, exit code 1 (never read as "empty")."""
+
+
+class WaitTimeout(Exception):
+    """A wait (``status --watch``, ``submit --wait``, the demo) ran out of time: one line, exit 1."""
+
+
 def guarded(fn: Callable[[], int], prog: str) -> int:
     """Run ``fn``; bad input becomes one line and exit 2, other errors exit 1."""
     try:
@@ -30,6 +39,9 @@ def guarded(fn: Callable[[], int], prog: str) -> int:
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (SlurmError, WaitTimeout) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

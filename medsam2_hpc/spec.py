@@ -47,7 +47,8 @@ EXPERIMENT_KEYS = ("name", "model", "variants", "dataset", "data_path", "prompt"
                    "seeds", "profile")
 CONTAINER_KEYS = ("image", "runtime", "binds", "nv", "env")
 PROFILE_KEYS = ("partition", "account", "qos", "gpus", "cpus", "mem", "time", "constraint", "nodes",
-                "tasks_per_node", "array_parallelism", "signal_delay_s", "max_requeues", "setup", "sbatch")
+                "tasks_per_node", "array_parallelism", "max_array_size", "signal_delay_s", "max_requeues",
+                "setup", "sbatch")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Profile:
     array_parallelism: int = 32
     signal_delay_s: int = 90
     max_requeues: int = 3
+    max_array_size: int | None = None  # elements per array; default: the cluster's MaxArraySize
     setup: tuple[str, ...] = ()
     sbatch: Mapping[str, str | int | bool] = field(default_factory=dict)
 
@@ -342,6 +344,7 @@ def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
                                       minimum=1),
         signal_delay_s=signal_delay,
         max_requeues=chk.integer(d.get("max_requeues"), (*path, "max_requeues"), 3),
+        max_array_size=chk.integer(d.get("max_array_size"), (*path, "max_array_size"), 0, minimum=1) or None,
         setup=tuple(chk.items(d.get("setup"), (*path, "setup"), chk.string)),
         sbatch={str(k): v for k, v in sbatch.items()},
     )

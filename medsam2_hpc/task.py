@@ -7,6 +7,7 @@ directory path is a pure function of the task, so a requeued job resumes in plac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,9 +60,10 @@ class Task:
         if self.prompt not in PROMPTS:
             raise InputError(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
 
-    @property
+    @functools.cached_property
     def task_id(self) -> str:
-        """Readable and deterministic: the same task always maps to the same directory."""
+        """Readable and deterministic: the same task always maps to the same directory.
+        (Computed once per task: submit and status look it up for thousands of tasks.)"""
         if self.name:
             return self.name
         key = json.dumps(

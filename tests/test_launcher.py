@@ -136,6 +136,8 @@ def slurm_standins(tmp_path, monkeypatch) -> Path:
     standin(bin_dir, "squeue", 'echo "$*" >> "$STANDIN_LOG/squeue.calls"\n'
                                'cat "$STANDIN_LOG/queue" 2>/dev/null\nexit 0\n')
     standin(bin_dir, "scancel", 'echo "$*" >> "$STANDIN_LOG/scancel.calls"\n')
+    standin(bin_dir, "sacct", 'echo "sacct: error: Slurm accounting storage is disabled" >&2\nexit 1\n')
+    standin(bin_dir, "scontrol", 'echo "MaxArraySize            = 1001"\n')
     monkeypatch.setenv("STANDIN_LOG", str(log))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return log
@@ -383,13 +385,21 @@ def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path,
     elements = {t: j for sub in record for t, j in sub["tasks"].items()}
     assert sorted(elements.values()) == ["1001_0", "1001_1", "1002_0", "1002_1", "1002_2"]
 
-    (slurm_standins / "queue").write_text("1001_0|RUNNING\n1001_1|PENDING\n1002_0|RUNNING\n")
+    (slurm_standins / "queue").write_text("1001_0|RUNNING|None|5:00\n1001_1|PENDING|Priority|0:00\n"
+                                          "1002_0|RUNNING|None|4:00\n")
     again = launcher.submit(study, out=StringIO())
     assert again.n_to_run == 2 and len(list(slurm_standins.glob("script.*"))) == 3  # 1002_1, 1002_2
     assert sum("in queue as" in reason for reason in again.skipped.values()) == 3
+    gone = [t for t, e in elements.items() if e in ("1002_1", "1002_2")]  # left the queue, no accounting
+    for task_id in gone:
+        status = RunDir(study.study_dir / task_id).status()
+        assert status["state"] == "failed" and status["slurm_state"] == "GONE"
+        assert "left the queue without a final status" in status["error"]
 
-    rows = launcher.status_rows(study.study_dir)
-    assert {r["queue"] for r in rows if r["job"] in ("1001_0", "1002_0")} == {"RUNNING"}
+    rows = {r["job"]: r for r in launcher.status_rows(study.study_dir)}
+    assert rows["1001_0"]["slurm"] == "RUNNING" and rows["1001_0"]["elapsed"] == "5:00"
+    assert rows["1001_1"]["slurm"] == "PENDING" and rows["1001_1"]["reason"] == "Priority"
+    assert rows["1001_1"]["log"].endswith("/.submitit/1001_1/1001_1_0_log.err")
     assert launcher.cancel(study.study_dir) == ["1001", "1002"]
     assert (slurm_standins / "scancel.calls").read_text() == "1001 1002\n"
 

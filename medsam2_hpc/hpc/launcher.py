@@ -13,7 +13,9 @@ Slurm job is still in squeue. Each submission is appended to ``<study dir>/submi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,17 +31,21 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from .. import checkpoints
 from ..atomic import read_json, write_json
-from ..errors import InputError
+from ..errors import InputError, SlurmError
 from ..precheck import shared_checks
 from ..spec import PATH_HPARAMS, Bind, Profile, Study
-from ..task import RunDir, Task
+from ..task import Task
+from . import status
+from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
+from .status import settle
 
 __all__ = ["BACKENDS", "Backend", "Launch", "plan", "check_tasks", "submit", "render_dry_run", "submissions",
            "status_rows", "cancel"]
 
 SUBMISSIONS = "submissions.json"
-SUBMITIT_DIR = ".submitit"
+SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
+SUBMITIT_DIR = status.SUBMITIT_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +116,11 @@ class SlurmBackend(Backend):
         }
         return {k: v for k, v in params.items() if v is not None}
 
+    def waves(self, tasks: list[Task], profile: Profile) -> list[list[Task]]:
+        """One array per profile, split where it would pass the cluster's MaxArraySize."""
+        step = profile.max_array_size or max_array_size()[0]
+        return [tasks[i:i + step] for i in range(0, len(tasks), step)]
+
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
         return [str(wrapper_path(folder)), *prefix] if prefix else prefix
@@ -119,14 +130,8 @@ class SlurmBackend(Backend):
             write_helpers(folder)
 
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
-        arrays = sorted({j.split("_")[0] for j in job_ids})
-        if not arrays or shutil.which("squeue") is None:
-            return {}
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60, check=False)
-        if out.returncode != 0:  # finished jobs have left squeue (and sacct may not exist)
-            return {}
-        return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+        """squeue's answer; a failing squeue raises SlurmError (hpc/queue.py), never reads as empty."""
+        return {k: v.state for k, v in queued(j.split("_")[0] for j in job_ids).items()}
 
     def cancel(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
@@ -135,6 +140,25 @@ class SlurmBackend(Backend):
             raise InputError("cancel: scancel is not on PATH (not a Slurm login node?)")
         subprocess.run(["scancel", *job_ids], check=True, timeout=60)
         return list(job_ids)
+
+
+def max_array_size() -> tuple[int, str]:
+    """(elements one array may hold, where that came from): MaxArraySize of ``scontrol show
+    config`` (indices run from 0 to MaxArraySize - 1), else Slurm's default (a dry run away from
+    the cluster; a real submission would then fail at sbatch with Slurm's own message)."""
+    return _max_array_size(os.environ.get("SLURM_CONF"), shutil.which("scontrol"))
+
+
+@functools.cache
+def _max_array_size(conf: str | None, scontrol: str | None) -> tuple[int, str]:
+    """Asked once per configuration."""
+    default = (SLURM_DEFAULT_MAX_ARRAY_SIZE, "Slurm's default; scontrol show config did not answer")
+    if scontrol is None:
+        return default
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, flags=re.MULTILINE)
+    return (int(match.group(1)), "scontrol show config") if out.returncode == 0 and match else default
 
 
 def _mem(gb: float | None) -> str | None:
@@ -236,7 +260,11 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}")
     backend = BACKENDS[name]()
     latest = _latest_elements(study.study_dir)
-    queued = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
+    if name == "slurm":  # one query; runs whose job ended without a final state become failed first
+        slurm = settle(study.study_dir, {t: e["job"] for t, e in latest.items() if e["executor"] == name})
+        in_queue = {k: v.state for k, v in slurm.items() if v.active}
+    else:
+        in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
     to_run: dict[str, list[Task]] = {}
     skipped: dict[str, str] = {}
     for task in study.tasks:
@@ -245,8 +273,8 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         state = run.status().get("state", "pending")
         if run.metrics_json.exists():
             skipped[task.task_id] = "completed"
-        elif element in queued:
-            skipped[task.task_id] = f"in queue as {element} ({queued[element]})"
+        elif element in in_queue:
+            skipped[task.task_id] = f"in queue as {element} ({in_queue[element]})"
         elif states is not None and state not in states:
             skipped[task.task_id] = f"state {state}"
         else:
@@ -314,6 +342,9 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
     study = launch.study
     print(f"study {study.name}: {len(study.tasks)} tasks, {launch.n_to_run} to submit, "
           f"{len(launch.skipped)} skipped; executor {launch.executor}; output {study.study_dir}", file=out)
+    if launch.executor == "slurm":
+        size, source = max_array_size()
+        print(f"MaxArraySize {size} ({source}); a profile's max_array_size overrides it", file=out)
     print(f"{'#':>4}  {'task_id':<48} {'profile':<10} {'action'}", file=out)
     for i, task in enumerate(study.tasks):
         action = f"skip: {launch.skipped[task.task_id]}" if task.task_id in launch.skipped else "submit"
@@ -325,12 +356,17 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         argv = python_argv(study, profile, tasks, backend, folder.parent)
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-        print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
         if launch.executor == "slurm":
             params = backend.parameters(profile, _job_name(study, profile))
-            count = len(tasks) if len(tasks) > 1 else None  # submitit sends one task as a plain job
-            print(_make_sbatch_string(command=command, folder=folder, map_count=count, **params), file=out)
+            waves = backend.waves(tasks, profile)
+            for i, wave in enumerate(waves):
+                print(f"\n# ---- profile {name}: {len(tasks)} task(s), array {i + 1} of {len(waves)}: "
+                      f"{len(wave)} task(s) ----", file=out)
+                count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
+                script = _make_sbatch_string(command=command, folder=folder, map_count=count, **params)
+                print(script, file=out)
         else:
+            print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
             waves = len(backend.waves(tasks, profile))
             print(f"# {launch.executor} executor: {len(tasks)} process(es) in {waves} wave(s), "
                   f"time limit {profile.time_min} min\n{command}", file=out)
@@ -381,9 +417,39 @@ def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], task
     return array
 
 
+def collect_argv(study: Study) -> list[str]:
+    """``medsam2-hpc collect <study dir>`` as the jobs run it (in the image when there is one)."""
+    python = [sys.executable]
+    if study.container.enabled:
+        from .containers import exec_prefix
+
+        cache = study.output_root / ".cache"
+        spec = dataclasses.replace(study.container, nv=False,
+                                   env={"HOME": str(cache / "home"), **study.container.env})
+        root = str(study.output_root)
+        python = exec_prefix(spec, gpus=0, binds=[Bind(root, root, "rw")], cache=cache) + ["python"]
+    return [*python, "-m", "medsam2_hpc.cli", "collect", str(study.study_dir)]
+
+
+def _queue_collect(study: Study, arrays: Sequence[str], out: IO[str]) -> str:
+    """One CPU job that runs the collector once every array has ended (``afterany``)."""
+    account = next((p.account for p in study.profiles.values() if p.account), None)
+    argv = ["sbatch", "--parsable", f"--job-name={study.name}-collect",
+            f"--dependency=afterany:{':'.join(arrays)}", "--ntasks=1", "--cpus-per-task=1", "--time=60",
+            f"--output={study.study_dir / SUBMITIT_DIR / 'collect-%j.out'}",
+            *([f"--account={account}"] if account else []), f"--wrap={shlex.join(collect_argv(study))}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise SlurmError(f"sbatch (collect job) failed (exit {done.returncode}): "
+                         f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    job = done.stdout.strip().split(";")[0]
+    print(f"collect: job {job} runs medsam2-hpc collect after {', '.join(arrays)}", file=out)
+    return job
+
+
 def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
            states: set[str] | None = None, fn: Callable[[Task], Any] | None = None,
-           out: IO[str] = sys.stdout) -> Launch:
+           collect: bool = False, out: IO[str] = sys.stdout) -> Launch:
     """Check, then submit the study's pending tasks: one ``map_array`` per profile (per wave for local).
 
     The checks run for a dry run too; a problem raises InputError before anything is written.
@@ -415,6 +481,12 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)
             launch.errors += backend.after_submit(jobs)
+    if collect and backend.name == "slurm" and launch.job_ids:
+        _queue_collect(study, launch.job_ids, out)
+    elif collect:
+        from ..report.build import collect_study  # the local executors have finished by now
+
+        print(collect_study(study.study_dir), file=out)
     return launch
 
 
@@ -423,23 +495,14 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
 
 
 def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per task: state and attempts from status.json, element id and queue state from squeue."""
+    """Per task state, reconciled with Slurm (see hpc/status.py); default: every task found."""
     study_dir = Path(study_dir)
     latest = _latest_elements(study_dir)
     if task_ids is None:
         found = {p.parent.name for p in study_dir.glob("*/status.json")}
         found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
         task_ids = sorted(found | set(latest))
-    queue = SlurmBackend().active(e["job"] for e in latest.values() if e["executor"] == "slurm")
-    rows = []
-    for task_id in task_ids:
-        status = RunDir(study_dir / task_id).status()
-        job = latest.get(task_id, {}).get("job")
-        error = (status.get("error") or "").strip().splitlines()
-        rows.append({"task_id": task_id, "state": status.get("state", "pending"),
-                     "attempts": int(status.get("attempts", 0)), "job": job,
-                     "queue": queue.get(job or "", ""), "error": error[-1] if error else None})
-    return rows
+    return status.status_rows(study_dir, latest, task_ids)
 
 
 def cancel(study_dir: Path) -> list[str]:
