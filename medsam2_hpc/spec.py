@@ -34,6 +34,7 @@ __all__ = ["RUNTIMES", "EXECUTORS", "PATH_HPARAMS", "Bind", "ContainerSpec", "Pr
 RUNTIMES = ("apptainer", "singularity", "none")
 EXECUTORS = ("slurm", "local", "debug")
 SAM2_MODELS = ("sam2-2d", "sam2-3d")
+GPU_SBATCH_KEYS = ("gres", "gpus", "gpus_per_node")  # sbatch options that ask for GPUs themselves
 # hparams that name files: expanded and resolved against the jobs file like every other path
 PATH_HPARAMS = ("sam_ckpt", "pretrain", "pretrained_weights", "weights")
 _NOT_A_PATH = ("", "none", "None", "random")  # sam_ckpt: 'none' means random weights
@@ -328,6 +329,10 @@ def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
         if isinstance(key, str) and key.replace("-", "_") in ("array", "signal", "output", "error"):
             chk.add((*path, "sbatch", key), "is set by the launcher and cannot be overridden")
     gpus = chk.integer(d.get("gpus"), (*path, "gpus"), 0)
+    gres = [k for k in sbatch if isinstance(k, str) and k.replace("-", "_") in GPU_SBATCH_KEYS]
+    if gpus and gres:
+        chk.add((*path, "sbatch", gres[0]), f"asks for GPUs and so does gpus: {gpus}; keep one "
+                                            "(gres: \"gpu:a100:1\" alone, or gpus with constraint)")
     return Profile(
         name=name,
         partition=chk.string(d.get("partition"), (*path, "partition")),

@@ -100,3 +100,20 @@ def test_the_image_sees_the_checkpoints_the_host_found(tmp_path, monkeypatch):
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
     assert f"{tmp_path / 'ckpts'}:{tmp_path / 'ckpts'}:ro" in binds
     assert f"{tmp_path.parent / 'ft'}:{tmp_path.parent / 'ft'}:ro" in binds
+
+
+def test_site_conventions_gpus_asked_once_gpu_device_needs_gpus_no_wckey(tmp_path, refuge_multirater, capfd):
+    path = _jobs(tmp_path, refuge_multirater, [f"model: resnet, variants: [resnet18], dataset: refuge, "
+                                               f"hparams: {GOOD}"])
+    text = path.read_text()
+    gres = "profiles: {g: {gpus: 1, sbatch: {gres: 'gpu:a100:1'}}}\n"
+    path.write_text(text.replace("studies:", gres + "studies:"))
+    assert main(["submit", str(path), "--dry-run"]) == 2
+    assert "profiles.g.sbatch.gres (line 4): asks for GPUs and so does gpus: 1" in capfd.readouterr().err
+    path.write_text(text.replace('"cpu"', '"cuda"'))
+    assert main(["submit", str(path), "--dry-run"]) == 2
+    assert "hparams.device: 'cuda' needs a GPU, but profile default has gpus: 0" in capfd.readouterr().err
+    path.write_text(text)
+    assert main(["submit", str(path), "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert "#SBATCH --job-name=s-default-resnet\n" in out and "wckey" not in out

@@ -83,7 +83,7 @@ def _print_rows(study_dir: Path, rows: list[dict]) -> None:
 def _watch(study_dir: Path, task_ids: list[str] | None, timeout_min: float, interval: float,
            quiet: bool = False) -> list[dict]:
     """Look every ``interval`` s until each submitted task is completed or failed, or time is up."""
-    from medsam2_hpc.hpc.launcher import status_rows
+    from medsam2_hpc.hpc.status import status_rows
 
     deadline = time.monotonic() + timeout_min * 60
     while True:
@@ -104,7 +104,7 @@ def _watch(study_dir: Path, task_ids: list[str] | None, timeout_min: float, inte
 
 
 def _status(args: argparse.Namespace) -> int:
-    from medsam2_hpc.hpc.launcher import status_rows
+    from medsam2_hpc.hpc.status import status_rows
 
     study_dir, task_ids = _target(args.target, args.study)
     if args.watch:

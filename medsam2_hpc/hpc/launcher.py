@@ -30,20 +30,19 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from .. import checkpoints
-from ..atomic import read_json, write_json
+from ..atomic import write_json
 from ..errors import InputError, SlurmError
 from ..precheck import shared_checks
-from ..spec import PATH_HPARAMS, Bind, Profile, Study
+from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
 from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
-from .status import settle
+from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
 __all__ = ["BACKENDS", "Backend", "Launch", "plan", "check_tasks", "submit", "render_dry_run", "submissions",
            "status_rows", "cancel"]
 
-SUBMISSIONS = "submissions.json"
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 SUBMITIT_DIR = status.SUBMITIT_DIR
 
@@ -114,7 +113,9 @@ class SlurmBackend(Backend):
             # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
         }
-        return {k: v for k, v in params.items() if v is not None}
+        # submitit writes --wckey=submitit unless told None (some sites reject unknown wckeys);
+        # a site that wants one sets it under the profile's sbatch:
+        return {**{k: v for k, v in params.items() if v is not None}, "wckey": None}
 
     def waves(self, tasks: list[Task], profile: Profile) -> list[list[Task]]:
         """One array per profile, split where it would pass the cluster's MaxArraySize."""
@@ -234,32 +235,13 @@ class Launch:
         return sum(len(t) for t in self.to_run.values())
 
 
-def submissions(study_dir: Path) -> list[dict[str, Any]]:
-    path = Path(study_dir) / SUBMISSIONS
-    if not path.exists():
-        return []
-    try:
-        return list(read_json(path)["submissions"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: unreadable submissions record ({exc})") from exc
-
-
-def _latest_elements(study_dir: Path) -> dict[str, dict[str, str]]:
-    """task id -> {'job': element id, 'executor': name} of its latest submission."""
-    out: dict[str, dict[str, str]] = {}
-    for sub in submissions(study_dir):
-        for task_id, element in sub.get("tasks", {}).items():
-            out[task_id] = {"job": str(element), "executor": sub.get("executor", "")}
-    return out
-
-
 def plan(study: Study, executor: str | None = None, *, states: set[str] | None = None) -> Launch:
     """Choose the tasks to submit: not completed, not queued, and (if given) in ``states``."""
     name = executor or study.executor
     if name not in BACKENDS:
         raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}")
     backend = BACKENDS[name]()
-    latest = _latest_elements(study.study_dir)
+    latest = latest_elements(study.study_dir)
     if name == "slurm":  # one query; runs whose job ended without a final state become failed first
         slurm = settle(study.study_dir, {t: e["job"] for t, e in latest.items() if e["executor"] == name})
         in_queue = {k: v.state for k, v in slurm.items() if v.active}
@@ -329,8 +311,10 @@ def _submitit_folder(study: Study) -> Path:
     return study.study_dir / SUBMITIT_DIR
 
 
-def _job_name(study: Study, profile: Profile) -> str:
-    return f"{study.name}-{profile.name}"
+def _job_name(study: Study, profile: Profile, tasks: Sequence[Task]) -> str:
+    """``<study>-<profile>-<model>`` (models joined by '+' when an array mixes them): what squeue shows."""
+    models = "+".join(dict.fromkeys(t.model for t in tasks))
+    return f"{study.name}-{profile.name}-{models}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +341,7 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
         if launch.executor == "slurm":
-            params = backend.parameters(profile, _job_name(study, profile))
+            params = backend.parameters(profile, _job_name(study, profile, tasks))
             waves = backend.waves(tasks, profile)
             for i, wave in enumerate(waves):
                 print(f"\n# ---- profile {name}: {len(tasks)} task(s), array {i + 1} of {len(waves)}: "
@@ -374,6 +358,15 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Submit
+
+
+def _check_device(task: Task, profile: Profile) -> None:
+    """A GPU device on a profile that asks for no GPU would wait in the queue to fail."""
+    device = str(task.hparams.get("device", "auto"))
+    asks_gpu = profile.gpus > 0 or any(k.replace("-", "_") in GPU_SBATCH_KEYS for k in profile.sbatch)
+    if not asks_gpu and (device.startswith("cuda") or device.isdigit()):
+        raise InputError(f"hparams.device: {device!r} needs a GPU, but profile {profile.name} has gpus: 0 "
+                         "(set gpus, or device: cpu)")
 
 
 def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
@@ -393,6 +386,7 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     with shared_checks():
         for task in tasks:
             try:
+                _check_device(task, study.profiles[task.profile])
                 trainer_for(task.model).check(task)
             except InputError as exc:
                 key = (study.origins.get(task.task_id, f"profile {task.profile}"), str(exc))
@@ -449,11 +443,12 @@ def _queue_collect(study: Study, arrays: Sequence[str], out: IO[str]) -> str:
 
 def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
            states: set[str] | None = None, fn: Callable[[Task], Any] | None = None,
-           collect: bool = False, out: IO[str] = sys.stdout) -> Launch:
+           collect: bool = False, out: IO[str] | None = None) -> Launch:
     """Check, then submit the study's pending tasks: one ``map_array`` per profile (per wave for local).
 
     The checks run for a dry run too; a problem raises InputError before anything is written.
     """
+    out = out or sys.stdout  # looked up per call: the CLI's output can then be captured
     launch = plan(study, executor, states=states)
     check_tasks(study, [t for tasks in launch.to_run.values() for t in tasks])
     if dry_run:
@@ -474,7 +469,7 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         argv = None if backend.name == "debug" else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
-        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile)))
+        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
         for wave in backend.waves(tasks, profile):
             jobs = ex.map_array(call, wave)
             array = _record(study, backend.name, name, jobs, wave)
@@ -494,20 +489,9 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
 # Status and cancel
 
 
-def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per task state, reconciled with Slurm (see hpc/status.py); default: every task found."""
-    study_dir = Path(study_dir)
-    latest = _latest_elements(study_dir)
-    if task_ids is None:
-        found = {p.parent.name for p in study_dir.glob("*/status.json")}
-        found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
-        task_ids = sorted(found | set(latest))
-    return status.status_rows(study_dir, latest, task_ids)
-
-
 def cancel(study_dir: Path) -> list[str]:
     """scancel the study's Slurm arrays that still have elements in the queue."""
-    latest = _latest_elements(Path(study_dir))
+    latest = latest_elements(Path(study_dir))
     backend = SlurmBackend()
     queued = backend.active(e["job"] for e in latest.values() if e["executor"] == "slurm")
     arrays = sorted({job.split("_")[0] for job in queued})

@@ -14,15 +14,37 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import read_json
+from ..errors import InputError
 from ..task import RunDir
 from .queue import JobState, slurm_states
 
-__all__ = ["FINAL", "settle", "log_paths", "status_rows"]
+__all__ = ["FINAL", "SUBMISSIONS", "submissions", "latest_elements", "settle", "log_paths", "status_rows"]
 
 FINAL = ("completed", "failed")
 SUBMITIT_DIR = ".submitit"
+SUBMISSIONS = "submissions.json"  # every submission: array job id, profile, task id -> element id
 # what slurmstepd writes when jobacct_gather's OverMemoryKill ends a step (sacct: FAILED/CANCELLED)
 _OOM_LINES = ("exceeded job memory limit", "exceeded memory limit", "oom-kill", "out of memory")
+
+
+def submissions(study_dir: Path) -> list[dict[str, Any]]:
+    path = Path(study_dir) / SUBMISSIONS
+    if not path.exists():
+        return []
+    try:
+        return list(read_json(path)["submissions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: unreadable submissions record ({exc})") from exc
+
+
+def latest_elements(study_dir: Path) -> dict[str, dict[str, str]]:
+    """task id -> {'job': element id, 'executor': name} of its latest submission."""
+    out: dict[str, dict[str, str]] = {}
+    for sub in submissions(study_dir):
+        for task_id, element in sub.get("tasks", {}).items():
+            out[task_id] = {"job": str(element), "executor": sub.get("executor", "")}
+    return out
 
 
 def log_paths(study_dir: Path, element: str) -> tuple[Path, Path]:
@@ -85,15 +107,20 @@ def settle(study_dir: Path, elements: Mapping[str, str]) -> dict[str, JobState]:
     return states
 
 
-def status_rows(study_dir: Path, latest: Mapping[str, Mapping[str, str]],
-                task_ids: Sequence[str]) -> list[dict[str, Any]]:
+def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Per task: state, attempts, element id, Slurm state, pending reason, elapsed time, stderr
-    log and the last error line. ``latest``: task id -> {job, executor} of its last submission.
+    log and the last error line; default: every task found in the study directory. Imports no
+    torch, so ``status`` answers quickly on a login node.
 
     Raises:
         SlurmError: Slurm could not be asked (never read as "nothing queued").
     """
     study_dir = Path(study_dir)
+    latest = latest_elements(study_dir)
+    if task_ids is None:
+        found = {p.parent.name for p in study_dir.glob("*/status.json")}
+        found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
+        task_ids = sorted(found | set(latest))
     states = settle(study_dir, {t: e["job"] for t, e in latest.items() if e.get("executor") == "slurm"})
     rows = []
     for task_id in task_ids:

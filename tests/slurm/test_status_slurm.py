@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slurm
 HPARAMS = {"epochs": 1, "batch_size": 4, "image_size": 64, "num_workers": 0, "amp": "none", "device": "cpu"}
 
 
-def _jobs(tmp: Path, data: Path, *, mem: str = "1G", seeds: str = "[0]", extra: str = "") -> Path:
+def _jobs(tmp: Path, data: Path, *, mem: str = "3G", seeds: str = "[0]", extra: str = "") -> Path:
     path = tmp / "jobs.yaml"
     path.write_text(
         "output_root: runs\nexecutor: slurm\ncontainer: {runtime: none}\n"
