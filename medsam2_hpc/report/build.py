@@ -75,16 +75,16 @@ def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         out = Path(out_dir) if out_dir is not None else study.path / "comparison"
         cases = stats.case_scores(study)
         has = set(study.scored["dataset"])
-        organs = tables.btcv_organs(study, with_published) if "btcv" in has else None
+        organs = tables.btcv_organs(study) if "btcv" in has else None
         plots = draw_plots(study.scored, cases, organs, out / "plots", pool)  # drawn while the tables build
         tests = stats.paired_tests(study, cases)
         built = {"headline": tables.headline(study, tests, with_published)}
         if organs is not None:
             built["btcv_organs"] = organs
-            built["btcv_per_slice"] = tables.btcv_per_slice(study)
+            built["btcv_per_slice"] = tables.btcv_per_slice(study, with_published)
         if "refuge" in has:
             built["refuge"] = tables.refuge(study, with_published)
-        built["paired_tests"] = tables.paired(tests)
+        built["paired_tests"] = tables.paired(tests, built["headline"].data)
         built["incomplete_runs"] = tables.incomplete(study)
         report = Report(study, out, built, workers=workers if pool is not None else 1)
         for table in built.values():
@@ -107,7 +107,10 @@ def _document(report: Report, plots: list[Path], with_published: bool) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in report.state_counts().items())
     parts = [f"# Model comparison: {study.path.name}\n",
              f"Collected from {len(runs)} run directories ({counts}); {int(runs['ok'].sum())} have valid "
-             "metrics and are in the tables below. Means are over seeds; Dice on BTCV is volumetric.\n"]
+             "metrics and are in the tables below. One row per model, size, prompt and hyper-parameter set "
+             "(the hyper-parameters that differ between rows are in the row); means are over seeds; Dice on "
+             "BTCV is volumetric. Checkpoints are selected on val and scored on test: a run selected on "
+             "cases it is scored on is not in the tables (see the last section).\n"]
     if with_published:
         parts.append("Rows whose model reads `published: ...` are numbers from the literature on their own "
                      "splits and preprocessing (see the source in brackets), shown for orientation only.\n")
@@ -117,8 +120,9 @@ def _document(report: Report, plots: list[Path], with_published: bool) -> str:
         if name in report.tables and not report.tables[name].empty:
             parts.append(_section(report.tables[name]))
     if plots:
-        parts.append("## Plots\n\n" + "".join(
-            f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})\n" for p in plots))
+        pngs = [p for p in plots if p.suffix == ".png"]
+        parts.append("## Plots\n\nEach figure is also a PDF beside its PNG.\n\n" + "".join(
+            f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})\n" for p in pngs))
     parts.append(_incomplete_section(report.tables["incomplete_runs"]))
     return "\n".join(parts)
 
