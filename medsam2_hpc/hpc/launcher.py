@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
+from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg pins submitit <1.6
 
 from .. import checkpoints
 from ..atomic import write_json
