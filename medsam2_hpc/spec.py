@@ -14,6 +14,7 @@ whatever their working directory.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import re
@@ -594,8 +595,38 @@ def _read(path: Path) -> tuple[Any, dict, list]:
     return data, lines, dupes
 
 
-def load(path: str | os.PathLike, study: str | None = None) -> Study:
-    """Read ``path`` with yaml.safe_load, validate all of it, and return the chosen study."""
+def _with_settings(data: Any, settings: Iterable[str]) -> Any:
+    """A copy of the file's data with ``profiles.<name>.<key>=<value>`` from the command line
+    (``--set profiles.gpu.partition=a100 --set profiles.gpu.account=proj``); the value is read as
+    YAML (numbers stay numbers) and validated with the rest of the file."""
+    settings = list(settings)
+    if not settings:
+        return data
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    profiles = out.get("profiles") if isinstance(out.get("profiles"), dict) else {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 3 or parts[0] != "profiles":
+            raise InputError(f"--set {item!r}: expected profiles.<profile>.<key>=<value>")
+        if parts[1] not in profiles:
+            raise InputError(f"--set {item!r}: no profile {parts[1]!r} in the jobs file"
+                             f"{suggest(parts[1], profiles) or ' (' + ', '.join(profiles) + ')'}")
+        if parts[2] not in PROFILE_KEYS:
+            raise InputError(f"--set {item!r}: unknown profile key {parts[2]!r}"
+                             f"{suggest(parts[2], PROFILE_KEYS)}")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        profiles[parts[1]] = {**(profiles[parts[1]] or {}), parts[2]: parsed}
+    out["profiles"] = profiles
+    return out
+
+
+def load(path: str | os.PathLike, study: str | None = None, settings: Iterable[str] = ()) -> Study:
+    """Read ``path`` with yaml.safe_load, apply ``--set`` settings to a copy, validate all of it,
+    and return the chosen study."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such jobs file")
@@ -605,6 +636,7 @@ def load(path: str | os.PathLike, study: str | None = None) -> Study:
         for dup in dupes:
             chk.add(dup, "duplicate key (YAML keeps only the last one)")
         chk.raise_if_any()
-    return from_dict(data, source=str(path), base=path.parent, study=study, lines=lines)
+    return from_dict(_with_settings(data, settings), source=str(path), base=path.parent, study=study,
+                     lines=lines)
 
 

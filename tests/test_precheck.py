@@ -117,3 +117,21 @@ def test_site_conventions_gpus_asked_once_gpu_device_needs_gpus_no_wckey(tmp_pat
     assert main(["submit", str(path), "--dry-run"]) == 0
     out = capfd.readouterr().out
     assert "#SBATCH --job-name=s-default-resnet\n" in out and "wckey" not in out
+
+
+def test_set_changes_partition_and_account_on_the_command_line(tmp_path, refuge_multirater, capfd):
+    path = _jobs(tmp_path, refuge_multirater, [f"model: resnet, variants: [resnet18], dataset: refuge, "
+                                               f"profile: gpu, hparams: {GOOD}"])
+    gpu = "profiles: {gpu: {gpus: 1, partition: gpu}}\n"
+    path.write_text(path.read_text().replace("studies:", gpu + "studies:"))
+    before = path.read_text()
+    assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.partition=a100",
+                 "--set", "profiles.gpu.account=proj42", "--set", "profiles.gpu.cpus=6"]) == 0
+    out = capfd.readouterr().out
+    for line in ("#SBATCH --partition=a100", "#SBATCH --account=proj42", "#SBATCH --cpus-per-task=6"):
+        assert line in out
+    assert path.read_text() == before
+    assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.partitoin=a"]) == 2
+    assert "unknown profile key 'partitoin' (did you mean 'partition'?)" in capfd.readouterr().err
+    assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.cpus=0"]) == 2
+    assert "profiles.gpu.cpus (line 4): must be >= 1, got 0" in capfd.readouterr().err

@@ -26,6 +26,9 @@ def _add_study_args(p: argparse.ArgumentParser, *, executor: bool = True) -> Non
         p.add_argument("--executor", choices=EXECUTORS, help="override the file's executor")
         p.add_argument("--dry-run", action="store_true",
                        help="print the task table and the sbatch script(s); submit and write nothing")
+        p.add_argument("--set", action="append", default=[], metavar="profiles.NAME.KEY=VALUE",
+                       help="change a resource profile without editing the file, e.g. "
+                            "--set profiles.gpu.partition=a100 --set profiles.gpu.account=proj")
 
 
 def _add_wait_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -38,7 +41,7 @@ def _submit(args: argparse.Namespace, states: set[str] | None = None) -> int:
     from medsam2_hpc.hpc.launcher import submit
     from medsam2_hpc.spec import load
 
-    study = load(args.jobs, args.study)
+    study = load(args.jobs, args.study, args.set)
     launch = submit(study, executor=args.executor, dry_run=args.dry_run, states=states,
                     collect=getattr(args, "collect", False))
     for error in launch.errors:
