@@ -1,4 +1,4 @@
-"""run_task: the one place that maps a model kind to its trainer and keeps the run's status.
+"""run_task: runs a Task with its model kind's trainer (medsam2_hpc.registry) and keeps the run's status.
 
 Each trainer module exposes ``check(task)`` (validate inputs before anything is written;
 raise InputError) and ``train(task, run) -> metrics dict`` (contract.build_metrics).
@@ -14,24 +14,24 @@ from types import ModuleType
 from typing import Any
 
 from .engine.stop import StopRequested, stop_requested
-from .errors import InputError
 from .jobenv import job_identity
+from .registry import model_kind
 from .task import Task
 
-__all__ = ["TRAINERS", "trainer_for", "run_task", "run_in_foreground"]
-
-TRAINERS = {
-    "sam2-2d": "medsam2_hpc.trainers.sam2.train_2d",
-    "sam2-3d": "medsam2_hpc.trainers.sam2.train_3d",
-    "resnet": "medsam2_hpc.trainers.baselines.resnet",
-    "yolo": "medsam2_hpc.trainers.baselines.yolo",
-}
+__all__ = ["trainer_for", "check", "run_task", "run_in_foreground"]
 
 
 def trainer_for(model: str) -> ModuleType:
-    if model not in TRAINERS:
-        raise InputError(f"model {model!r} is not one of {', '.join(TRAINERS)}")
-    return importlib.import_module(TRAINERS[model])
+    return importlib.import_module(model_kind(model).trainer)
+
+
+def check(task: Task) -> ModuleType:
+    """Everything that can be checked before a file is written: the model kind's dataset and prompt,
+    then the trainer's own ``check`` (hyper-parameters, data, checkpoints). Returns the trainer."""
+    model_kind(task.model).check(task)
+    trainer = trainer_for(task.model)
+    trainer.check(task)
+    return trainer
 
 
 def run_task(task: Task) -> dict[str, Any]:
@@ -45,8 +45,7 @@ def run_task(task: Task) -> dict[str, Any]:
     done = run.metrics()
     if done is not None and run.status().get("state") == "completed":
         return done
-    trainer = trainer_for(task.model)
-    trainer.check(task)
+    trainer = check(task)
     if job_identity().global_rank != 0:
         # Multi-GPU task (DDP): the other ranks train beside rank 0, which owns the run's files.
         return trainer.train(task, run)

@@ -27,14 +27,12 @@ import yaml
 
 from .errors import InputError
 from .options import suggest
-from .task import DATASETS, MODELS, PROMPTS, Task
+from .registry import dataset_names, model_kind, model_names
+from .task import PROMPTS, Task
 
-__all__ = ["RUNTIMES", "EXECUTORS", "PATH_HPARAMS", "Bind", "ContainerSpec", "Profile", "Study", "load",
-           "from_dict"]
+__all__ = ["RUNTIMES", "PATH_HPARAMS", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
 
 RUNTIMES = ("apptainer", "singularity", "none")
-EXECUTORS = ("slurm", "local", "debug")
-SAM2_MODELS = ("sam2-2d", "sam2-3d")
 GPU_SBATCH_KEYS = ("gres", "gpus", "gpus_per_node")  # sbatch options that ask for GPUs themselves
 # hparams that name files: expanded and resolved against the jobs file like every other path
 PATH_HPARAMS = ("sam_ckpt", "pretrain", "pretrained_weights", "weights")
@@ -429,15 +427,19 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
     for key in ("model", "variants", "dataset", "data_path"):
         if key not in d:
             chk.add(path, f"missing required key {key!r}")
-    model = chk.choice(d.get("model"), (*path, "model"), MODELS, None)
-    dataset = chk.choice(d.get("dataset"), (*path, "dataset"), DATASETS, None)
+    model = chk.choice(d.get("model"), (*path, "model"), model_names(), None)
+    dataset = chk.choice(d.get("dataset"), (*path, "dataset"), dataset_names(), None)
     variants = chk.items(d.get("variants"), (*path, "variants"), chk.string)
     data_path = chk.string(d.get("data_path"), (*path, "data_path"))
     prompt = chk.choice(d.get("prompt"), (*path, "prompt"), PROMPTS, None)
-    if model in SAM2_MODELS and prompt in (None, "none"):
-        chk.add((*path, "prompt"), f"{model} needs a prompt: bbox, click or mask")
-    elif model is not None and model not in SAM2_MODELS and prompt not in (None, "none"):
+    kind = model_kind(model) if model is not None else None  # chk.choice returns a known name or None
+    if kind is not None and kind.prompts and prompt not in kind.prompts:
+        chk.add((*path, "prompt"), f"{model} needs a prompt: {', '.join(kind.prompts)}"
+                                   + (f" (got {prompt!r})" if prompt not in (None, "none") else ""))
+    elif kind is not None and not kind.prompts and prompt not in (None, "none"):
         chk.add((*path, "prompt"), f"{model} takes no prompt (got {prompt!r})")
+    if kind is not None and dataset is not None and dataset not in kind.datasets:
+        chk.add((*path, "dataset"), f"{model} trains on {', '.join(kind.datasets)}, not {dataset}")
     own_hparams = chk.mapping(d.get("hparams"), (*path, "hparams"))
     own_sweep = _sweep(d.get("sweep"), (*path, "sweep"), chk)
     for key in own_sweep:
@@ -482,6 +484,13 @@ def _path_hparams(hparams: dict, path: tuple, chk: _Checker, base: Path) -> dict
     return out
 
 
+def _executors() -> tuple[str, ...]:
+    """The launcher's registered backends (imported here, at validation, since hpc builds on this module)."""
+    from .hpc.launcher import BACKENDS
+
+    return tuple(BACKENDS)
+
+
 def _defaults(raw: Any, path: tuple, chk: _Checker, inherited: dict) -> dict:
     d = chk.mapping(raw, path, DEFAULT_KEYS)
     out = dict(inherited)
@@ -508,7 +517,7 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
     root = chk.string(d.get("output_root"), (*path, "output_root"), shared["output_root"])
     where = (*path, "output_root") if "output_root" in d else ("output_root",)
     output_root = Path(chk.path(str(root), where, base))
-    executor = chk.choice(d.get("executor"), (*path, "executor"), EXECUTORS, shared["executor"])
+    executor = chk.choice(d.get("executor"), (*path, "executor"), _executors(), shared["executor"])
     container = _container({**shared["container"], **chk.mapping(d.get("container"), (*path, "container"))},
                            (*path, "container") if "container" in d else ("container",), chk, base)
     profiles = _profiles(d.get("profiles"), (*path, "profiles"), chk, shared["profiles"])
@@ -545,7 +554,7 @@ def from_dict(data: Any, *, source: str = "jobs.yaml", base: str | os.PathLike =
         chk.add(("version",), f"only version 1 is understood, got {top['version']!r}")
     shared = {
         "output_root": chk.string(top.get("output_root"), ("output_root",), "runs"),
-        "executor": chk.choice(top.get("executor"), ("executor",), EXECUTORS, "slurm"),
+        "executor": chk.choice(top.get("executor"), ("executor",), _executors(), "slurm"),
         "container": chk.mapping(top.get("container"), ("container",), CONTAINER_KEYS),
         "profiles": _profiles(top.get("profiles"), ("profiles",), chk, {"default": Profile("default")}),
         "defaults": _defaults(top.get("defaults"), ("defaults",), chk, {"profile": "default", "seeds": [0]}),

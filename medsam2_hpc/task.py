@@ -22,11 +22,10 @@ import yaml
 from .atomic import read_json, write_json, write_text
 from .errors import InputError
 from .jobenv import job_identity
+from .registry import dataset_names, model_names
 
-__all__ = ["MODELS", "DATASETS", "PROMPTS", "STATES", "Task", "RunDir"]
+__all__ = ["PROMPTS", "STATES", "Task", "RunDir"]
 
-MODELS = ("sam2-2d", "sam2-3d", "resnet", "yolo")
-DATASETS = ("refuge", "btcv")
 PROMPTS = ("bbox", "click", "mask", "none")
 STATES = ("pending", "running", "completed", "failed", "preempted")
 
@@ -53,10 +52,10 @@ class Task:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise InputError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
-            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.model not in model_names():
+            raise InputError(f"model {self.model!r} is not one of {', '.join(model_names())}")
+        if self.dataset not in dataset_names():
+            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(dataset_names())}")
         if self.prompt not in PROMPTS:
             raise InputError(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
 

@@ -3,7 +3,9 @@
 One code path for every executor; the backends (``slurm``, ``local``, ``debug``) differ only in
 small hooks, as submitit's own executors do: which executor to build, which parameters it takes,
 the python command (inside the container or not), how tasks are grouped into submissions, what
-happens after submitting, and how to ask the queue about (or cancel) jobs.
+happens after submitting, what a dry run shows, and how to ask the queue about (or cancel) jobs.
+A backend is a :class:`Backend` subclass registered with ``@register_backend``; ``BACKENDS`` is the
+one list (jobs.yaml's ``executor``, ``--executor``, ``status`` and ``cancel`` read it).
 
 Submitting is idempotent: tasks with metrics.json are skipped, and so are tasks whose recorded
 Slurm job is still in squeue. Each submission is appended to ``<study dir>/submissions.json``
@@ -32,6 +34,7 @@ from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg p
 from .. import checkpoints
 from ..atomic import write_json
 from ..errors import InputError, SlurmError
+from ..options import suggest
 from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
@@ -40,8 +43,8 @@ from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
-__all__ = ["BACKENDS", "Backend", "Launch", "plan", "check_tasks", "submit", "render_dry_run", "submissions",
-           "status_rows", "cancel"]
+__all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "check_tasks",
+           "submit", "render_dry_run", "submissions", "status_rows", "cancel"]
 
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 SUBMITIT_DIR = status.SUBMITIT_DIR
@@ -52,9 +55,10 @@ SUBMITIT_DIR = status.SUBMITIT_DIR
 
 
 class Backend:
-    """Hooks shared by the three executors; subclasses override only what differs."""
+    """Hooks shared by the executors; subclasses override only what differs."""
 
     name = "base"
+    in_process = False  # runs the tasks in this process: no container, no python argv
 
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         raise NotImplementedError
@@ -76,6 +80,13 @@ class Backend:
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
 
+    def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
+                job_name: str) -> str:
+        """What a dry run prints for one profile's submission."""
+        waves = len(self.waves(list(tasks), profile))
+        return (f"# {self.name} executor: {len(tasks)} process(es) in {waves} wave(s), "
+                f"time limit {profile.time_min} min\n{command}")
+
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
         """Element id -> queue state for jobs still queued or running; {} when unknown."""
         return {}
@@ -84,6 +95,25 @@ class Backend:
         return []
 
 
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: add a backend to ``BACKENDS`` under its ``name``."""
+    if cls.name in BACKENDS:
+        raise ValueError(f"launcher backend {cls.name!r} is registered twice")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def backend_for(name: str) -> Backend:
+    """A new backend ``name``, or InputError naming ``--executor`` with the near miss."""
+    if name not in BACKENDS:
+        raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}{suggest(name, BACKENDS)}")
+    return BACKENDS[name]()
+
+
+@register_backend
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -121,6 +151,18 @@ class SlurmBackend(Backend):
         """One array per profile, split where it would pass the cluster's MaxArraySize."""
         step = profile.max_array_size or max_array_size()[0]
         return [tasks[i:i + step] for i in range(0, len(tasks), step)]
+
+    def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
+                job_name: str) -> str:
+        """One sbatch script per array the submission needs (MaxArraySize)."""
+        waves = self.waves(list(tasks), profile)
+        scripts = []
+        for i, wave in enumerate(waves):
+            count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
+            script = _make_sbatch_string(command=command, folder=folder, map_count=count,
+                                         **self.parameters(profile, job_name))
+            scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
+        return "\n".join(scripts)
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
@@ -168,6 +210,7 @@ def _mem(gb: float | None) -> str | None:
     return f"{int(gb)}G" if float(gb).is_integer() else f"{max(1, round(gb * 1024))}M"
 
 
+@register_backend
 class LocalBackend(Backend):
     name = "local"
 
@@ -191,10 +234,12 @@ class LocalBackend(Backend):
         return [_last_line(e) for e in errors if e is not None]
 
 
+@register_backend
 class DebugBackend(Backend):
     """Runs the tasks in this process, one after the other (no container, no signals)."""
 
     name = "debug"
+    in_process = True
 
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         return submitit.DebugExecutor(folder=folder)
@@ -204,8 +249,6 @@ class DebugBackend(Backend):
         errors = [job.exception() for job in jobs]
         return [f"{type(e).__name__}: {_last_line(e)}" for e in errors if e is not None]
 
-
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SlurmBackend, LocalBackend, DebugBackend)}
 
 
 def _last_line(exc: BaseException) -> str:
@@ -238,9 +281,7 @@ class Launch:
 def plan(study: Study, executor: str | None = None, *, states: set[str] | None = None) -> Launch:
     """Choose the tasks to submit: not completed, not queued, and (if given) in ``states``."""
     name = executor or study.executor
-    if name not in BACKENDS:
-        raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}")
-    backend = BACKENDS[name]()
+    backend = backend_for(name)
     latest = latest_elements(study.study_dir)
     if name == "slurm":  # one query; runs whose job ended without a final state become failed first
         slurm = settle(study.study_dir, {t: e["job"] for t, e in latest.items() if e["executor"] == name})
@@ -333,27 +374,15 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
     for i, task in enumerate(study.tasks):
         action = f"skip: {launch.skipped[task.task_id]}" if task.task_id in launch.skipped else "submit"
         print(f"{i:>4}  {task.task_id:<48} {task.profile:<10} {action}", file=out)
-    backend = BACKENDS[launch.executor]()
+    backend = backend_for(launch.executor)
     folder = _submitit_folder(study) / "%j"
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
         argv = python_argv(study, profile, tasks, backend, folder.parent)
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-        if launch.executor == "slurm":
-            params = backend.parameters(profile, _job_name(study, profile, tasks))
-            waves = backend.waves(tasks, profile)
-            for i, wave in enumerate(waves):
-                print(f"\n# ---- profile {name}: {len(tasks)} task(s), array {i + 1} of {len(waves)}: "
-                      f"{len(wave)} task(s) ----", file=out)
-                count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
-                script = _make_sbatch_string(command=command, folder=folder, map_count=count, **params)
-                print(script, file=out)
-        else:
-            print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
-            waves = len(backend.waves(tasks, profile))
-            print(f"# {launch.executor} executor: {len(tasks)} process(es) in {waves} wave(s), "
-                  f"time limit {profile.time_min} min\n{command}", file=out)
+        print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
+        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks)), file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,14 +409,14 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     Raises:
         InputError: ``study <name>: N problem(s): <experiment (line)>: task <id>: <message>; ...``
     """
-    from ..runner import trainer_for
+    from ..runner import check
 
     found: dict[tuple[str, str], list[str]] = {}
     with shared_checks():
         for task in tasks:
             try:
                 _check_device(task, study.profiles[task.profile])
-                trainer_for(task.model).check(task)
+                check(task)
             except InputError as exc:
                 key = (study.origins.get(task.task_id, f"profile {task.profile}"), str(exc))
                 found.setdefault(key, []).append(task.task_id)
@@ -457,16 +486,16 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
     if not launch.n_to_run:
         print(f"study {study.name}: nothing to submit ({len(launch.skipped)} task(s) skipped)", file=out)
         return launch
-    backend = BACKENDS[launch.executor]()
+    backend = backend_for(launch.executor)
     folder = _submitit_folder(study)
-    if backend.name == "debug" and study.container.enabled:
-        print("note: the debug executor runs in this process; the container is not used", file=out)
+    if backend.in_process and study.container.enabled:
+        print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
         (study.output_root / ".cache" / "home").mkdir(parents=True, exist_ok=True)  # --home must exist
     call = TaskCall(fn)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
-        argv = None if backend.name == "debug" else python_argv(study, profile, tasks, backend, folder)
+        argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
         ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
@@ -490,9 +519,11 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
 
 
 def cancel(study_dir: Path) -> list[str]:
-    """scancel the study's Slurm arrays that still have elements in the queue."""
+    """Cancel the study's jobs (Slurm arrays) that still have elements in the queue."""
     latest = latest_elements(Path(study_dir))
-    backend = SlurmBackend()
-    queued = backend.active(e["job"] for e in latest.values() if e["executor"] == "slurm")
-    arrays = sorted({job.split("_")[0] for job in queued})
-    return backend.cancel(arrays)
+    cancelled: list[str] = []
+    for name in sorted({e["executor"] for e in latest.values()} & set(BACKENDS)):
+        backend = BACKENDS[name]()
+        in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
+        cancelled += backend.cancel(sorted({job.split("_")[0] for job in in_queue}))
+    return cancelled

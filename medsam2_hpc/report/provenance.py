@@ -20,7 +20,7 @@ __all__ = ["UNKNOWN", "NONE", "HD95_UNITS", "COLUMNS", "Provenance", "read_prove
 UNKNOWN = "unknown"  # the run predates the field
 NONE = "none"  # recorded as null: no selection on any split (e.g. select: last without validation)
 HD95_UNITS = ("mm", "px")
-CHECKPOINT_SELECT = ("best", "last")
+CHECKPOINT_SELECT = ("best", "last", "given")  # given: weights from outside the run (inference)
 _SHOWN_CASES = 3
 # What a run contributes to ``Study.runs`` and runs.csv.
 COLUMNS = ("selection_split", "selection_dice", "checkpoint", "checkpoint_epoch", "validated", "hd95_unit",

@@ -2,10 +2,11 @@
 
 Pairs are test cases: a case's score is its Dice averaged over classes and then over seeds,
 so every model is compared with the baseline on exactly the same cases (cases only one side
-scored are left out). The best baseline is the ResNet/YOLO row (one hyper-parameter set) with
-the highest mean Dice on its *selection* split (``selection_dice``), never on the test cases it
-is then compared on. The mean paired difference carries a 95% BCa bootstrap confidence interval
-over test cases; the Wilcoxon signed-rank p values of one table are Holm-corrected together.
+scored are left out). The best baseline is the row of a baseline model kind (``baseline`` in the
+registry: ResNet, YOLO; one hyper-parameter set) with the highest mean Dice on its *selection*
+split (``selection_dice``), never on the test cases it is then compared on. The mean paired
+difference carries a 95% BCa bootstrap confidence interval over test cases; the Wilcoxon
+signed-rank p values of one table are Holm-corrected together.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, wilcoxon
 
+from ..registry import model_names
 from .collect import GROUP, Study
 
-__all__ = ["BASELINES", "MIN_PAIRS", "CONFIDENCE", "case_scores", "paired_tests", "holm", "mean_ci"]
+__all__ = ["MIN_PAIRS", "CONFIDENCE", "case_scores", "paired_tests", "holm", "mean_ci"]
 
-BASELINES = ("resnet", "yolo")
 # Below 6 pairs the exact two-sided test cannot reach p < 0.05 (the smallest p for n=5 is 1/16).
 MIN_PAIRS = 6
 CONFIDENCE = 0.95
@@ -99,9 +100,10 @@ def paired_tests(study: Study, cases: pd.DataFrame | None = None) -> pd.DataFram
     scored = study.scored
     selection = scored.groupby(GROUP, sort=True, dropna=False)["selection_dice"].mean()
     rows = []
+    baseline_kinds = model_names(baseline=True)
     for dataset in sorted(scored["dataset"].dropna().unique()):
         in_dataset = selection[selection.index.get_level_values("dataset") == dataset]
-        is_baseline = in_dataset.index.get_level_values("model").isin(BASELINES)
+        is_baseline = in_dataset.index.get_level_values("model").isin(baseline_kinds)
         candidates = in_dataset[is_baseline].dropna()
         for key in in_dataset.index[~is_baseline]:
             if not is_baseline.any():

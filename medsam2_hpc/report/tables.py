@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..data.organs import ORGANS
+from ..registry import dataset_kind
 from . import published
 from .collect import GROUP, Study
 from .labels import setting_labels, sort_rows
 from .provenance import HD95_UNITS, NONE, UNKNOWN
 
-__all__ = ["Table", "headline", "btcv_organs", "btcv_per_slice", "refuge", "paired", "incomplete",
-           "fmt", "fmt_p"]
+__all__ = ["Table", "SECTIONS", "headline", "btcv_organs", "btcv_per_slice", "refuge", "per_class", "paired",
+           "incomplete", "fmt", "fmt_p"]
 
-_REFUGE_ORDER = {"cup": 0, "disc": 1}
-_ORGAN_ORDER = {name: i for i, name in enumerate(ORGANS.values())}  # BTCV label order
 _NAMES = {"dataset": "Dataset", "model": "Model", "variant": "Variant", "prompt": "Prompt",
           "setting": "Hyper-parameters", "n_runs": "n runs"}
 # HD95 column per unit recorded in metrics.json; runs that predate hd95_unit get their own column.
@@ -131,6 +130,8 @@ def _checkpoint_text(row: pd.Series) -> str:
         text = "not recorded"
     elif select == "last":
         text = "last epoch"
+    elif select == "given":
+        text = "given weights"
     else:
         text = f"{select} on {split}" if split not in (NONE, UNKNOWN) else f"{select} (split not recorded)"
     if row["n_unvalidated"]:
@@ -205,8 +206,8 @@ def _per_class(study: Study, dataset: str, metric: str) -> tuple[pd.DataFrame, l
     return wide.reset_index(), list(wide.columns)
 
 
-def _class_table(study: Study, dataset: str, metric: str, order: dict[str, int],
-                 mean_column: str) -> tuple[pd.DataFrame, list[str]]:
+def _class_table(study: Study, dataset: str, metric: str, mean_column: str) -> tuple[pd.DataFrame, list[str]]:
+    order = {name: i for i, name in enumerate(dataset_kind(dataset).classes)}  # the registry's column order
     wide, names = _per_class(study, dataset, metric)
     names = sorted(names, key=lambda n: (order.get(n, len(order)), n))
     groups = _groups(study, dataset)[[*GROUP, "setting", "n_runs", mean_column]]
@@ -235,7 +236,7 @@ def _class_display(data: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def btcv_organs(study: Study) -> Table:
     """The 13 organs, volumetric Dice (per case, then mean over cases and seeds); no published row,
     since the published per-organ numbers are per-slice Dice (they are in ``btcv_per_slice``)."""
-    data, names = _class_table(study, "btcv", "dice", _ORGAN_ORDER, "dice_mean")
+    data, names = _class_table(study, "btcv", "dice", "dice_mean")
     return Table("btcv_organs", "BTCV per organ: volumetric Dice", data, _class_display(data, names),
                  "Volumetric Dice per case and organ, averaged over test cases (organs absent from a case "
                  "are left out) and then over seeds. Mean: the runs' dice_mean.", names)
@@ -243,7 +244,7 @@ def btcv_organs(study: Study) -> Table:
 
 def btcv_per_slice(study: Study, with_published: bool = False) -> Table:
     """The per-slice numbers Medical-SAM2 reports (and its paper's per-organ row), apart from volumetric."""
-    data, names = _class_table(study, "btcv", "per_slice", _ORGAN_ORDER, "dice_per_slice")
+    data, names = _class_table(study, "btcv", "per_slice", "dice_per_slice")
     data = data[data["mean"].notna() | data[names].notna().any(axis=1)] if names else \
         data[data["mean"].notna()]
     data = data.reset_index(drop=True)
@@ -258,11 +259,27 @@ def btcv_per_slice(study: Study, with_published: bool = False) -> Table:
 
 def refuge(study: Study, with_published: bool = False) -> Table:
     """Optic cup (and disc where the challenge layout provides it)."""
-    data, names = _class_table(study, "refuge", "dice", _REFUGE_ORDER, "dice_mean")
+    data, names = _class_table(study, "refuge", "dice", "dice_mean")
     if with_published and not data.empty:  # cup only: not comparable with our cup/disc mean
         data = _with_published(data, published.REFUGE_CUP, names, {0: "cup"}, math.nan)
     return Table("refuge", "REFUGE: Dice per structure", data, _class_display(data, names),
                  "Dice per test image, averaged over images and seeds.", names)
+
+
+def per_class(study: Study, dataset: str, with_published: bool = False) -> Table:
+    """Any dataset: Dice per class (the section a dataset gets unless it names its own)."""
+    data, names = _class_table(study, dataset, "dice", "dice_mean")
+    return Table(dataset, f"{dataset}: Dice per class", data, _class_display(data, names),
+                 "Dice per test case, averaged over cases and seeds.", names)
+
+
+# Table sections a dataset can name in the registry: (study, dataset, with_published) -> Table.
+SECTIONS: dict[str, Callable[[Study, str, bool], Table]] = {
+    "btcv_organs": lambda study, dataset, with_published: btcv_organs(study),
+    "btcv_per_slice": lambda study, dataset, with_published: btcv_per_slice(study, with_published),
+    "refuge": lambda study, dataset, with_published: refuge(study, with_published),
+    "per_class": per_class,
+}
 
 
 def paired(tests: pd.DataFrame, settings: pd.DataFrame) -> Table:

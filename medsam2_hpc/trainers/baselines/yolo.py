@@ -37,13 +37,14 @@ from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.engine.stop import StopRequested, stop_requested
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.registry import model_kind
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.baselines.data import BaselineData, Predict, check_data, load_data, to_uint8_rgb
 from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
 
 __all__ = ["VARIANTS", "YoloConfig", "check", "train", "offline_environment"]
 
-VARIANTS = tuple(f"yolo11{s}-seg" for s in "nsmlx")
+VARIANTS = model_kind("yolo").variants
 
 
 @dataclass

@@ -50,7 +50,7 @@ class Sam2Config:
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
     trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
-    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do).
+    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the Medical-SAM2 commands do).
     """
 
     epochs: int = 100

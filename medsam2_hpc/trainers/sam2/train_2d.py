@@ -84,10 +84,6 @@ def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
 def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
-    if task.dataset != "refuge":
-        raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
-    if task.prompt not in ("click", "bbox"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
     once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ())),
          lambda: _datasets(task, cfg) and None)
     pick_device(cfg.device)

@@ -101,12 +101,8 @@ def config(task: Task) -> Sam2Config3D:
 
 
 def check(task: Task) -> None:
-    """Hyper-parameters, prompt kind, data layout and checkpoints; writes nothing."""
+    """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
-    if task.dataset != "btcv":
-        raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
-    if task.prompt not in ("bbox", "click", "mask"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
     once(("btcv-volumes", task.data_path), lambda: _check_volumes(task.data_path))
     check_model(task, cfg)
 
