@@ -151,7 +151,8 @@ def slurm_standins(tmp_path, monkeypatch) -> Path:
 # --- dry run and the python command ----------------------------------------------------------
 
 
-def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path, tiny_trainer):
+def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path, tiny_trainer,
+                                                                                  slurm_standins):
     (tmp_path / "img.sif").write_bytes(b"an image")
     study = make_study(
         tmp_path, executor="slurm", seeds=(0, 1, 2), root="out dir",

@@ -6,6 +6,7 @@ Real trainers (ResNet, YOLO, SAM2) check real synthetic data; nothing is submitt
 from __future__ import annotations
 
 import json
+import os
 from io import StringIO
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def _jobs(tmp_path: Path, data: Path, experiments: list[str]) -> Path:
                     + "".join(f"      - {{{e if 'data_path' in e else f'data_path: {data}, {e}'}}}\n"
                               for e in experiments))
     return path
+
+
+@pytest.fixture(autouse=True)
+def scontrol_standin(tmp_path, monkeypatch):
+    """The dry run reads MaxArraySize from scontrol: a stand-in answers as a cluster would (the
+    session's guard refuses every Slurm command outside the test cluster)."""
+    bin_dir = tmp_path / "standin-bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/bash\n# Stand-in for scontrol show config.\n"
+                                      "echo 'MaxArraySize            = 1001'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture
