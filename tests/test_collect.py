@@ -382,10 +382,7 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     same_split = _write_run(root, "sam2-3d", "hiera_t", "btcv", 1, 0.99, "bbox", selection_split="test")
     shared_cases = _write_run(root, "sam2-3d", "hiera_t", "btcv", 2, 0.99, "bbox",
                               selection_cases=[*VAL_CASES, CASES[0], CASES[1]])
-    old = _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
-    for key in ("selection_split", "selection_cases", "selection_dice", "checkpoint", "hparams", "hd95_unit"):
-        del old[key]  # a run from before round 2: tabulated, labelled as unknown
-    RunDir(root / old["task_id"]).write_metrics(old)
+    _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
     report = collect_study(root, tmp_path / "out", "md,csv")
     head = report.tables["headline"].data
     sam = head[head["model"] == "sam2-3d"].iloc[0]
@@ -395,14 +392,33 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     assert listed[shared_cases["task_id"]] == (
         "not tabulated: 2 of 6 selection cases (val) are scored test cases: img0035, img0036")
     assert set(listed.index) == {same_split["task_id"], shared_cases["task_id"]}
+    assert report.tables["paired_tests"].data["n_pairs"].tolist() == [len(CASES)]  # one comparison, 1 seed
+    assert report.tables["headline"].display.set_index("Model").loc["sam2-3d", "Checkpoint"] == "best on val"
+    assert "img0035, img0036" in report.document.read_text()
+    assert report.study.runs.set_index("run").loc[same_split["task_id"], "state"] == "completed"
+
+
+def test_runs_from_before_round_2_are_tabulated_as_unknown(tmp_path, monkeypatch) -> None:
+    """No selection split, checkpoint, hparams or HD95 unit recorded: labelled, never guessed.
+
+    Transitional: once metrics.json schema 2 (issue 14A) requires these fields, such a file is
+    malformed (listed with its problems) and this test goes with the 'unknown' path it covers.
+    """
+    root = _study(tmp_path, "old", monkeypatch)
+    _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
+    old = _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
+    for key in ("selection_split", "selection_cases", "selection_dice", "checkpoint", "hparams", "hd95_unit"):
+        del old[key]
+    RunDir(root / old["task_id"]).write_metrics(old)
+    report = collect_study(root, tmp_path / "out", "md")
+    # the only baseline never recorded a validation Dice: no best baseline is chosen on test instead
+    assert report.tables["paired_tests"].data["note"].tolist() == [
+        "no baseline recorded a selection Dice to choose on"]
     shown = report.tables["headline"].display.set_index("Model")
     assert shown.loc["resnet", "Checkpoint"] == "not recorded"
     assert shown.loc["resnet", "Hyper-parameters"] == "hparams not recorded"
-    assert shown.loc["resnet", "HD95 (unit not recorded)"] == "5.00"
-    assert shown.loc["sam2-3d", "Checkpoint"] == "best on val"
-    doc = report.document.read_text()
-    assert "img0035, img0036" in doc
-    assert report.study.runs.set_index("run").loc[same_split["task_id"], "state"] == "completed"
+    assert shown.loc["resnet", "HD95 (unit not recorded)"] == "5.00"  # never in the mm column
+    assert shown.loc["resnet", "HD95 (mm)"] == "" and shown.loc["sam2-3d", "HD95 (mm)"] == "5.00"
 
 
 def test_never_validated_runs_are_marked(tmp_path, monkeypatch) -> None:
@@ -431,7 +447,7 @@ def test_hd95_units_never_share_a_column(tmp_path, monkeypatch) -> None:
     bad = _write_run(root, "sam2-2d", "hiera_s", "refuge", 0, 0.8, "click", hd95_unit="cm")
     report = collect_study(root, tmp_path / "out2", "md")
     assert report.study.runs.set_index("run").loc[bad["task_id"], "state"] == "malformed"
-    assert any("hd95_unit 'cm' is not one of mm, px" in w for w in report.warnings)
+    assert [w.count("hd95_unit 'cm' is not one of ('mm', 'px')") for w in report.warnings] == [1]
 
 
 def test_holm_by_hand() -> None:
@@ -490,12 +506,14 @@ def holm_by_scipy(p: pd.Series) -> np.ndarray:
 def test_sizes_in_size_order() -> None:
     from medsam2_hpc.report.labels import variant_rank
 
-    shuffled = ["hiera_l", "hiera_b+", "hiera_t", "hiera_s"]
-    assert sorted(shuffled, key=variant_rank) == ["hiera_t", "hiera_s", "hiera_b+", "hiera_l"]
+    shuffled = ["hiera_l", "sam2.1_hiera_t", "hiera_b+", "hiera_t", "hiera_s"]
+    assert sorted(shuffled, key=lambda v: variant_rank("sam2-3d", v)) == [
+        "hiera_t", "hiera_s", "hiera_b+", "hiera_l", "sam2.1_hiera_t"]
     yolo = ["yolo11x-seg", "yolo11l-seg", "yolo11n-seg", "yolo11m-seg", "yolo11s-seg"]
-    assert sorted(yolo, key=variant_rank) == [f"yolo11{s}-seg" for s in "nsmlx"]
-    resnets = ["resnet50", "resnet101", "resnet18"]
-    assert sorted(resnets, key=variant_rank) == ["resnet18", "resnet50", "resnet101"]
+    assert sorted(yolo, key=lambda v: variant_rank("yolo", v)) == [f"yolo11{s}-seg" for s in "nsmlx"]
+    resnets = ["resnet50", "resnet101", "my_net", "resnet18"]
+    assert sorted(resnets, key=lambda v: variant_rank("resnet", v)) == [
+        "resnet18", "resnet50", "resnet101", "my_net"]  # unregistered variants last
 
 
 def test_box_plot_draws_every_case_and_figures_are_pdf_and_200_dpi_png(tmp_path, monkeypatch) -> None:
@@ -521,3 +539,24 @@ def test_box_plot_draws_every_case_and_figures_are_pdf_and_200_dpi_png(tmp_path,
         assert png in report.files and pdf in report.files
         assert pdf.read_bytes()[:5] == b"%PDF-"
         assert Image.open(png).info["dpi"] == pytest.approx((200, 200), abs=0.1)
+
+
+def test_provenance_names_every_problem_with_the_round_2_fields() -> None:
+    from medsam2_hpc.report.provenance import NONE, read_provenance
+
+    data = {"split": "test", "per_case": {"a": {}}, "selection_split": 3, "selection_cases": [1, 2],
+            "selection_dice": "high", "hd95_unit": "cm", "hparams": [], "checkpoint": {"select": "newest",
+                                                                                       "epoch": 1.5}}
+    provenance, problems = read_provenance(data)
+    assert problems == [
+        "key 'selection_split' should be str, got int",
+        "key 'selection_dice' should be float/int/NoneType, got str",
+        "checkpoint.select 'newest' is not one of ('best', 'last', 'given')",
+        "checkpoint.epoch should be int or null, got float",
+        "checkpoint.validated should be true or false",
+        "hd95_unit 'cm' is not one of ('mm', 'px')",
+        "key 'hparams' should be dict, got list",
+        "selection_cases should be a list of case ids (strings)",
+    ]
+    fine, problems = read_provenance({"split": "test", "per_case": {}, "selection_split": None})
+    assert problems == [] and fine.selection_split == NONE and not fine.overlap

@@ -1,40 +1,34 @@
 """Row order and row labels shared by the tables and the figures.
 
-Rows run dataset, model kind, size (SAM2 Hiera T < S < B+ < L, YOLO n < s < m < l < x, numbers
-numerically), prompt, hyper-parameter set. A sweep's rows are told apart by the hyper-parameters
-that vary within their (dataset, model, variant, prompt): ``lr=0.0001, batch_size=2``.
+Rows run dataset, model kind, size (the registry's order of each kind's variants: SAM2 Hiera
+T < S < B+ < L, YOLO n < s < m < l < x), prompt, hyper-parameter set. A sweep's rows are told
+apart by the hyper-parameters that vary within their (dataset, model, variant, prompt):
+``lr=0.0001, batch_size=2``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 import pandas as pd
 
-from ..registry import model_names
+from ..errors import InputError
+from ..registry import model_kind, model_names
 
 __all__ = ["NOT_RECORDED", "variant_rank", "sort_rows", "setting_labels", "row_label"]
 
 NOT_RECORDED = "hparams not recorded"
-_SIZES = {"t": 0, "s": 1, "b+": 2, "l": 3}  # SAM2 Hiera tiny, small, base-plus, large
-_YOLO_SIZES = {size: i for i, size in enumerate("nsmlx")}
-_HIERA = re.compile(r"hiera_(t|s|b\+|l)$")
-_YOLO = re.compile(r"yolo\w*?(\d+)([nsmlx])(-\w+)?$")
 _BASE = ["dataset", "model", "variant", "prompt"]
 
 
-def variant_rank(variant: str) -> tuple:
-    """A sort key putting model sizes in size order, not alphabetical (which puts B+ first)."""
-    variant = str(variant)
-    if match := _HIERA.search(variant):
-        return (variant[: match.start()], _SIZES[match.group(1)], "")
-    if match := _YOLO.match(variant):
-        return ("yolo" + match.group(1), _YOLO_SIZES[match.group(2)], match.group(3) or "")
-    digits = re.search(r"\d+", variant)  # resnet18 < resnet34 < resnet50 < resnet101
-    if digits:
-        return (variant[: digits.start()], int(digits.group()), variant[digits.end():])
-    return (variant, -1, "")
+def variant_rank(model: str, variant: str) -> tuple[int, str]:
+    """A sort key putting sizes in the registry's order (SAM2 T < S < B+ < L), not alphabetical
+    (which puts B+ first); variants the registry does not know come last, alphabetically."""
+    try:
+        variants = model_kind(str(model)).variants
+    except InputError:  # a published row, or a kind registered in another process
+        variants = ()
+    return (variants.index(variant), "") if variant in variants else (len(variants), str(variant))
 
 
 def sort_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +39,7 @@ def sort_rows(frame: pd.DataFrame) -> pd.DataFrame:
     keys = pd.DataFrame({
         "dataset": frame["dataset"].astype(str),
         "model": frame["model"].map(kinds).fillna(len(kinds)),
-        "variant": frame["variant"].map(variant_rank),
+        "variant": [variant_rank(m, v) for m, v in zip(frame["model"], frame["variant"], strict=True)],
         "prompt": frame["prompt"].astype(str),
         "setting": frame["setting"].astype(str) if "setting" in frame else "",
     }, index=frame.index)

@@ -130,6 +130,8 @@ def _checkpoint_text(row: pd.Series) -> str:
         text = "not recorded"
     elif select == "last":
         text = "last epoch"
+    elif select == "given":
+        text = "given weights"
     else:
         text = f"{select} on {split}" if split not in (NONE, UNKNOWN) else f"{select} (split not recorded)"
     if row["n_unvalidated"]:
