@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -34,14 +35,15 @@ def check(task: Task) -> ModuleType:
     return trainer
 
 
-def run_task(task: Task) -> dict[str, Any]:
+def run_task(task: Task, on_start: Callable[[Task], None] | None = None) -> dict[str, Any]:
     """Train and evaluate ``task`` into its run directory; a completed run is not redone.
 
     Raises InputError before anything is written when the inputs are bad, and
     StopRequested (status 'preempted') when Slurm asked the job to stop: the next attempt
-    resumes from ``last.pt``.
+    resumes from ``last.pt``. ``on_start`` is told once the run directory exists.
     """
     run = task.run_dir
+    run.claim(task)
     done = run.metrics()
     if done is not None and run.status().get("state") == "completed":
         return done
@@ -51,6 +53,8 @@ def run_task(task: Task) -> dict[str, Any]:
         return trainer.train(task, run)
     run.prepare(task)
     run.mark_running()
+    if on_start is not None:
+        on_start(task)
     try:
         metrics = trainer.train(task, run)
     except BaseException as exc:
@@ -76,9 +80,9 @@ def run_in_foreground(task: Task, prog: str) -> int:
     from .errors import EXIT_REQUEUE
 
     install_handlers()
-    print(f"[{prog}] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
     try:
-        metrics = run_task(task)
+        metrics = run_task(task, lambda t: print(f"[{prog}] {t.task_id} -> {t.run_dir.path}", file=sys.stderr,
+                                                 flush=True))
     except StopRequested:
         print(f"[{prog}] stopped by signal; rerun the same command to resume from "
               f"{task.run_dir.last_ckpt}", file=sys.stderr)

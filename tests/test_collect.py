@@ -399,7 +399,11 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
 
 
 def test_runs_from_before_round_2_are_tabulated_as_unknown(tmp_path, monkeypatch) -> None:
-    """No selection split, checkpoint, hparams or HD95 unit recorded: labelled, never guessed."""
+    """No selection split, checkpoint, hparams or HD95 unit recorded: labelled, never guessed.
+
+    Transitional: once metrics.json schema 2 (issue 14A) requires these fields, such a file is
+    malformed (listed with its problems) and this test goes with the 'unknown' path it covers.
+    """
     root = _study(tmp_path, "old", monkeypatch)
     _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
     old = _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
@@ -443,7 +447,7 @@ def test_hd95_units_never_share_a_column(tmp_path, monkeypatch) -> None:
     bad = _write_run(root, "sam2-2d", "hiera_s", "refuge", 0, 0.8, "click", hd95_unit="cm")
     report = collect_study(root, tmp_path / "out2", "md")
     assert report.study.runs.set_index("run").loc[bad["task_id"], "state"] == "malformed"
-    assert any("hd95_unit 'cm' is not one of mm, px" in w for w in report.warnings)
+    assert [w.count("hd95_unit 'cm' is not one of ('mm', 'px')") for w in report.warnings] == [1]
 
 
 def test_holm_by_hand() -> None:
@@ -535,3 +539,24 @@ def test_box_plot_draws_every_case_and_figures_are_pdf_and_200_dpi_png(tmp_path,
         assert png in report.files and pdf in report.files
         assert pdf.read_bytes()[:5] == b"%PDF-"
         assert Image.open(png).info["dpi"] == pytest.approx((200, 200), abs=0.1)
+
+
+def test_provenance_names_every_problem_with_the_round_2_fields() -> None:
+    from medsam2_hpc.report.provenance import NONE, read_provenance
+
+    data = {"split": "test", "per_case": {"a": {}}, "selection_split": 3, "selection_cases": [1, 2],
+            "selection_dice": "high", "hd95_unit": "cm", "hparams": [], "checkpoint": {"select": "newest",
+                                                                                       "epoch": 1.5}}
+    provenance, problems = read_provenance(data)
+    assert problems == [
+        "key 'selection_split' should be str, got int",
+        "key 'selection_dice' should be float/int/NoneType, got str",
+        "checkpoint.select 'newest' is not one of ('best', 'last', 'given')",
+        "checkpoint.epoch should be int or null, got float",
+        "checkpoint.validated should be true or false",
+        "hd95_unit 'cm' is not one of ('mm', 'px')",
+        "key 'hparams' should be dict, got list",
+        "selection_cases should be a list of case ids (strings)",
+    ]
+    fine, problems = read_provenance({"split": "test", "per_case": {}, "selection_split": None})
+    assert problems == [] and fine.selection_split == NONE and not fine.overlap

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medsam2_hpc.cli.parser import positive_int, seed_int
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import look_up
 from medsam2_hpc.registry import dataset_kind, dataset_names, load_entry
@@ -29,11 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--layout", help="; ".join(f"{d}: {' | '.join(dataset_kind(d).layouts)}"
                                             for d in dataset_names()) + " (default: the first)")
     s.add_argument("--out", required=True, type=Path, help="directory to create (must be empty or absent)")
-    s.add_argument("--cases", type=int, default=4, help="training cases (default 4)")
-    s.add_argument("--test-cases", type=int, default=None, help="test cases (default: half of --cases, >= 1)")
-    s.add_argument("--size", type=int, default=None, help="image side in px (default: the demo's size)")
-    s.add_argument("--depth", type=int, default=20, help="slices per volume of a 3D dataset (default 20)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cases", type=positive_int, default=4, help="training cases (default 4)")
+    s.add_argument("--test-cases", type=positive_int, default=None,
+                   help="test cases (default: half of --cases, >= 1)")
+    s.add_argument("--size", type=positive_int, default=None,
+                   help="image side in px (default: the demo's size)")
+    s.add_argument("--depth", type=positive_int, default=20,
+                   help="slices per volume of a 3D dataset (default 20)")
+    s.add_argument("--seed", type=seed_int, default=0)
     s.set_defaults(func=synth_command)
     c = verbs.add_parser("check", help="decode every file of a dataset copy and print a summary")
     c.add_argument("--dataset", required=True, help=" | ".join(dataset_names()))

@@ -7,12 +7,13 @@ same Task as jobs.yaml and the sbatch script, and calls the same run_task.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
-from medsam2_hpc.errors import InputError
+from medsam2_hpc.cli.parser import Parser, name_arg, positive_float, positive_int, seed_int
+from medsam2_hpc.errors import InputError, guarded
+from medsam2_hpc.inputs import parse_yaml
 from medsam2_hpc.registry import dataset_kind, dataset_names, model_kind, model_names
 from medsam2_hpc.task import PROMPTS, Task
 
@@ -26,17 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser, models: Sequence[str] | None 
     paths = ", ".join(f"{d}: {dataset_kind(d).default_path}" for d in dataset_names())
     parser.add_argument("--model", required=True, choices=models, help="model kind to train")
     parser.add_argument("--variant", help=f"size ({variants}; default per model)")
-    parser.add_argument("--dataset", choices=list(dataset_names()), help="default per model")
+    parser.add_argument("--dataset", type=str.lower, choices=list(dataset_names()), help="default per model")
     parser.add_argument("--data-path", help=f"dataset root (default {paths})")
     parser.add_argument("--prompt", choices=list(PROMPTS), help="SAM2 prompt kind (default per model)")
     parser.add_argument("--output-root", default="runs", help="runs go to OUTPUT_ROOT/STUDY/TASK_ID")
-    parser.add_argument("--study", default="local")
-    parser.add_argument("--name", help="run directory name (default: derived from the task)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--study", type=name_arg, default="local")
+    parser.add_argument("--name", type=name_arg, help="run directory name (default: derived from the task)")
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--epochs", type=positive_int)
+    parser.add_argument("--batch-size", type=positive_int)
+    parser.add_argument("--image-size", type=positive_int)
+    parser.add_argument("--lr", type=positive_float)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any trainer hyper-parameter (value parsed as YAML), repeatable")
 
@@ -45,12 +46,10 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as exc:
-            raise InputError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from exc
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise InputError(f"--set {item[:60]!r}: expected KEY=VALUE with KEY a hyper-parameter name")
+        out[key] = parse_yaml(raw, f"--set {key}") if raw else ""
     return out
 
 
@@ -82,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, *, models: Sequence[str] | None = None,
          prog: str = "train.py") -> int:
-    from medsam2_hpc.errors import guarded
-
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = Parser(prog=prog, description=__doc__.splitlines()[0])
     add_arguments(parser, models)
     args = parser.parse_args(argv)
     return guarded(lambda: run(args), prog)

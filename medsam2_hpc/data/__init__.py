@@ -7,11 +7,15 @@ docs/DEVELOPING.md ("Data interface") for the contract.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InputError
 from ..options import look_up
 from ..registry import DatasetKind, dataset_names, register_dataset
 from .organs import ORGANS
 
-__all__ = ["check_dataset"]
+__all__ = ["check_dataset", "decode_first"]
 
 register_dataset(DatasetKind(
     name="refuge", classes=("cup", "disc"), default_path="./data/REFUGE",
@@ -31,3 +35,12 @@ register_dataset(DatasetKind(
 def check_dataset(name: str, flag: str = "-dataset") -> str:
     """Normalise a dataset name ("REFUGE", "btcv", ...) or raise InputError naming ``flag``."""
     return look_up(str(name).lower(), dataset_names(), flag)
+
+
+def decode_first(splits: Mapping[str, Any], root: Any) -> None:
+    """Decode the first item of every split, so a file that cannot be read fails before a run
+    directory exists (listing files proves little: a truncated image lists like a good one)."""
+    for split, items in splits.items():
+        if not len(items):
+            raise InputError(f"{root}: no cases in the {split} split")
+        items[0]

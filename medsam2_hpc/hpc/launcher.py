@@ -292,6 +292,7 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
     skipped: dict[str, str] = {}
     for task in study.tasks:
         run = task.run_dir
+        run.claim(task)
         element = latest.get(task.task_id, {}).get("job")
         state = run.status().get("state", "pending")
         if run.metrics_json.exists():

@@ -64,8 +64,8 @@ def _split(data: dict[str, Any], problems: list[str]) -> str:
     value = data["selection_split"]
     if value is None:
         return NONE
-    if not isinstance(value, str) or not value:
-        problems.append(f"key 'selection_split' should be a split name or null, got {value!r}")
+    if not isinstance(value, str):
+        problems.append(f"key 'selection_split' should be str, got {type(value).__name__}")
         return UNKNOWN
     return value
 
@@ -76,17 +76,17 @@ def _checkpoint(data: dict[str, Any], problems: list[str]) -> tuple[str, float, 
         return UNKNOWN, math.nan, None
     value = data["checkpoint"]
     if not isinstance(value, dict):
-        problems.append(f"key 'checkpoint' should be an object, got {type(value).__name__}")
+        problems.append(f"key 'checkpoint' should be dict, got {type(value).__name__}")
         return UNKNOWN, math.nan, None
     select, epoch, validated = value.get("select"), value.get("epoch"), value.get("validated")
     if select not in CHECKPOINT_SELECT:
-        problems.append(f"checkpoint.select {select!r} is not one of {', '.join(CHECKPOINT_SELECT)}")
+        problems.append(f"checkpoint.select {select!r} is not one of {CHECKPOINT_SELECT}")
         select = UNKNOWN
     if epoch is not None and not (isinstance(epoch, int) and not isinstance(epoch, bool)):
-        problems.append(f"checkpoint.epoch should be an integer or null, got {epoch!r}")
+        problems.append(f"checkpoint.epoch should be int or null, got {type(epoch).__name__}")
         epoch = None
     if not isinstance(validated, bool):
-        problems.append(f"checkpoint.validated should be true or false, got {validated!r}")
+        problems.append("checkpoint.validated should be true or false")
         validated = None
     return select, math.nan if epoch is None else float(epoch), validated
 
@@ -95,7 +95,7 @@ def _overlap(data: dict[str, Any], selection_split: str, problems: list[str]) ->
     """Why selection touched the scored cases, or "" when it did not (or cannot be told)."""
     cases = data.get("selection_cases")
     if cases is not None and not (isinstance(cases, list) and all(isinstance(c, str) for c in cases)):
-        problems.append("key 'selection_cases' should be a list of case ids")
+        problems.append("selection_cases should be a list of case ids (strings)")
         cases = None
     scored = data.get("per_case") if isinstance(data.get("per_case"), dict) else {}
     if selection_split not in (UNKNOWN, NONE) and selection_split == data.get("split"):
@@ -112,22 +112,25 @@ def _overlap(data: dict[str, Any], selection_split: str, problems: list[str]) ->
 def read_provenance(data: dict[str, Any]) -> tuple[Provenance, list[str]]:
     """The round-2 fields of a metrics dict, and every problem with them (empty: all fine).
 
-    Reads any dict, so that a file with other problems too has all of them named at once.
+    Reads any dict, so that a file with other problems too has all of them named at once. The
+    problems are worded as ``contract.validate_metrics`` words them, so the reader can drop the
+    ones the contract already named (schema 2 checks these fields too).
     """
     problems: list[str] = []
     selection_split = _split(data, problems)
     selection_dice = data.get("selection_dice")
     if selection_dice is not None and not _is_number(selection_dice):
-        problems.append(f"key 'selection_dice' should be a number or null, got {selection_dice!r}")
+        kind = type(selection_dice).__name__
+        problems.append(f"key 'selection_dice' should be float/int/NoneType, got {kind}")
         selection_dice = None
     select, epoch, validated = _checkpoint(data, problems)
     unit = data.get("hd95_unit") or UNKNOWN  # null: no HD95 computed, so no unit either
     if unit not in (*HD95_UNITS, UNKNOWN):
-        problems.append(f"hd95_unit {unit!r} is not one of {', '.join(HD95_UNITS)}")
+        problems.append(f"hd95_unit {unit!r} is not one of {HD95_UNITS}")
         unit = UNKNOWN
     hparams = data.get("hparams")
     if hparams is not None and not isinstance(hparams, dict):
-        problems.append(f"key 'hparams' should be an object, got {type(hparams).__name__}")
+        problems.append(f"key 'hparams' should be dict, got {type(hparams).__name__}")
         hparams = None
     overlap = _overlap(data, selection_split, problems)
     dice = math.nan if selection_dice is None else float(selection_dice)

@@ -183,7 +183,7 @@ class _Reader:
         problems = [problem] if problem else validate_metrics(data)
         if isinstance(data, dict):  # every problem at once, the round-2 fields' too
             provenance, more = read_provenance(data)
-            problems += more
+            problems = list(dict.fromkeys([*problems, *more]))  # the contract may name the same ones
         if problems:
             study, file = self.study, Path(path)
             rel = file.relative_to(study.parent) if study.parent in file.parents else file

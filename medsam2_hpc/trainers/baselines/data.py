@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from medsam2_hpc import metrics
 from medsam2_hpc.atomic import atomic_write
-from medsam2_hpc.data import btcv
+from medsam2_hpc.data import btcv, decode_first
 from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
@@ -165,7 +165,8 @@ class BaselineData:
 
 
 def check_data(task: Any, classes: list[str] | None = None) -> None:
-    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty.
+    """Pre-flight before anything is written: layout found, no split empty, and the first item of
+    each split decoded (a corrupt file fails now, not after the run directory is made).
 
     Once per dataset (not per task) while a study is checked before queueing.
     """
@@ -177,12 +178,11 @@ def _check_data(task: Any, classes: list[str] | None) -> None:
     kind = dataset_kind(task.dataset)
     load = load_entry(kind.loader)
     if kind.volumetric:
-        n = len(load(task.data_path)["train"])
+        splits = load(task.data_path)
     else:
-        n = len(load(task.data_path, "train", classes=classes))
-        load(task.data_path, "test", classes=classes)
-    if n == 0:
-        raise InputError(f"{task.data_path}: the {task.dataset} training split is empty")
+        splits = {split: load(task.data_path, split, image_size=64, out_size=64, classes=classes)
+                  for split in kind.splits}
+    decode_first(splits, task.data_path)
 
 
 def load_data(task: Any, image_size: int, out_size: int | None = None,

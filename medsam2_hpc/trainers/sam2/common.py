@@ -124,15 +124,20 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
     model = build_sam2_model(config, ckpt, image_size=cfg.image_size, device="cpu",
                              allow_random=ckpt.lower() == "none")
     if cfg.pretrain:
-        load_sam2_weights(model, cfg.pretrain, config)
+        load_sam2_weights(model, cfg.pretrain, config, what="pretrain")
     return model.to(device)
 
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
     """Build once on the CPU so a wrong config/checkpoint fails before anything is written
-    (once per config, checkpoint and size while a study is checked before queueing)."""
-    key = ("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size)
-    once(key, lambda: build_model(task, cfg, "cpu") and None)
+    (an unreadable ``pretrain`` file first, before a model is built for nothing); once per config,
+    checkpoint and size while a study is checked before queueing."""
+    def build() -> None:
+        if cfg.pretrain:
+            load_checkpoint(cfg.pretrain, what="pretrain")
+        build_model(task, cfg, "cpu")
+
+    once(("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size), build)
 
 
 def load_weights_from(model: torch.nn.Module, path: Path) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -32,11 +33,12 @@ from medsam2_hpc.engine import (
     pick_device,
     progress,
 )
+from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
 from medsam2_hpc.losses import make_loss
-from medsam2_hpc.models.sam2 import set_trainable
+from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
 from medsam2_hpc.precheck import once
@@ -70,7 +72,7 @@ class Sam2Config3D(Sam2Config):
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
     """
 
-    trainable: str = "decoder+memory"
+    trainable: TrainableParts = "decoder+memory"
     video_length: int = 2
     prompt_freq: int = 2
     memory_lr: float = 1e-5
@@ -103,14 +105,11 @@ def config(task: Task) -> Sam2Config3D:
 def check(task: Task) -> None:
     """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
-    once(("btcv-volumes", task.data_path), lambda: _check_volumes(task.data_path))
+    check_resumable(task.run_dir)
+    once(("btcv-volumes", task.data_path),
+         lambda: decode_first(training_volumes(task.data_path), task.data_path))
     check_model(task, cfg)
 
-
-def _check_volumes(data_path: str) -> None:
-    for split, volumes in training_volumes(data_path).items():
-        if not len(volumes):
-            raise InputError(f"{data_path}: no BTCV cases in the {split} split")
 
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
