@@ -80,7 +80,7 @@ def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         if study.scored.empty:  # nothing to tabulate: say why instead of failing inside pandas
             first = f": {study.warnings[0]}" if study.warnings else ""
             raise InputError(f"study dir {str(study.path)!r}: none of its {len(study.runs)} run(s) has a "
-                             f"valid metrics.json{first}")
+                             f"valid metrics.json that may be tabulated{first}")
         out = Path(out_dir) if out_dir is not None else study.path / "comparison"
         cases = stats.case_scores(study)
         sections = _dataset_sections(study, with_published)
