@@ -141,10 +141,28 @@ def test_set_changes_partition_and_account_on_the_command_line(tmp_path, refuge_
     assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.partition=a100",
                  "--set", "profiles.gpu.account=proj42", "--set", "profiles.gpu.cpus=6"]) == 0
     out = capfd.readouterr().out
-    for line in ("#SBATCH --partition=a100", "#SBATCH --account=proj42", "#SBATCH --cpus-per-task=6"):
+    for line in ("#SBATCH --partition=a100", "#SBATCH --account=proj42", "#SBATCH --cpus-per-task=6",
+                 "export MEDSAM2_GPUS=1"):
         assert line in out
     assert path.read_text() == before
     assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.partitoin=a"]) == 2
     assert "unknown profile key 'partitoin' (did you mean 'partition'?)" in capfd.readouterr().err
     assert main(["submit", str(path), "--dry-run", "--set", "profiles.gpu.cpus=0"]) == 2
     assert "profiles.gpu.cpus (line 4): must be >= 1, got 0" in capfd.readouterr().err
+
+
+def test_device_auto_in_a_gpu_job_without_a_visible_gpu_is_an_error(monkeypatch):
+    """The launcher exports MEDSAM2_GPUS in jobs of GPU profiles; there `auto` must not mean the CPU."""
+    import torch
+
+    from medsam2_hpc.engine.runtime import pick_device
+    from medsam2_hpc.errors import InputError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here: auto rightly picks it")
+    monkeypatch.setenv("MEDSAM2_GPUS", "2")
+    with pytest.raises(InputError, match=r"asked for 2 GPU\(s\) but none is visible"):
+        pick_device("auto")
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.delenv("MEDSAM2_GPUS")
+    assert pick_device("auto").type == "cpu"

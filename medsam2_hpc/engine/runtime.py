@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..jobenv import job_identity
 from ..precheck import before_queue
 
 __all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "reset_peak_memory",
@@ -33,7 +34,14 @@ def pick_device(requested: str | None = None) -> torch.device:
             return torch.device("cpu")
         raise InputError(f"hparams.device: {requested!r} is not auto, cpu, cuda, cuda:N or N")
     if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        wanted = job_identity().gpus_requested
+        if wanted:
+            raise InputError(f"device 'auto': the job's profile asked for {wanted} GPU(s) but none is "
+                             "visible here (no --nv, no driver, or CUDA_VISIBLE_DEVICES empty); "
+                             "set hparams.device: cpu to train on the CPU on purpose")
+        return torch.device("cpu")
     if str(requested).isdigit():
         requested = f"cuda:{requested}"
     if str(requested).startswith("cuda") and not torch.cuda.is_available():

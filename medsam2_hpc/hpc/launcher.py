@@ -34,6 +34,7 @@ from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg p
 from .. import checkpoints
 from ..atomic import write_json
 from ..errors import InputError, SlurmError
+from ..jobenv import GPUS_ENV
 from ..options import suggest
 from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
@@ -138,7 +139,8 @@ class SlurmBackend(Backend):
             "constraint": profile.constraint,
             "array_parallelism": profile.array_parallelism,
             "signal_delay_s": profile.signal_delay_s,
-            "setup": list(profile.setup) or None,
+            # device auto must not fall back to the CPU silently where GPUs were asked for
+            "setup": [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup) or None,
             "additional_parameters": dict(profile.sbatch) or None,
             # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
