@@ -122,6 +122,8 @@ class FrameOutput:
     object_score: Tensor  # (K, 1) logit that the object is on this slice
     from_decoder: Tensor  # (K,) bool: False where the output is the prompt mask itself
     is_cond: bool
+    multimasks: Tensor  # (K, M, S, S) every mask the decoder proposed (M = 1 or 3), for the loss
+    ious: Tensor  # (K, M) the IoU head's estimate of each
 
 
 def propagation_order(num_frames: int, cond_frames: Sequence[int]) -> list[tuple[int, bool, bool]]:
@@ -227,16 +229,17 @@ class VideoPropagator:
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, feats.vision_feats[-1], feats.vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            low, high, ptr, score, from_decoder, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
-                finish, pix, *feats.vision_feats, use_reentrant=False)
+            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = \
+                torch.utils.checkpoint.checkpoint(finish, pix, *feats.vision_feats, use_reentrant=False)
         else:
             pix = attend(feats.vision_feats[-1], feats.vision_pos[-1])
-            low, high, ptr, score, from_decoder, mem_feats, mem_pos = finish(pix, *feats.vision_feats)
+            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = finish(
+                pix, *feats.vision_feats)
         # the memory's positional encoding is the same for every object: keep one row
         mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
         bank = "cond_frame_outputs" if prompts is not None else "non_cond_frame_outputs"
         memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
-        return FrameOutput(low, high, score, from_decoder, prompts is not None)
+        return FrameOutput(low, high, score, from_decoder, prompts is not None, multi, ious)
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         if self.attention == "cudnn":
@@ -263,18 +266,22 @@ class VideoPropagator:
         if prompts is None:
             outs = m._forward_sam_heads(pix, high_res_features=high_res,
                                         multimask_output=m._use_multimask(False, None))
-            low, high, ptr, score = outs[3], outs[4], outs[5], outs[6]
+            multi, ious, low, high, ptr, score = outs[1:]
             from_decoder = torch.ones(k, dtype=torch.bool, device=low.device)
         else:
-            low, high, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
+            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
             object_score_logits=score, is_mask_from_pts=prompts is not None)
-        return low, high, ptr, score, from_decoder, mem_feats, mem_pos
+        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
-                        k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Decoder outputs on a prompted slice, one call per group of like prompts."""
+                        k: int) -> tuple[Tensor, ...]:
+        """Decoder outputs on a prompted slice, one call per group of like prompts.
+
+        Groups propose 1 or 3 masks; single ones are repeated to the widest group's count (a
+        copy changes neither the lowest mask loss nor the mean IoU loss).
+        """
         m = self.model
         parts: list[tuple[Tensor, tuple]] = []
         for idx, kind, n in prompts.groups():
@@ -294,11 +301,14 @@ class VideoPropagator:
             parts.append((idx, outs))
         low = _scatter(k, [(i, o[3]) for i, o in parts])
         high = _scatter(k, [(i, o[4]) for i, o in parts])
+        width = max(o[1].shape[1] for _, o in parts)
+        multi = _scatter(k, [(i, o[1].expand(-1, width, -1, -1)) for i, o in parts])
+        ious = _scatter(k, [(i, o[2].expand(-1, width)) for i, o in parts])
         ptr = _scatter(k, [(i, o[5]) for i, o in parts])
         score = _scatter(k, [(i, o[6]) for i, o in parts])
         from_decoder = ~prompts.use_mask.to(low.device) if m.use_mask_input_as_output_without_sam \
             else torch.ones(k, dtype=torch.bool, device=low.device)
-        return low, high, ptr, score, from_decoder
+        return low, high, multi, ious, ptr, score, from_decoder
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
