@@ -16,12 +16,31 @@ from typing import IO, Any
 __all__ = ["atomic_write", "write_json", "write_text", "read_json"]
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``writer`` on a temp file beside ``path`` and rename it into place."""
+    """Call ``writer`` on a temp file beside ``path`` and rename it into place.
+
+    The file gets the mode ``open`` would give (0666 less the umask), not mkstemp's 0600: run
+    directories are read by the group and by containers that run under another uid.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             writer(fh)
             fh.flush()

@@ -10,8 +10,11 @@ import math
 import os
 import subprocess
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .task import MODELS, PROMPTS, Task
 
@@ -123,32 +126,71 @@ def build_metrics(
     return _clean(metrics)
 
 
+_SCORE_TYPES = frozenset((float, int, type(None)))  # None: a class absent from the case
+
+
+def _scores_ok(values: list[Any]) -> bool:
+    """All numbers in [0, 1] or None; one pass of C-level ``map`` and numpy, no Python loop."""
+    if not set(map(type, values)) <= _SCORE_TYPES:
+        return False
+    array = np.array(values, dtype=float)  # None -> NaN: an absent class, allowed
+    return not ((array < 0.0) | (array > 1.0)).any()
+
+
+def _score_problems(name: str, scores: Any) -> list[str]:
+    """Why the Dice values in ``scores`` (class -> Dice or None) break the contract, by entry."""
+    if not isinstance(scores, dict):
+        return [f"{name} should map class -> Dice, got {type(scores).__name__}"]
+    problems = []
+    for cls, value in scores.items():
+        if type(value) not in _SCORE_TYPES:
+            problems.append(f"{name}[{cls!r}] = {value!r} is not a number or null")
+        elif value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"{name}[{cls!r}] = {value} is outside [0, 1]")
+    return problems
+
+
+def _per_case_problems(per_case: dict[str, Any]) -> list[str]:
+    """A study holds millions of case scores: check them all at once, and only a table that
+    fails is walked again in Python to name the offending entries."""
+    tables = list(per_case.values())
+    if set(map(type, tables)) <= {dict} and _scores_ok(list(chain.from_iterable(map(dict.values, tables)))):
+        return []
+    return [p for case, classes in per_case.items() for p in _score_problems(f"per_case[{case!r}]", classes)]
+
+
 def validate_metrics(data: Any) -> list[str]:
-    """Every way ``data`` breaks the contract, as readable lines (empty list: valid)."""
+    """Every way ``data`` breaks the contract, as readable lines (empty list: valid).
+
+    All problems are collected, not the first: a file with a missing key and an out-of-range
+    Dice names both, so one fix is enough. Values are checked wherever their key is well typed.
+    """
     if not isinstance(data, dict):
         return ["metrics.json is not a JSON object"]
     problems = []
+    ok: dict[str, Any] = {}  # the keys present with the right type
     for key, types in REQUIRED_KEYS.items():
         if key not in data:
             problems.append(f"missing key {key!r}")
         elif isinstance(data[key], bool) or not isinstance(data[key], types):
             names = "/".join(t.__name__ for t in types)
             problems.append(f"key {key!r} should be {names}, got {type(data[key]).__name__}")
-    if problems:
-        return problems
-    if data["schema_version"] != SCHEMA_VERSION:
-        problems.append(f"schema_version {data['schema_version']} is not {SCHEMA_VERSION}")
-    if data["model"] not in MODELS:
-        problems.append(f"model {data['model']!r} is not one of {MODELS}")
-    if data["prompt"] not in PROMPTS:
-        problems.append(f"prompt {data['prompt']!r} is not one of {PROMPTS}")
-    for case, classes in data["per_case"].items():
-        if not isinstance(classes, dict):
-            problems.append(f"per_case[{case!r}] should map class -> Dice")
-    d = data["dice_mean"]
+        else:
+            ok[key] = data[key]
+    if "schema_version" in ok and ok["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version {ok['schema_version']} is not {SCHEMA_VERSION}")
+    if "model" in ok and ok["model"] not in MODELS:
+        problems.append(f"model {ok['model']!r} is not one of {MODELS}")
+    if "prompt" in ok and ok["prompt"] not in PROMPTS:
+        problems.append(f"prompt {ok['prompt']!r} is not one of {PROMPTS}")
+    d = ok.get("dice_mean")
     if d is not None and not 0.0 <= d <= 1.0:
         problems.append(f"dice_mean {d} is outside [0, 1]")
-    if data["model"] == "sam2-3d" or data["dataset"] == "btcv":
+    if "per_class" in ok:
+        problems += _score_problems("per_class", ok["per_class"])
+    if "per_case" in ok:
+        problems += _per_case_problems(ok["per_case"])
+    if ok.get("model") == "sam2-3d" or ok.get("dataset") == "btcv":
         if "dice_mean_per_slice" not in data:
             problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
     return problems

@@ -160,9 +160,10 @@ class RunDir:
     def mark_preempted(self) -> dict[str, Any]:
         return self.update_status(state="preempted", ended_at=_now())
 
-    def mark_failed(self, exc: BaseException) -> dict[str, Any]:
+    def mark_failed(self, exc: BaseException, reason: str | None = None) -> dict[str, Any]:
+        """The traceback's tail; ``reason``, when given, is its last line (what ``status`` shows)."""
         tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
-        return self.update_status(state="failed", ended_at=_now(), error=tail)
+        return self.update_status(state="failed", ended_at=_now(), error=tail + reason if reason else tail)
 
     # metrics.json ----------------------------------------------------------------
     def write_metrics(self, metrics: dict[str, Any]) -> Path:

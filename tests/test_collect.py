@@ -89,6 +89,10 @@ def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
     old = root / "old_schema_run"
     old.mkdir()
     (old / "metrics.json").write_text(json.dumps({**made["yolo"][0], "schema_version": 0}))
+    stray = root / "stray_case_run"  # well-formed apart from two per-case Dice values
+    stray.mkdir()
+    cases = {**made["yolo"][0]["per_case"], "img0035": {"spleen": "n/a", "right kidney": 0.5, "liver": 1.5}}
+    (stray / "metrics.json").write_text(json.dumps({**made["yolo"][0], "per_case": cases}))
     broken = root / "broken_json_run"
     broken.mkdir()
     (broken / "metrics.json").write_text('{"dice_mean": 0.5,')
@@ -181,13 +185,17 @@ def test_failed_missing_running_and_malformed_runs_are_reported(study, tmp_path)
     assert states["malformed_run"] == "malformed"
     assert states["old_schema_run"] == "malformed"
     assert states["broken_json_run"] == "malformed"
+    assert states["stray_case_run"] == "malformed"
     warned = "\n".join(report.warnings)
+    assert ("stray_case_run/metrics.json: skipped: per_case['img0035']['spleen'] = 'n/a' is not a number "
+            "or null; per_case['img0035']['liver'] = 1.5 is outside [0, 1]") in warned
     assert "malformed_run/metrics.json" in warned and "missing key 'seed'" in warned
     assert "old_schema_run/metrics.json" in warned and "schema_version 0" in warned
     assert "broken_json_run/metrics.json" in warned
     incomplete = pd.read_csv(tmp_path / "out" / "tables" / "incomplete_runs.csv")
     assert set(incomplete["run"]) == {"failed_run", "running_run", "preempted_run", "missing_run",
-                                      "malformed_run", "old_schema_run", "broken_json_run"}
+                                      "malformed_run", "old_schema_run", "broken_json_run",
+                                      "stray_case_run"}
     doc = (tmp_path / "out" / "MODEL_COMPARISON.md").read_text()
     assert "RuntimeError: CUDA out of memory" in doc
     assert "missing_run" in doc and "yolo11n-seg" in doc
@@ -260,7 +268,6 @@ def test_case_scores_skip_absent_classes_and_ragged_cases() -> None:
 
     assert _case_scores({"a": {"x": 0.5, "y": 1.0}, "b": {"x": None, "y": 0.2}}).tolist() == [0.75, 0.2]
     assert _case_scores({"a": {"x": 0.5, "y": 1.0}, "b": {"x": 0.1}}).tolist() == [0.75, 0.1]
-    assert _case_scores({"a": {"x": 0.5, "y": "bad"}}).tolist() == [0.5]
     assert np.isnan(_case_scores({"a": {"x": None}, "b": {}})).all()
 
 
@@ -273,8 +280,8 @@ def test_parallel_collect_equals_serial(study, tmp_path, monkeypatch) -> None:
     (root / "comparison" / "tables").mkdir(parents=True)  # output of an earlier collect: not a run
     (root / "comparison" / "notes.txt").write_text("x")
     serial = collect.load_study(root)
-    assert len(serial.runs) == 13 and "comparison" not in set(serial.runs["run"])
-    monkeypatch.setattr(collect, "_CHUNK_RUNS", 4)  # 13 run dirs + the comparison dir: 4 slices
+    assert len(serial.runs) == 14 and "comparison" not in set(serial.runs["run"])
+    monkeypatch.setattr(collect, "_CHUNK_RUNS", 4)  # 14 run dirs + the comparison dir: 4 slices
     with process_pool(2) as pool:
         parallel = collect.load_study(root, pool)
     pd.testing.assert_frame_equal(parallel.runs, serial.runs)

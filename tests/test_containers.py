@@ -22,6 +22,7 @@ from medsam2_hpc import __version__
 from medsam2_hpc.cli import main
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.hpc import containers as c
+from medsam2_hpc.hpc import pipconfig
 from medsam2_hpc.spec import Bind, ContainerSpec
 
 ROOT = c.REPO_ROOT
@@ -327,3 +328,111 @@ def test_exec_prefix_string_survives_the_shell_with_standin_apptainer(tmp_path):
     got = record.read_text().splitlines()
     assert got == argv[1:] + [
         "python", "-u", "-m", "submitit.core._submit", "/sub mit"]
+
+
+# ------------------------------------------------------------------------------ two bootstraps
+
+def _renderings(**kw) -> tuple[str, str]:
+    text = c.DEF_PATH.read_text()
+    return (c.render(text, revision="abc123", **kw),
+            c.render(text, revision="abc123", bootstrap="debootstrap",
+                     mirror="http://mirror.example/debian", **kw))
+
+
+def test_debootstrap_rendering_swaps_only_the_base():
+    docker, deb = _renderings(pip_files=[".b/pip.conf", ".b/ca.crt"])
+    assert c.compare_renderings(docker, deb) == []
+    assert deb.startswith("Bootstrap: debootstrap\nOSVersion: bookworm\nMirrorURL: http://mirror.example/debian\n")
+    assert "org.opencontainers.image.base.name debian:bookworm" in deb
+    post = [line.strip() for line in c._section_body(deb, "post") if line.strip()]
+    assert post[0] == "export PIP_CONFIG_FILE=/opt/medsam2-hpc/build/pip.conf"  # before any pip
+    assert 'python3 -m pip install --no-cache-dir --break-system-packages "torch==2.14.1" torchvision' in post
+    assert any("python-is-python3" in line for line in post)  # submitit runs `python`
+    assert post[-1] == "rm -rf /opt/medsam2-hpc/build"  # the pip.conf and CA bundle leave no trace
+    assert c._section_body(docker, "post")[1:-1] == [
+        line for line in c._section_body(deb, "post")[1:-1] if line not in
+        ["    " + x for x in c.debootstrap_post(c.parse().base_image)]]
+
+
+def test_compare_renderings_names_what_drifted():
+    docker, deb = _renderings()
+    deb = deb.replace("export YOLO_OFFLINE=1", "export YOLO_OFFLINE=0")
+    deb = deb.replace("org.opencontainers.image.version 0.1.0", "org.opencontainers.image.version 9")
+    deb = deb.replace('        "pandas>=2.1" \\\n', "")
+    problems = c.compare_renderings(docker, deb)
+    assert "%environment differs between the docker and debootstrap renderings" in problems
+    assert "%labels differ between the docker and debootstrap renderings" in problems
+    assert "debootstrap rendering: %post does not install setup.cfg requirements pandas>=2.1" in problems
+
+
+def test_render_rejects_a_bad_mirror_and_bootstrap():
+    with pytest.raises(InputError, match="--mirror 'ftp://x'"):
+        c.render(c.DEF_PATH.read_text(), revision="x", bootstrap="debootstrap", mirror="ftp://x")
+    with pytest.raises(InputError, match="--bootstrap 'yum'"):
+        c.render(c.DEF_PATH.read_text(), revision="x", bootstrap="yum")
+    assert c.torch_version("pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime") == "2.14.1"
+
+
+# ------------------------------------------------------------------------------ --pip-config host
+
+CONFIG_LIST = """\
+global.cert='/etc/ssl/certs/ca-certificates.crt'
+global.index-url='https://mirror.example/simple'
+global.find-links='/opt/wheels https://wheels.example/links'
+user.index-url='https://ignored.example/simple'
+:env:.index-url='https://alice:s3cret@pypi.corp.example/simple'
+:env:.trusted-host='pypi.corp.example'
+"""
+
+
+def test_pip_config_keeps_urls_skips_local_paths_and_hides_credentials(tmp_path):
+    values = pipconfig.parse_config_list(CONFIG_LIST)
+    assert values["index-url"] == "https://alice:s3cret@pypi.corp.example/simple"  # env wins
+    bundle = _write(tmp_path / "ca.pem", "---CERT---")
+    pip = pipconfig.from_values({**values, "cert": str(bundle)})
+    assert pip.ca_bundle == bundle and pip.has_credentials
+    assert pip.settings["find-links"] == ("https://wheels.example/links",)
+    assert pip.skipped == ("find-links=/opt/wheels (a local path, not visible inside the build)",)
+    text = pip.describe()
+    assert "s3cret" not in text and "alice" not in text and "https://***@pypi.corp.example/simple" in text
+    conf = pip.pip_conf("/opt/medsam2-hpc/build/ca.crt").splitlines()
+    assert conf[:2] == ["[global]", "cert = /opt/medsam2-hpc/build/ca.crt"]
+    assert "index-url = https://alice:s3cret@pypi.corp.example/simple" in conf
+    with pytest.raises(InputError, match="pip's cert /nope.pem is not a file"):
+        pipconfig.from_values({"cert": "/nope.pem"})
+
+
+def test_build_carries_host_pip_config_without_printing_it_with_standin_apptainer(
+        tmp_path, standin_apptainer, monkeypatch, capsys):
+    bundle = _write(tmp_path / "corp-ca.pem", "---CORP CA---")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://alice:s3cret@pypi.corp.example/simple")
+    monkeypatch.setenv("PIP_CERT", str(bundle))
+    _write(standin_apptainer.parent / "bin" / "apptainer", STANDIN.replace(
+        'cp "${@: -1}"', 'cp -p .medsam2-build-*/pip.conf .medsam2-build-*/ca.crt "$RECORD"/; cp "${@: -1}"'),
+        executable=True)
+    ctx = _repo_copy(tmp_path)
+    assert main(["container", "build", "--bootstrap", "debootstrap", "--mirror", "http://m.example/debian",
+                 "--pip-config", "host", "--compression", "zstd", "--out", str(tmp_path / "m.sif"),
+                 "--def", str(ctx / "containers" / "medsam2.def")]) == 0
+    out = capsys.readouterr()
+    assert "s3cret" not in out.out + out.err and "https://***@pypi.corp.example/simple" in out.out
+    record = standin_apptainer
+    assert (record / "ca.crt").read_text() == "---CORP CA---"
+    conf = record / "pip.conf"
+    assert "index-url = https://alice:s3cret@pypi.corp.example/simple" in conf.read_text()
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # credentials: owner-only while it exists
+    built = (record / "build.def").read_text()
+    assert "MirrorURL: http://m.example/debian" in built
+    assert c._section_body(built, "files")[0].split()[1] == "/opt/medsam2-hpc/build/pip.conf"
+    argv = (record / "argv").read_text().splitlines()
+    assert argv[:4] == ["build", "--mksquashfs-args", "-comp zstd", str(tmp_path / "m.sif")]
+    assert not list(ctx.glob(".medsam2-build-*"))  # scratch files removed
+
+
+def test_build_mirror_needs_debootstrap(tmp_path, standin_apptainer, capsys):
+    ctx = _repo_copy(tmp_path)
+    assert main(["container", "build", "--mirror", "http://m.example/debian",
+                 "--out", str(tmp_path / "m.sif"), "--def", str(ctx / "containers" / "medsam2.def")]) == 2
+    assert "--mirror: only used with --bootstrap debootstrap" in capsys.readouterr().err
+    assert not (standin_apptainer / "argv").exists()

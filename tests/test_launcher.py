@@ -31,7 +31,7 @@ from medsam2_hpc.engine import LoopConfig, TrainLoop
 from medsam2_hpc.engine.stop import clear_stop
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.hpc import launcher
-from medsam2_hpc.hpc.requeue import TaskCall, write_helpers
+from medsam2_hpc.hpc.requeue import TIME_LIMIT_REASON, TaskCall, write_helpers
 from medsam2_hpc.task import RunDir, Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ def train(task: Task, run: RunDir) -> dict:
             for _ in range(1200):
                 time.sleep(0.05)
             raise RuntimeError("no stop signal arrived")
+        time.sleep(float(task.hp("epoch_s", 0)))  # a long run that costs no CPU (tests/slurm)
         loss = model(torch.ones(4, 2)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -397,38 +398,56 @@ def test_slurm_without_sbatch_is_bad_input(tmp_path, monkeypatch):
         launcher.submit(study, out=StringIO())
 
 
-def _stopped_by(exc: BaseException):
-    def fn(task: Task) -> dict:
-        from medsam2_hpc.engine.stop import request_stop
+def _signalled_element(tmp_path: Path, max_requeues: int) -> tuple[Task, int, Path]:
+    """One array element run by submitit's own job entry point, so its real USR2 handler, the
+    real TaskCall and the real run_task; USR2 arrives in epoch 1. ``scontrol`` is a stand-in
+    that records the requeue. Returns the task, the element's exit code and the calls file."""
+    task = make_study(tmp_path, seeds=(0,), hparams={"epochs": 3, "hold_at": 1}).tasks[0]
+    folder = tmp_path / "submitit"
+    folder.mkdir()
+    submission = DelayedSubmission(TaskCall(run_tiny), task)
+    submission.set_timeout(1, max_requeues)  # under 10 minutes, submitit counts every USR2 as a timeout
+    submission.dump(folder / "123_4_submitted.pkl")
+    calls = tmp_path / "scontrol.calls"
+    bin_dir = tmp_path / "host-bin"
+    standin(bin_dir, "scontrol", f'echo "$*" >> {shlex.quote(str(calls))}\n')
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SUBMITIT_EXECUTOR": "slurm",
+           "SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": "4",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
+           "SLURM_JOB_NUM_NODES": "1"}
+    step = subprocess.Popen([sys.executable, "-u", "-m", "submitit.core._submit", str(folder)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.kill(int(_wait_for(task.run_dir.path / "ready")), signal.SIGUSR2)
+    return task, step.wait(timeout=120), calls
 
-        task.run_dir.prepare(task)
-        task.run_dir.mark_running()
-        request_stop()  # what checkpoint() does in submitit's signal handler
-        try:
-            raise exc
-        except BaseException as err:
-            task.run_dir.mark_failed(err)  # what run_task does on any exception
-            raise
-    return fn
+
+@pytest.mark.slow
+def test_time_limit_signal_with_a_requeue_left_is_preempted(tmp_path):
+    task, code, calls = _signalled_element(tmp_path, max_requeues=1)
+    assert code != 0 and calls.read_text() == "requeue 123_4\n"
+    status = task.run_dir.status()
+    assert status["state"] == "preempted" and status["attempts"] == 1 and status["error"] is None
+    assert not task.run_dir.metrics_json.exists() and task.run_dir.last_ckpt.exists()
 
 
-def test_task_call_status_after_requeue_exit_or_too_many_timeouts(tmp_path):
-    from submitit.core.utils import UncompletedJobError
+@pytest.mark.slow
+def test_time_limit_signal_after_the_last_requeue_is_failed_with_the_reason(tmp_path):
+    task, code, calls = _signalled_element(tmp_path, max_requeues=0)
+    assert code != 0 and not calls.exists()  # submitit did not requeue
+    status = task.run_dir.status()
+    assert status["state"] == "failed" and status["attempts"] == 1
+    assert "timed-out too many times" in status["error"]
+    assert status["error"].splitlines()[-1] == TIME_LIMIT_REASON
 
-    task = make_study(tmp_path, seeds=(0,)).tasks[0]
-    with pytest.raises(SystemExit):
-        TaskCall(_stopped_by(SystemExit(-1)))(task)  # requeued: resumable, not an error
-    assert task.run_dir.status()["state"] == "preempted" and task.run_dir.status()["error"] is None
-    with pytest.raises(UncompletedJobError):
-        TaskCall(_stopped_by(UncompletedJobError("timed-out too many times")))(task)
-    assert task.run_dir.status()["state"] == "failed"
-    assert "timed-out too many times" in task.run_dir.status()["error"]
+
+def _must_not_run(task: Task) -> dict:
+    raise AssertionError(f"{task.task_id} trained again although metrics.json exists")
 
 
 def test_task_call_never_trains_twice_once_metrics_exist(tmp_path):
     task = make_study(tmp_path, seeds=(0,)).tasks[0]
     task.run_dir.write_metrics({"done": True})  # e.g. stopped between metrics.json and status.json
-    assert TaskCall(_stopped_by(RuntimeError("must not run")))(task) == {"done": True}
+    assert TaskCall(_must_not_run)(task) == {"done": True}
     assert task.run_dir.status()["state"] == "completed"
     call = TaskCall(run_tiny)
     resubmission = call.checkpoint(task)

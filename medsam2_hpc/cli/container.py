@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from medsam2_hpc.atomic import write_text
 from medsam2_hpc.errors import EXIT_FAILURE, InputError
-from medsam2_hpc.hpc import containers
+from medsam2_hpc.hpc import containers, pipconfig
 
 CHECKPOINT_GLOB = "checkpoints/*.pt"
 
@@ -35,6 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", help="image path (default: containers/medsam2.sif, or build/medsam2-sandbox "
                                  "with --sandbox)")
     b.add_argument("--force", action="store_true", help="overwrite an existing image")
+    b.add_argument("--bootstrap", choices=containers.BOOTSTRAPS, default="docker",
+                   help="docker: the pinned PyTorch image (default); debootstrap: Debian bookworm from "
+                        "--mirror plus Python and CUDA-enabled torch wheels from PyPI (no Docker Hub needed)")
+    b.add_argument("--mirror", help=f"Debian archive for --bootstrap debootstrap "
+                                    f"(default {containers.DEFAULT_MIRROR})")
+    b.add_argument("--pip-config", choices=("none", "host"), default="none",
+                   help="host: pip inside the build uses this machine's CA bundle and pip index/find-links "
+                        "settings (for proxies and internal mirrors); credentials are never printed")
+    b.add_argument("--compression", choices=("gzip", "zstd", "lz4"),
+                   help="squashfs compression of the .sif (apptainer's default is gzip; zstd and lz4 "
+                        "build faster, and need Apptainer >= 1.1 or SingularityCE >= 3.10 to run)")
     b.add_argument("--def", dest="definition", default=str(containers.DEF_PATH), help=argparse.SUPPRESS)
     b.set_defaults(func=build)
 
@@ -71,9 +84,11 @@ def dockerfile(args: argparse.Namespace) -> int:
 
 
 def build(args: argparse.Namespace) -> int:
-    """Check everything first (runtime, definition, output, checkpoints), then build."""
+    """Check everything first (runtime, definition, output, checkpoints, flags), then build."""
     definition = Path(args.definition).resolve()
     context = definition.parent.parent
+    if args.mirror and args.bootstrap != "debootstrap":
+        raise InputError("--mirror: only used with --bootstrap debootstrap")
     runtime = containers.find_runtime(args.runtime)
     problems = containers.check(definition, dockerfile=None)
     if problems:
@@ -86,22 +101,47 @@ def build(args: argparse.Namespace) -> int:
     if args.with_checkpoints and not checkpoints:
         raise InputError(f"--with-checkpoints: no {context / CHECKPOINT_GLOB}; "
                          "run bash checkpoints/download_ckpts.sh")
-    rendered = containers.render(definition.read_text(encoding="utf-8"),
-                                 revision=containers.git_revision(context),
-                                 checkpoints=checkpoints if args.with_checkpoints else ())
+    pip = pipconfig.read_host() if args.pip_config == "host" else None
+    text = definition.read_text(encoding="utf-8")
+    render = partial(containers.render, text, revision=containers.git_revision(context),
+                     checkpoints=checkpoints if args.with_checkpoints else (), bootstrap=args.bootstrap,
+                     mirror=args.mirror or containers.DEFAULT_MIRROR)
+    render()  # bad --mirror etc. fail here, before anything is written
+    if pip is not None:
+        print(pip.describe(), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside the sources, so relative %files paths resolve whichever way the runtime reads them.
-    build_def = write_text(context / f".medsam2-build-{os.getpid()}.def", rendered)
-    argv = containers.build_argv(runtime, out, build_def.name, fakeroot=args.fakeroot,
-                                 sandbox=args.sandbox, force=args.force)
-    print("+ " + " ".join(argv), flush=True)
+    scratch = context / f".medsam2-build-{os.getpid()}"
+    build_def = scratch.with_suffix(".def")
     try:
+        pip_files = _write_pip_files(pip, scratch) if pip is not None else []
+        write_text(build_def, render(pip_files=[f.relative_to(context).as_posix() for f in pip_files]))
+        argv = containers.build_argv(runtime, out, build_def.name, fakeroot=args.fakeroot,
+                                     sandbox=args.sandbox, force=args.force, compression=args.compression)
+        print("+ " + " ".join(argv), flush=True)
         code = subprocess.run(argv, cwd=context).returncode
     finally:
         build_def.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     if code != 0:
         print(f"medsam2-hpc container build: {Path(runtime).name} build failed (exit {code})",
               file=sys.stderr)
         return EXIT_FAILURE
     print(f"built {out}")
     return 0
+
+
+def _write_pip_files(pip: pipconfig.PipConfig, scratch: Path) -> list[Path]:
+    """pip.conf and a copy of the CA bundle; owner-only when an index URL carries credentials."""
+    private = pip.has_credentials
+    scratch.mkdir(mode=0o700 if private else 0o755)
+    files = []
+    if pip.ca_bundle is not None:
+        files.append(scratch / "ca.crt")
+        shutil.copyfile(pip.ca_bundle, files[-1])
+    cert = f"{containers.BUILD_DIR}/ca.crt" if pip.ca_bundle is not None else None
+    conf = scratch / "pip.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(pip.pip_conf(cert))
+    return [conf, *files]

@@ -42,7 +42,8 @@ from ..spec import Bind, ContainerSpec
 
 __all__ = ["REPO_ROOT", "DEF_PATH", "DOCKERFILE_PATH", "Definition", "parse", "check", "setup_requires",
            "def_requires", "to_dockerfile", "git_revision", "render", "find_runtime", "build_argv",
-           "cache_env", "exec_prefix", "exec_prefix_str"]
+           "cache_env", "exec_prefix", "exec_prefix_str", "BOOTSTRAPS", "DEFAULT_MIRROR",
+           "debootstrap_post", "torch_version", "compare_renderings"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEF_PATH = REPO_ROOT / "containers" / "medsam2.def"
@@ -59,6 +60,11 @@ DOCKER_HEADER = ("# Generated from containers/medsam2.def by `medsam2-hpc contai
                  "# do not edit. Build from the repository root:\n"
                  "#   docker build -f containers/Dockerfile "
                  "--label org.opencontainers.image.revision=$(git rev-parse HEAD) -t medsam2-hpc .\n")
+BOOTSTRAPS = ("docker", "debootstrap")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_SUITE = "bookworm"
+# Files only the build needs (pip.conf, the host CA bundle): copied in by %files, removed by %post.
+BUILD_DIR = "/opt/medsam2-hpc/build"
 _SPYTHON_TRAPS = re.compile(r"bootstrap|from:|stage:", re.IGNORECASE)
 _RUNTIME_HELP = {
     "apptainer": "install Apptainer (https://apptainer.org/docs/admin/main/installation.html) "
@@ -248,17 +254,94 @@ def git_revision(root: Path = REPO_ROOT) -> str:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def render(text: str, *, revision: str, checkpoints: Iterable[str] = ()) -> str:
+def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstrap: str = "docker",
+           mirror: str = DEFAULT_MIRROR, pip_files: Sequence[str] = ()) -> str:
     """The definition as built: the revision label filled in, checkpoints added to %files.
 
     ``checkpoints`` are paths relative to the build context (the repository root).
+    ``bootstrap="debootstrap"`` swaps the docker base for Debian bookworm from ``mirror`` and
+    installs what the base image would have brought (:func:`debootstrap_post`); every other line
+    stays the definition's. ``pip_files`` (relative to the context: a pip.conf, optionally a CA
+    bundle) are copied to :data:`BUILD_DIR` for %post's pip and deleted at its end.
     """
     text, n = re.subn(r"^(\s*org\.opencontainers\.image\.revision)\s+\S+\s*$",
                       lambda m: f"{m.group(1)} {revision}", text, count=1, flags=re.MULTILINE)
     if n != 1:
         raise InputError("containers/medsam2.def: %labels has no org.opencontainers.image.revision line")
-    lines = "".join(f"    {c} {CHECKPOINT_DIR}/{Path(c).name}\n" for c in checkpoints)
-    return re.sub(r"^%files[^\n]*\n", lambda m: m.group(0) + lines, text, count=1, flags=re.MULTILINE)
+    files = [f"{c} {CHECKPOINT_DIR}/{Path(c).name}" for c in checkpoints]
+    files += [f"{f} {BUILD_DIR}/{Path(f).name}" for f in pip_files]
+    post = [f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf"] if pip_files else []
+    if bootstrap == "debootstrap":
+        header, rest = text.split("\n%", 1)
+        base = _header_value(header, "From")
+        text = _debootstrap_header(mirror) + "\n%" + rest
+        text = re.sub(r"^(\s*org\.opencontainers\.image\.base\.name)\s+\S+\s*$",
+                      lambda m: f"{m.group(1)} debian:{DEBIAN_SUITE}", text, count=1, flags=re.MULTILINE)
+        post += debootstrap_post(base)
+    elif bootstrap != "docker":
+        raise InputError(f"--bootstrap {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
+    text = _prepend(text, "files", files)
+    text = _prepend(text, "post", post)
+    if pip_files:
+        text = re.sub(r"^(%post\b.*?)(?=^%|\Z)", lambda m: m.group(1).rstrip("\n")
+                      + f"\n    rm -rf {BUILD_DIR}\n\n", text, count=1, flags=re.MULTILINE | re.DOTALL)
+    return text
+
+
+def _prepend(text: str, section: str, lines: Sequence[str]) -> str:
+    block = "".join(f"    {line}\n" for line in lines)
+    return re.sub(rf"^%{section}[^\n]*\n", lambda m: m.group(0) + block, text, count=1, flags=re.MULTILINE)
+
+
+def _header_value(header: str, key: str) -> str:
+    match = re.search(rf"^\s*{key}:\s*(\S+)\s*$", header, re.IGNORECASE | re.MULTILINE)
+    if not match:
+        raise InputError(f"containers/medsam2.def: the header has no '{key}:' line")
+    return match.group(1)
+
+
+def _debootstrap_header(mirror: str) -> str:
+    if not re.fullmatch(r"(https?|file)://[^\s\x00-\x1f]+", mirror):
+        raise InputError(f"--mirror {mirror!r}: expected an http(s):// or file:// URL of a Debian archive")
+    return f"Bootstrap: debootstrap\nOSVersion: {DEBIAN_SUITE}\nMirrorURL: {mirror}\n"
+
+
+def torch_version(base_image: str) -> str:
+    """The torch release a ``pytorch/pytorch:<version>-cuda...`` base ships."""
+    match = re.match(r"(\d+\.\d+\.\d+)-cuda", base_image.rsplit(":", 1)[-1])
+    if not match:
+        raise InputError(f"containers/medsam2.def: cannot tell the torch version of base {base_image!r}")
+    return match.group(1)
+
+
+def debootstrap_post(base_image: str) -> list[str]:
+    """What the docker base brings, for a bare Debian: Python 3.11 (as `python` too) and the same
+    torch release as CUDA-enabled wheels from PyPI (torchvision resolves to its matching release)."""
+    return [
+        "# Debian base: what the docker base image ships (Python, torch with CUDA) comes first",
+        "export DEBIAN_FRONTEND=noninteractive && apt-get update && "
+        "apt-get install -y --no-install-recommends python3 python3-pip python-is-python3 ca-certificates "
+        "&& rm -rf /var/lib/apt/lists/*",
+        "python3 -m pip install --no-cache-dir --break-system-packages "
+        f'"torch=={torch_version(base_image)}" torchvision',
+    ]
+
+
+def compare_renderings(docker: str, debootstrap: str) -> list[str]:
+    """Where two renderings of the definition differ though they should not: the packages
+    (each equal to setup.cfg), %environment, %labels (but the base name), %test, %runscript."""
+    problems = []
+    for section in ("environment", "test", "runscript", "files", "help"):
+        if _section_body(docker, section) != _section_body(debootstrap, section):
+            problems.append(f"%{section} differs between the docker and debootstrap renderings")
+    labels = [{k: v for k, v in (line.split(None, 1) for line in _section_body(t, "labels") if line.strip())
+               if k != "org.opencontainers.image.base.name"} for t in (docker, debootstrap)]
+    if labels[0] != labels[1]:
+        problems.append("%labels differ between the docker and debootstrap renderings")
+    wanted = setup_requires()
+    for name, text in (("docker", docker), ("debootstrap", debootstrap)):
+        problems += [f"{name} rendering: {p}" for p in _requirement_problems(text, wanted)]
+    return problems
 
 
 def find_runtime(name: str | None = None) -> str:
@@ -279,9 +362,12 @@ def find_runtime(name: str | None = None) -> str:
 
 
 def build_argv(runtime: str, out: str | os.PathLike, definition: str | os.PathLike, *,
-               fakeroot: bool = False, sandbox: bool = False, force: bool = False) -> list[str]:
+               fakeroot: bool = False, sandbox: bool = False, force: bool = False,
+               compression: str | None = None) -> list[str]:
     argv = [runtime, "build"]
     argv += ["--fakeroot"] * fakeroot + ["--sandbox"] * sandbox + ["--force"] * force
+    if compression and not sandbox:
+        argv += ["--mksquashfs-args", f"-comp {compression}"]
     return argv + [os.fspath(out), os.fspath(definition)]
 
 

@@ -14,7 +14,9 @@ How a task survives a preemption or the pre-timeout ``USR2`` (``--signal=USR2@<s
    the attempt in status.json and the trainer resumes from ``last.pt``. ``metrics.json`` is
    written once, at the end; an attempt that finds it returns it without training again.
    Time-limit requeues are capped by submitit's ``max_num_timeout`` (the profile's
-   ``max_requeues``); past it the task is marked ``failed`` (``resubmit --failed`` picks it up).
+   ``max_requeues``): at the signal after the last allowed requeue submitit still calls
+   ``checkpoint()`` but then raises ``UncompletedJobError`` instead of requeueing, and the task
+   is marked ``failed`` with :data:`TIME_LIMIT_REASON` (``resubmit --failed`` picks it up).
    Preemptions are not capped.
 
 Inside a container ``scontrol`` is absent, so step 1's requeue would fail (submitit issue 1601,
@@ -44,10 +46,10 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from ..atomic import write_text
 from ..engine.stop import clear_stop, request_stop, stop_requested
 from ..jobenv import job_identity
-from ..task import Task
+from ..task import RunDir, Task
 
-__all__ = ["TaskCall", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV", "wrapper_path",
-           "write_helpers"]
+__all__ = ["TaskCall", "TIME_LIMIT_REASON", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV",
+           "wrapper_path", "write_helpers"]
 
 MARKER_ENV = "MEDSAM2_REQUEUE_MARKER"
 SHIM_ENV = "MEDSAM2_REQUEUE_SHIM"
@@ -110,6 +112,21 @@ def _use_scontrol_shim() -> None:
         os.environ["PATH"] = shim + os.pathsep + os.environ.get("PATH", "")
 
 
+TIME_LIMIT_REASON = ("time limit: stopped at the last allowed requeue (the profile's max_requeues); "
+                     "resubmit --failed resumes from checkpoints/last.pt")
+
+
+def _record_stop(run: RunDir, exc: BaseException) -> None:
+    """After ``run_task`` unwound: a stop that submitit requeues is 'preempted' (run_task marks
+    every stopped run so); submitit's UncompletedJobError after ``checkpoint()`` means it did not
+    requeue (too many timeouts), so the run ends 'failed' with the time limit as its reason."""
+    if isinstance(exc, UncompletedJobError):
+        run.mark_failed(exc, reason=TIME_LIMIT_REASON)
+    elif stop_requested():
+        run.mark_preempted()
+        run.update_status(error=None)
+
+
 class TaskCall(Checkpointable):
     """What each array element runs: ``fn(task)`` (default ``runner.run_task``), requeueable.
 
@@ -134,12 +151,8 @@ class TaskCall(Checkpointable):
         try:
             return fn(task)
         except BaseException as exc:
-            # submitit's exit after checkpoint() unwinds through here; UncompletedJobError means
-            # it did not requeue (too many timeouts), which stays 'failed' with that reason
-            if (stop_requested() and not isinstance(exc, UncompletedJobError)
-                    and job_identity().global_rank == 0):  # rank 0 owns the run's files
-                run.mark_preempted()
-                run.update_status(error=None)
+            if job_identity().global_rank == 0:  # rank 0 owns the run's files
+                _record_stop(run, exc)
             raise
 
     def checkpoint(self, task: Task) -> DelayedSubmission:

@@ -4,7 +4,8 @@ The collector trusts only metrics.json (ARCHITECTURE.md section 3), checked with
 ``contract.validate_metrics``; status.json says why a run has none, task.yaml says what the
 run was meant to be. Nothing is dropped silently: a run without valid metrics keeps its row
 with a ``state`` (failed, running, preempted, pending, missing, malformed) and a ``note``, and a
-malformed or old-schema metrics.json also becomes a warning naming the file.
+malformed metrics.json (a missing key, an old schema, a Dice, per case too, that is not a number
+in [0, 1]) also becomes a warning naming the file and its problems.
 
 Decoding 10,000 metrics.json files is most of a study's collect time, so :func:`read_runs`
 returns a :class:`Chunk` small enough to send back from a worker process cheaply: one dict per
@@ -117,7 +118,7 @@ def case_scores(per_case: dict[str, dict[str, Any]]) -> np.ndarray:
         rows = [list(classes.values()) for classes in per_case.values()]
         try:
             table = np.array(rows, dtype=float)  # None -> NaN
-        except (TypeError, ValueError):  # ragged rows or stray values: the slow, careful way
+        except (TypeError, ValueError):  # ragged rows (validated: numbers or None): the slow way
             return np.array([_row_mean(row) for row in rows], dtype=float)
     if table.ndim != 2 or table.shape[1] == 0:
         return np.full(len(per_case), math.nan)

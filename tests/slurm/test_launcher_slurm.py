@@ -20,6 +20,7 @@ import pytest
 from medsam2_hpc import spec
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.hpc import launcher
+from medsam2_hpc.hpc.requeue import TIME_LIMIT_REASON
 
 pytestmark = pytest.mark.slurm
 
@@ -141,3 +142,45 @@ def test_submitit_task_checkpoints_on_usr2_requeues_and_resumes(slurm_cluster, b
     assert out_logs.count("Starting with JobEnvironment") == 2, out_logs[-3000:]
     epochs = [int(n) for n in re.findall(r"\[epoch (\d+)/4\]", logs)]
     assert epochs == sorted(set(epochs)) and epochs[-1] == 4 and len(epochs) < 5, logs[-3000:]
+
+
+def test_time_limit_requeues_until_max_requeues_then_fails(slurm_cluster, tmp_path):
+    """Slurm's own pre-timeout USR2, twice: the first attempt is requeued and left 'preempted',
+    the second exhausts max_requeues (1) and ends 'failed' with the time limit as its reason.
+
+    The job runs the real TaskCall and run_task with the tiny trainer of tests/test_launcher.py,
+    whose epochs sleep (1 s each, 1000 of them), so it outlives every time limit without using
+    the CPU. A 2-minute limit with a 30 s warning: Slurm checks limits every 30 s and may signal
+    up to a minute early, so USR2 arrives 60-90 s into an attempt, long after the handlers exist.
+    """
+    from tests.test_launcher import run_tiny  # the job imports it too (PYTHONPATH: tests/conftest.py)
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "jobs.yaml").write_text(
+        "output_root: runs\nexecutor: slurm\ncontainer: {runtime: none}\n"
+        "profiles:\n  cpu: {cpus: 1, mem: 1G, time: 2, signal_delay_s: 30, max_requeues: 1}\n"
+        "defaults: {profile: cpu}\nstudies:\n  limit:\n    experiments:\n"
+        "      - {model: resnet, variants: [resnet18], dataset: refuge, data_path: data, seeds: [0],"
+        " hparams: {epochs: 1000, epoch_s: 1}}\n")
+    study = spec.load(tmp_path / "jobs.yaml")
+    (task,) = study.tasks
+    job = launcher.submit(study, fn=run_tiny, out=StringIO()).job_ids[0]
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + 420
+    while slurm_cluster.job(job).get("JobState") not in ("FAILED", "COMPLETED", "CANCELLED", "TIMEOUT"):
+        status = task.run_dir.status()
+        if not seen or seen[-1] != (status["state"], status["attempts"]):
+            seen.append((status["state"], status["attempts"]))
+        assert time.monotonic() < deadline, (seen, slurm_cluster.job(job))
+        time.sleep(0.2)
+    info = slurm_cluster.job(job)
+    logs = "".join(p.read_text(errors="replace") for p in study.study_dir.glob(".submitit/*/*_log.err"))
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "1", (info, logs[-3000:])
+    assert ("preempted", 1) in seen, seen  # between the attempts: resumable, not a failure
+    status = task.run_dir.status()
+    assert status["state"] == "failed" and status["attempts"] == 2, (status, logs[-3000:])
+    assert status["error"].splitlines()[-1] == TIME_LIMIT_REASON
+    assert not task.run_dir.metrics_json.exists()
+    rows = launcher.status_rows(study.study_dir)
+    assert [(r["state"], r["error"]) for r in rows] == [("failed", TIME_LIMIT_REASON)]
+    assert launcher.plan(study, states={"failed"}).n_to_run == 1  # resubmit --failed picks it up
