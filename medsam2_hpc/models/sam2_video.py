@@ -33,10 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
            "normalise_images", "ATTENTION"]
@@ -158,10 +161,19 @@ class VideoPropagator:
             and recompute only the rest (:func:`_save_seeded_ops`): fewer FLOPs, more memory.
         attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
             and decoder try first (memory attention is most of the per-object time).
+        postprocess: ``meta`` = what Meta's ``build_sam2_video_predictor`` adds, in eval mode:
+            its config settings (:func:`~medsam2_hpc.models.sam2.set_postprocess`, set on
+            ``model``), holes of up to 8 low-res pixels filled in each output with Meta's own
+            ``fill_holes_in_mask_scores``, and, as its ``SAM2VideoPredictor`` does, a prompted
+            slice's memory encoded from its (filled) low-res output resized to the input. That
+            function needs the CUDA extension ``sam2._C``; without it Meta's code warns and
+            leaves the masks as they are, and so does ours (it is the same call). ``none`` =
+            SAM2Base as trained.
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
-                 checkpoint: bool = False, keep_attention: bool = True, attention: str = "default") -> None:
+                 checkpoint: bool = False, keep_attention: bool = True, attention: str = "default",
+                 postprocess: str = "none") -> None:
         if max_cond_frames != -1 and max_cond_frames < 2:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
@@ -171,6 +183,8 @@ class VideoPropagator:
         self._context_fn = _SAVE_SEEDED if keep_attention else torch.utils.checkpoint.noop_context_fn
         self.attention = attention
         model.max_cond_frames_in_attn = max_cond_frames
+        set_postprocess(model, postprocess)
+        self.postprocess = postprocess
 
     # image features -------------------------------------------------------------------
     def encode(self, images: Tensor, *, chunk: int = 8) -> list[FrameFeatures]:
@@ -270,9 +284,15 @@ class VideoPropagator:
             from_decoder = torch.ones(k, dtype=torch.bool, device=low.device)
         else:
             low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
+        meta = self.postprocess == "meta" and not m.training
+        if meta and prompts is not None:  # Meta's predictor encodes a prompted slice from its output
+            low = _fill_holes(low)
+            high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
             object_score_logits=score, is_mask_from_pts=prompts is not None)
+        if meta and prompts is None:  # ... and a tracked one from the decoder's, before filling
+            low = _fill_holes(low)
         return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
@@ -327,6 +347,14 @@ class VideoPropagator:
             out = self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory,
                             num_frames, reverse)
             yield t, out
+
+
+def _fill_holes(low_res: Tensor) -> Tensor:
+    """Meta's ``fill_holes_in_mask_scores`` with its predictor's area (a warning and no change
+    where the CUDA extension ``sam2._C`` is not built, as in Meta's code)."""
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    return fill_holes_in_mask_scores(low_res, META_FILL_HOLE_AREA)
 
 
 def _uncached_autocast(device: torch.device) -> contextlib.AbstractContextManager:

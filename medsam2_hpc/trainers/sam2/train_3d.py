@@ -205,7 +205,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         dice_mean_per_slice=_finite(s["dice_mean_per_slice"]), per_class_per_slice=s["per_class_per_slice"],
         per_class_hd95=s["per_class_hd95"], best_epoch=loop.state.best_epoch + 1,
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
-        video_length=cfg.video_length, trainable=cfg.trainable)
+        video_length=cfg.video_length, trainable=cfg.trainable, postprocess=propagator.postprocess)
 
 
 class _PredictionWriter:
