@@ -56,6 +56,10 @@ def _metrics(model: str, variant: str, dataset: str, prompt: str, seed: int,
         "n_cases": len(cases), "epochs_completed": 100, "train_seconds": 3600.0 * rng.uniform(1, 10),
         "eval_seconds": 60.0, "peak_gpu_mem_gb": 20.0, "params_m": 38.9, "git_sha": "0" * 40,
         "container": None, "created_at": "2025-01-01T00:00:00+0000", "throughput": 10.0,
+        "selection_split": "val", "selection_cases": [f"V{i:04d}" for i in range(4)],
+        "selection_dice": round(level + rng.normal(0, 0.02), 4),
+        "hd95_unit": "mm" if dataset == "btcv" else "px", "hparams": {"lr": 1e-4, "epochs": 100},
+        "checkpoint": {"select": "best", "epoch": 90, "validated": True},
     }
     if dataset == "btcv":
         data["dice_mean_per_slice"] = min(1.0, data["dice_mean"] + 0.04)

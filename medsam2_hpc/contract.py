@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .task import MODELS, PROMPTS, Task
+from .registry import dataset_kind, dataset_names, model_names
+from .task import PROMPTS, Task
 
 __all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "build_metrics", "validate_metrics", "git_sha"]
 
@@ -179,8 +180,10 @@ def validate_metrics(data: Any) -> list[str]:
             ok[key] = data[key]
     if "schema_version" in ok and ok["schema_version"] != SCHEMA_VERSION:
         problems.append(f"schema_version {ok['schema_version']} is not {SCHEMA_VERSION}")
-    if "model" in ok and ok["model"] not in MODELS:
-        problems.append(f"model {ok['model']!r} is not one of {MODELS}")
+    if "model" in ok and ok["model"] not in model_names():
+        problems.append(f"model {ok['model']!r} is not one of {model_names()}")
+    if "dataset" in ok and ok["dataset"] not in dataset_names():
+        problems.append(f"dataset {ok['dataset']!r} is not one of {dataset_names()}")
     if "prompt" in ok and ok["prompt"] not in PROMPTS:
         problems.append(f"prompt {ok['prompt']!r} is not one of {PROMPTS}")
     d = ok.get("dice_mean")
@@ -190,7 +193,7 @@ def validate_metrics(data: Any) -> list[str]:
         problems += _score_problems("per_class", ok["per_class"])
     if "per_case" in ok:
         problems += _per_case_problems(ok["per_case"])
-    if ok.get("model") == "sam2-3d" or ok.get("dataset") == "btcv":
+    if ok.get("dataset") in dataset_names() and dataset_kind(ok["dataset"]).volumetric:
         if "dice_mean_per_slice" not in data:
             problems.append("3D metrics need 'dice_mean_per_slice' beside the volumetric dice_mean")
     return problems

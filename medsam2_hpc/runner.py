@@ -1,4 +1,4 @@
-"""run_task: the one place that maps a model kind to its trainer and keeps the run's status.
+"""run_task: runs a Task with its model kind's trainer (medsam2_hpc.registry) and keeps the run's status.
 
 Each trainer module exposes ``check(task)`` (validate inputs before anything is written;
 raise InputError) and ``train(task, run) -> metrics dict`` (contract.build_metrics).
@@ -10,48 +10,51 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from .engine.stop import StopRequested, stop_requested
-from .errors import InputError
 from .jobenv import job_identity
+from .registry import model_kind
 from .task import Task
 
-__all__ = ["TRAINERS", "trainer_for", "run_task", "run_in_foreground"]
-
-TRAINERS = {
-    "sam2-2d": "medsam2_hpc.trainers.sam2.train_2d",
-    "sam2-3d": "medsam2_hpc.trainers.sam2.train_3d",
-    "resnet": "medsam2_hpc.trainers.baselines.resnet",
-    "yolo": "medsam2_hpc.trainers.baselines.yolo",
-}
+__all__ = ["trainer_for", "check", "run_task", "run_in_foreground"]
 
 
 def trainer_for(model: str) -> ModuleType:
-    if model not in TRAINERS:
-        raise InputError(f"model {model!r} is not one of {', '.join(TRAINERS)}")
-    return importlib.import_module(TRAINERS[model])
+    return importlib.import_module(model_kind(model).trainer)
 
 
-def run_task(task: Task) -> dict[str, Any]:
+def check(task: Task) -> ModuleType:
+    """Everything that can be checked before a file is written: the model kind's dataset and prompt,
+    then the trainer's own ``check`` (hyper-parameters, data, checkpoints). Returns the trainer."""
+    model_kind(task.model).check(task)
+    trainer = trainer_for(task.model)
+    trainer.check(task)
+    return trainer
+
+
+def run_task(task: Task, on_start: Callable[[Task], None] | None = None) -> dict[str, Any]:
     """Train and evaluate ``task`` into its run directory; a completed run is not redone.
 
     Raises InputError before anything is written when the inputs are bad, and
     StopRequested (status 'preempted') when Slurm asked the job to stop: the next attempt
-    resumes from ``last.pt``.
+    resumes from ``last.pt``. ``on_start`` is told once the run directory exists.
     """
     run = task.run_dir
+    run.claim(task)
     done = run.metrics()
     if done is not None and run.status().get("state") == "completed":
         return done
-    trainer = trainer_for(task.model)
-    trainer.check(task)
+    trainer = check(task)
     if job_identity().global_rank != 0:
         # Multi-GPU task (DDP): the other ranks train beside rank 0, which owns the run's files.
         return trainer.train(task, run)
     run.prepare(task)
     run.mark_running()
+    if on_start is not None:
+        on_start(task)
     try:
         metrics = trainer.train(task, run)
     except BaseException as exc:
@@ -77,9 +80,9 @@ def run_in_foreground(task: Task, prog: str) -> int:
     from .errors import EXIT_REQUEUE
 
     install_handlers()
-    print(f"[{prog}] {task.task_id} -> {task.run_dir.path}", file=sys.stderr, flush=True)
     try:
-        metrics = run_task(task)
+        metrics = run_task(task, lambda t: print(f"[{prog}] {t.task_id} -> {t.run_dir.path}", file=sys.stderr,
+                                                 flush=True))
     except StopRequested:
         print(f"[{prog}] stopped by signal; rerun the same command to resume from "
               f"{task.run_dir.last_ckpt}", file=sys.stderr)

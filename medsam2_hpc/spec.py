@@ -12,6 +12,7 @@ the jobs file, so jobs see the same absolute paths whatever their working direct
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -22,14 +23,14 @@ from typing import Any
 import yaml
 
 from .errors import InputError
+from .inputs import MAX_TASKS, NAME, control_chars, read_yaml
 from .options import suggest
-from .task import DATASETS, MODELS, PROMPTS, Task
+from .registry import dataset_names, model_kind, model_names
+from .task import PROMPTS, Task
 
-__all__ = ["RUNTIMES", "EXECUTORS", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
+__all__ = ["RUNTIMES", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
 
 RUNTIMES = ("apptainer", "singularity", "none")
-EXECUTORS = ("slurm", "local", "debug")
-SAM2_MODELS = ("sam2-2d", "sam2-3d")
 
 FILE_KEYS = ("version", "output_root", "executor", "container", "profiles", "defaults", "studies",
              "default_study")
@@ -38,6 +39,12 @@ DEFAULT_KEYS = ("profile", "seeds", "hparams", "sweep")
 EXPERIMENT_KEYS = ("name", "model", "variants", "dataset", "data_path", "prompt", "hparams", "sweep",
                    "seeds", "profile")
 CONTAINER_KEYS = ("image", "runtime", "binds", "nv", "env")
+# What reaches an "#SBATCH --key=value" line: sbatch splits those lines at white space and reads
+# quotes, so a value is one word of ordinary characters and a key is a long option name.
+_SLURM_VALUE = re.compile(r"[A-Za-z0-9_.,:=@%&|!*+/\[\]()-]+")
+_SLURM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TIME_MIN = 365 * 24 * 60  # Slurm counts minutes in 32 bits; a year is beyond any partition's limit
 PROFILE_KEYS = ("partition", "account", "qos", "gpus", "cpus", "mem", "time", "constraint", "nodes",
                 "tasks_per_node", "array_parallelism", "signal_delay_s", "max_requeues", "setup", "sbatch")
 
@@ -190,7 +197,40 @@ class _Checker:
         if not isinstance(value, str) or not value.strip():
             self.add(path, f"expected a non-empty string, got {value!r}")
             return default
+        if (bad := control_chars(value)) is not None:
+            self.add(path, f"control character {bad!r} is not allowed")
+            return default
         return value
+
+    def slurm_word(self, value: Any, path: tuple[Any, ...]) -> str | None:
+        """A value written into an #SBATCH line: one word, no quotes, '#', '$' or white space."""
+        text = self.string(value, path)
+        if text is not None and not _SLURM_VALUE.fullmatch(text):
+            self.add(path, f"{text[:40]!r} is not a Slurm value (one word of letters, digits and "
+                           "_.,:=@%&|!*+/[]()-)")
+            return None
+        return text
+
+    def name(self, value: Any, path: tuple[Any, ...], what: str) -> str | None:
+        """A name that becomes a directory or job name (inputs.NAME, never '/' or '..')."""
+        if not isinstance(value, str) or not NAME.fullmatch(value) or ".." in value:
+            self.add(path, f"{str(value)[:40]!r}: a {what} is a directory name: letters, digits, '.', '_', "
+                           "'+' or '-', starting with a letter or digit, no '..'")
+            return None
+        return value
+
+    def control(self, data: Any, path: tuple[Any, ...]) -> None:
+        """Control characters in any key or string of the document, each reported where it is."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(key, str) and (bad := control_chars(key)) is not None:
+                    self.add((*path, key), f"control character {bad!r} in a key is not allowed")
+                self.control(value, (*path, key))
+        elif isinstance(data, list):
+            for i, value in enumerate(data):
+                self.control(value, (*path, i))
+        elif isinstance(data, str) and (bad := control_chars(data)) is not None:
+            self.add(path, f"control character {bad!r} is not allowed")
 
     def integer(self, value: Any, path: tuple[Any, ...], default: int, minimum: int = 0) -> int:
         if value is None:
@@ -263,6 +303,9 @@ def _minutes(value: Any, path: tuple, chk: _Checker) -> int:
     if minutes <= 0:
         chk.add(path, f"must be positive, got {value!r}")
         return 60
+    if minutes > MAX_TIME_MIN:
+        chk.add(path, f"must be at most 365 days, got {value!r}")
+        return 60
     return minutes
 
 
@@ -293,21 +336,25 @@ def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
                                            f"time={time_min} min")
     sbatch = chk.mapping(d.get("sbatch"), (*path, "sbatch"))
     for key, value in sbatch.items():
+        if isinstance(key, str) and not _SLURM_KEY.fullmatch(key):
+            chk.add((*path, "sbatch", key), "is not an sbatch option name (letters, digits, '-', '_')")
         if not isinstance(value, (str, int, bool)) or isinstance(value, float):
             chk.add((*path, "sbatch", key), f"expected a string, integer or true, got {value!r}")
+        elif isinstance(value, str):
+            chk.slurm_word(value, (*path, "sbatch", key))
         if isinstance(key, str) and key.replace("-", "_") in ("array", "signal", "output", "error"):
             chk.add((*path, "sbatch", key), "is set by the launcher and cannot be overridden")
     gpus = chk.integer(d.get("gpus"), (*path, "gpus"), 0)
     return Profile(
         name=name,
-        partition=chk.string(d.get("partition"), (*path, "partition")),
-        account=chk.string(d.get("account"), (*path, "account")),
-        qos=chk.string(d.get("qos"), (*path, "qos")),
+        partition=chk.slurm_word(d.get("partition"), (*path, "partition")),
+        account=chk.slurm_word(d.get("account"), (*path, "account")),
+        qos=chk.slurm_word(d.get("qos"), (*path, "qos")),
         gpus=gpus,
         cpus=chk.integer(d.get("cpus"), (*path, "cpus"), 1, minimum=1),
         mem_gb=_gigabytes(d.get("mem"), (*path, "mem"), chk),
         time_min=time_min,
-        constraint=chk.string(d.get("constraint"), (*path, "constraint")),
+        constraint=chk.slurm_word(d.get("constraint"), (*path, "constraint")),
         nodes=chk.integer(d.get("nodes"), (*path, "nodes"), 1, minimum=1),
         tasks_per_node=chk.integer(d.get("tasks_per_node"), (*path, "tasks_per_node"), 0, minimum=1) or None,
         array_parallelism=chk.integer(d.get("array_parallelism"), (*path, "array_parallelism"), 32,
@@ -350,6 +397,8 @@ def _container(raw: Mapping[str, Any], path: tuple, chk: _Checker, base: Path) -
         image = str((base / os.path.expanduser(image)).resolve())
     env = chk.mapping(d.get("env"), (*path, "env"))
     for key, value in env.items():
+        if isinstance(key, str) and not _ENV_KEY.fullmatch(key):
+            chk.add((*path, "env", key), "is not an environment variable name")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             chk.add((*path, "env", key), f"expected a string or number, got {value!r}")
     binds = chk.items(d.get("binds"), (*path, "binds"), lambda v, p: _bind(v, p, chk, base))
@@ -361,6 +410,9 @@ def _container(raw: Mapping[str, Any], path: tuple, chk: _Checker, base: Path) -
 def _seed(value: Any, path: tuple, chk: _Checker) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         chk.add(path, f"a seed is a non-negative integer, got {value!r}")
+        return None
+    if value >= 2**32:
+        chk.add(path, f"a seed is below 2**32, got {value!r}")
         return None
     return value
 
@@ -390,15 +442,21 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
     for key in ("model", "variants", "dataset", "data_path"):
         if key not in d:
             chk.add(path, f"missing required key {key!r}")
-    model = chk.choice(d.get("model"), (*path, "model"), MODELS, None)
-    dataset = chk.choice(d.get("dataset"), (*path, "dataset"), DATASETS, None)
-    variants = chk.items(d.get("variants"), (*path, "variants"), chk.string)
+    model = chk.choice(d.get("model"), (*path, "model"), model_names(), None)
+    raw_dataset = d.get("dataset")
+    dataset = chk.choice(raw_dataset.lower() if isinstance(raw_dataset, str) else raw_dataset,
+                         (*path, "dataset"), dataset_names(), None)
+    variants = chk.items(d.get("variants"), (*path, "variants"), lambda v, p: chk.name(v, p, "variant"))
     data_path = chk.string(d.get("data_path"), (*path, "data_path"))
     prompt = chk.choice(d.get("prompt"), (*path, "prompt"), PROMPTS, None)
-    if model in SAM2_MODELS and prompt in (None, "none"):
-        chk.add((*path, "prompt"), f"{model} needs a prompt: bbox, click or mask")
-    elif model is not None and model not in SAM2_MODELS and prompt not in (None, "none"):
+    kind = model_kind(model) if model is not None else None  # chk.choice returns a known name or None
+    if kind is not None and kind.prompts and prompt not in kind.prompts:
+        chk.add((*path, "prompt"), f"{model} needs a prompt: {', '.join(kind.prompts)}"
+                                   + (f" (got {prompt!r})" if prompt not in (None, "none") else ""))
+    elif kind is not None and not kind.prompts and prompt not in (None, "none"):
         chk.add((*path, "prompt"), f"{model} takes no prompt (got {prompt!r})")
+    if kind is not None and dataset is not None and dataset not in kind.datasets:
+        chk.add((*path, "dataset"), f"{model} trains on {', '.join(kind.datasets)}, not {dataset}")
     own_hparams = chk.mapping(d.get("hparams"), (*path, "hparams"))
     own_sweep = _sweep(d.get("sweep"), (*path, "sweep"), chk)
     for key in own_sweep:
@@ -415,19 +473,34 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
                        f"{suggest(str(profile), profiles) or ' (' + ', '.join(profiles) + ')'}")
     if None in (model, dataset, data_path) or not variants or not seeds:
         return []
+    count = len(variants) * len(seeds) * math.prod(len(v) for v in sweep.values())
+    if count > MAX_TASKS:
+        chk.add(path, f"expands to {count} tasks, more than the cap of {MAX_TASKS}; split the sweep "
+                      "into several studies")
+        return []
     data_path = str((base / os.path.expanduser(data_path)).resolve())
     keys = list(sweep)
     tasks = []
-    for variant in variants:
-        for combo in itertools.product(*(sweep[k] for k in keys)):
-            for seed in seeds:
-                tasks.append(Task(
-                    model=model, variant=variant, dataset=dataset, data_path=data_path,
-                    output_root=str(output_root), study=study, seed=seed,
-                    prompt=prompt or "none", hparams={**hparams, **dict(zip(keys, combo, strict=True))},
-                    profile=str(profile),
-                ))
+    try:
+        for variant in variants:
+            for combo in itertools.product(*(sweep[k] for k in keys)):
+                for seed in seeds:
+                    tasks.append(Task(
+                        model=model, variant=variant, dataset=dataset, data_path=data_path,
+                        output_root=str(output_root), study=study, seed=seed, prompt=prompt or "none",
+                        hparams={**hparams, **dict(zip(keys, combo, strict=True))}, profile=str(profile),
+                    ))
+    except InputError as exc:  # what Task itself checks (hparams values, names)
+        chk.add(path, str(exc))
+        return []
     return tasks
+
+
+def _executors() -> tuple[str, ...]:
+    """The launcher's registered backends (imported here, at validation, since hpc builds on this module)."""
+    from .hpc.launcher import BACKENDS
+
+    return tuple(BACKENDS)
 
 
 def _defaults(raw: Any, path: tuple, chk: _Checker, inherited: dict) -> dict:
@@ -445,17 +518,17 @@ def _defaults(raw: Any, path: tuple, chk: _Checker, inherited: dict) -> dict:
 def _profiles(raw: Any, path: tuple, chk: _Checker, inherited: Mapping[str, Profile]) -> dict[str, Profile]:
     out = dict(inherited)
     for name, body in chk.mapping(raw, path).items():
+        chk.name(name, (*path, name), "profile name")
         out[str(name)] = _profile(str(name), body, (*path, name), chk)
     return out
 
 
 def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, shared: dict) -> Study:
     d = chk.mapping(raw, path, STUDY_KEYS)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        chk.add(path, "a study name is a directory name: letters, digits, '.', '_' or '-'")
+    chk.name(name, path, "study name")
     root = chk.string(d.get("output_root"), (*path, "output_root"), shared["output_root"])
     output_root = (base / os.path.expanduser(str(root))).resolve()
-    executor = chk.choice(d.get("executor"), (*path, "executor"), EXECUTORS, shared["executor"])
+    executor = chk.choice(d.get("executor"), (*path, "executor"), _executors(), shared["executor"])
     container = _container({**shared["container"], **chk.mapping(d.get("container"), (*path, "container"))},
                            (*path, "container") if "container" in d else ("container",), chk, base)
     profiles = _profiles(d.get("profiles"), (*path, "profiles"), chk, shared["profiles"])
@@ -470,6 +543,9 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
     for i, exp in enumerate(experiments or []):
         tasks += _experiment(exp, (*path, "experiments", i), chk, base=base, defaults=defaults,
                              profiles=profiles, study=name, output_root=output_root)
+        if len(tasks) > MAX_TASKS:
+            chk.add((*path, "experiments"), f"more than the cap of {MAX_TASKS} tasks; split the study")
+            break
     seen: dict[str, int] = {}
     for task in tasks:
         if task.task_id in seen:
@@ -487,11 +563,13 @@ def from_dict(data: Any, *, source: str = "jobs.yaml", base: str | os.PathLike =
     top = chk.mapping(data, (), FILE_KEYS)
     if data is not None and not isinstance(data, dict):
         chk.raise_if_any()
+    chk.control(data, ())
+    chk.raise_if_any()  # a control character anywhere: nothing else of the file is trusted
     if "version" in top and top["version"] != 1:
         chk.add(("version",), f"only version 1 is understood, got {top['version']!r}")
     shared = {
         "output_root": chk.string(top.get("output_root"), ("output_root",), "runs"),
-        "executor": chk.choice(top.get("executor"), ("executor",), EXECUTORS, "slurm"),
+        "executor": chk.choice(top.get("executor"), ("executor",), _executors(), "slurm"),
         "container": chk.mapping(top.get("container"), ("container",), CONTAINER_KEYS),
         "profiles": _profiles(top.get("profiles"), ("profiles",), chk, {"default": Profile("default")}),
         "defaults": _defaults(top.get("defaults"), ("defaults",), chk, {"profile": "default", "seeds": [0]}),
@@ -524,18 +602,8 @@ def _choose(flag: str | None, default: Any, names: list[str], chk: _Checker) -> 
 
 
 def _read(path: Path) -> tuple[Any, dict, list]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc
-        raise InputError(f"{path}:{where} is not valid YAML ({problem})") from exc
+    text, data = read_yaml(path)
+    node = yaml.compose(text, Loader=yaml.SafeLoader)  # parsed above: this cannot fail
     dupes: list = []
     lines = _line_map(node, (), {}, dupes)
     return data, lines, dupes

@@ -20,12 +20,12 @@ import yaml
 
 from .atomic import read_json, write_json, write_text
 from .errors import InputError
+from .inputs import check_hparams, check_seed, check_text, parse_yaml, safe_name
 from .jobenv import job_identity
+from .registry import dataset_names, model_names
 
-__all__ = ["MODELS", "DATASETS", "PROMPTS", "STATES", "Task", "RunDir"]
+__all__ = ["PROMPTS", "STATES", "Task", "RunDir"]
 
-MODELS = ("sam2-2d", "sam2-3d", "resnet", "yolo")
-DATASETS = ("refuge", "btcv")
 PROMPTS = ("bbox", "click", "mask", "none")
 STATES = ("pending", "running", "completed", "failed", "preempted")
 
@@ -52,16 +52,36 @@ class Task:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise InputError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
-            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        """Every front end builds a Task, so the values that become paths are checked here, once."""
+        if isinstance(self.dataset, str):
+            object.__setattr__(self, "dataset", self.dataset.lower())
+        if self.model not in model_names():
+            raise InputError(f"model {self.model!r} is not one of {', '.join(model_names())}")
+        if self.dataset not in dataset_names():
+            raise InputError(f"dataset {self.dataset!r} is not one of {', '.join(dataset_names())}")
         if self.prompt not in PROMPTS:
             raise InputError(f"prompt {self.prompt!r} is not one of {', '.join(PROMPTS)}")
+        safe_name(self.variant, "variant")
+        safe_name(self.profile, "profile")
+        if self.study:
+            safe_name(self.study, "study")
+        if self.name is not None:
+            safe_name(self.name, "name")
+        for key in ("data_path", "output_root"):
+            if not isinstance(getattr(self, key), (str, os.PathLike)) or not str(getattr(self, key)):
+                raise InputError(f"{key}: expected a path, got {getattr(self, key)!r}")
+            check_text(os.fspath(getattr(self, key)), key)
+        check_seed(self.seed, "seed")
+        if not isinstance(self.hparams, dict):
+            raise InputError(f"hparams: expected a mapping, got {type(self.hparams).__name__}")
+        check_hparams(self.hparams)
 
     @property
     def task_id(self) -> str:
-        """Readable and deterministic: the same task always maps to the same directory."""
+        """Readable and deterministic: the same task always maps to the same directory.
+
+        64 bits of SHA-256: the chance that two of 10^7 tasks share an id is below 10^-5 (and
+        ``RunDir.claim`` refuses a directory that holds another task anyway)."""
         if self.name:
             return self.name
         key = json.dumps(
@@ -69,7 +89,7 @@ class Task:
              self.seed, self.hparams],
             sort_keys=True, default=str,
         )
-        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return f"{self.model}_{self.variant}_{self.dataset}_s{self.seed}_{digest}"
 
     @property
@@ -84,16 +104,34 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "task") -> Task:
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: expected a mapping of task fields, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a required field is missing
+            raise InputError(f"{source}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Task:
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(yaml.safe_load(fh) or {}, source=str(path))
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        return cls.from_dict(parse_yaml(text, str(path)) or {}, source=str(path))
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two tasks the same run (where it is written and how it is launched aside)."""
+        out = self.to_dict()
+        for key in ("output_root", "profile", "study", "name"):
+            out.pop(key)
+        out["data_path"] = os.path.normpath(os.fspath(self.data_path))
+        return out
 
 
 class RunDir:
@@ -114,6 +152,18 @@ class RunDir:
     logs = property(lambda self: self.path / "logs")
     predictions = property(lambda self: self.path / "predictions")
     vis = property(lambda self: self.path / "vis")
+
+    def claim(self, task: Task) -> None:
+        """Refuse a directory whose task.yaml names another task (a reused --name, an id collision)."""
+        if not self.task_yaml.is_file():
+            return
+        other = Task.from_yaml(self.task_yaml)
+        mine, theirs = task.identity(), other.identity()
+        diff = [k for k in mine if mine[k] != theirs.get(k)]
+        if diff:
+            key = diff[0]
+            raise InputError(f"{self.path}: holds another task ({key} {theirs.get(key)!r}, not "
+                             f"{mine[key]!r}); choose another name or output root")
 
     def prepare(self, task: Task) -> RunDir:
         for sub in (self.checkpoints, self.logs, self.predictions, self.vis):
@@ -170,7 +220,16 @@ class RunDir:
         return write_json(self.metrics_json, metrics)
 
     def metrics(self) -> dict[str, Any] | None:
-        return read_json(self.metrics_json) if self.metrics_json.exists() else None
+        if not self.metrics_json.exists():
+            return None
+        try:
+            data = read_json(self.metrics_json)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self.metrics_json}: unreadable ({type(exc).__name__}); delete it to "
+                             "evaluate the run again") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{self.metrics_json}: expected a JSON object; delete it to evaluate again")
+        return data
 
 
 def _now() -> str:

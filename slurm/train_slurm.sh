@@ -1,7 +1,8 @@
 #!/bin/bash
 # Train one model under plain Slurm (no Python needed on the login node):
 #
-#   sbatch slurm/train_slurm.sh <sam2-2d|sam2-3d|resnet|yolo> [train.py flags ...]
+#   sbatch slurm/train_slurm.sh <model kind> [train.py flags ...]
+#     (the kinds: python -m medsam2_hpc.registry models; today sam2-2d, sam2-3d, resnet, yolo)
 #   sbatch --time=2:00:00 --gres=gpu:a100:1 --partition=gpu slurm/train_slurm.sh sam2-3d --variant hiera_t
 #   sbatch --array=0-5 slurm/train_slurm.sh sam2-2d --variants hiera_t,hiera_s --seeds 0,1,2
 #
@@ -41,11 +42,19 @@ EXIT_REQUEUE=75   # medsam2_hpc.errors.EXIT_REQUEUE
 log() { echo "[train_slurm $(date '+%F %T')] $*" >&2; }
 die() { echo "train_slurm.sh: error: $*" >&2; exit 2; }
 
+root="${MEDSAM2_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"
+[[ -f "$root/train.py" ]] || die "MEDSAM2_ROOT: no train.py in '$root'"
+python="${MEDSAM2_PYTHON:-python}"
+
+# The model kinds come from medsam2_hpc's registry. A host python that cannot import it (the
+# package lives only in the image) leaves the check to train.py, which exits 2 the same way.
 model="${1:-}"
-case "$model" in
-  sam2-2d|sam2-3d|resnet|yolo) shift ;;
-  *) die "first argument must be the model: sam2-2d, sam2-3d, resnet or yolo (got '${model}')" ;;
-esac
+known=$(PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" -m medsam2_hpc.registry models 2>/dev/null) \
+  || known=""
+if [[ -z "$model" || "$model" == -* ]] || { [[ -n "$known" ]] && ! grep -qxF -- "$model" <<< "$known"; }; then
+  die "first argument must be the model kind${known:+: one of ${known//$'\n'/, }} (got '${model}')"
+fi
+shift
 
 variants="${MEDSAM2_VARIANTS:-}"
 seeds="${MEDSAM2_SEEDS:-}"
@@ -83,9 +92,6 @@ elif [[ -n "$variants$seeds" ]]; then
   log "not an array job: --variants/--seeds ignored (submit with --array=0-N)"
 fi
 
-root="${MEDSAM2_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"
-[[ -f "$root/train.py" ]] || die "MEDSAM2_ROOT: no train.py in '$root'"
-python="${MEDSAM2_PYTHON:-python}"
 cmd=("$python" "$root/train.py" --model "$model" "${train_args[@]}")
 
 if [[ -n "${MEDSAM2_IMAGE:-}" ]]; then

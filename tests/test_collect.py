@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import zlib
@@ -39,10 +40,18 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+VAL_CASES = ["img0001", "img0002", "img0003", "img0004"]
+
+
 def _write_run(study: Path, model: str, variant: str, dataset: str, seed: int, level: float,
-               prompt: str = "none", **extra) -> dict:
-    task = Task(model=model, variant=variant, dataset=dataset, data_path="/data",
+               prompt: str = "none", hparams: dict | None = None, **extra) -> dict:
+    """A completed run as a round-2 trainer writes it: selected on val, scored on test, HD95 in mm."""
+    hparams = {"lr": 1e-4, "epochs": 3} if hparams is None else hparams
+    task = Task(model=model, variant=variant, dataset=dataset, data_path="/data", hparams=hparams,
                 output_root=str(study.parent), study=study.name, seed=seed, prompt=prompt)
+    extra = {"selection_split": "val", "selection_cases": VAL_CASES, "selection_dice": level,
+             "hd95_unit": "mm", "hparams": hparams,
+             "checkpoint": {"select": "best", "epoch": 2, "validated": True}, **extra}
     run = task.run_dir.prepare(task)
     classes = ORGANS if dataset == "btcv" else ("cup", "disc")
     rng = np.random.default_rng(zlib.crc32(f"{model}{variant}{seed}".encode()))
@@ -50,10 +59,11 @@ def _write_run(study: Path, model: str, variant: str, dataset: str, seed: int, l
     per_class = {c: _mean(s[c] for s in per_case.values()) for c in classes}
     if dataset == "btcv":
         extra.setdefault("dice_mean_per_slice", min(1.0, _mean(per_class.values()) + 0.05))
+        extra.setdefault("per_class_per_slice", {c: min(1.0, v + 0.05) for c, v in per_class.items()})
     metrics = build_metrics(task, split="test", dice_mean=_mean(per_class.values()), per_class=per_class,
                             per_case=per_case, epochs_completed=3, train_seconds=3600.0 * (1 + seed),
                             eval_seconds=10.0, params_m={"resnet": 25.6, "yolo": 27.6}.get(model, 38.9),
-                            hd95_mean=5.0 + seed, **extra)
+                            hd95_mean=extra.pop("hd95_mean", 5.0 + seed), **extra)
     run.write_metrics(metrics)
     run.update_status(state="completed", attempts=1)
     return metrics
@@ -148,8 +158,7 @@ def test_too_few_pairs_say_n_a(tmp_path, monkeypatch) -> None:
     for model, variant, level in (("sam2-2d", "hiera_t", 0.8), ("resnet", "resnet18", 0.6)):
         metrics = _write_run(root, model, variant, "refuge", 0, level)
         metrics["per_case"] = dict(list(metrics["per_case"].items())[:3])
-        Task(model=model, variant=variant, dataset="refuge", data_path="/data", output_root=str(root.parent),
-             study="small").run_dir.write_metrics(metrics)
+        RunDir(root / metrics["task_id"]).write_metrics(metrics)
     report = collect_study(root, tmp_path / "out", "md")
     row = report.tables["paired_tests"].data.iloc[0]
     assert row["n_pairs"] == 3 and row["note"].startswith("n/a")
@@ -158,20 +167,49 @@ def test_too_few_pairs_say_n_a(tmp_path, monkeypatch) -> None:
 
 def test_per_organ_and_per_slice_tables_are_separate(study, tmp_path) -> None:
     root, made = study
-    report = collect_study(root, tmp_path / "out", "csv", with_published=True)
+    report = collect_study(root, tmp_path / "out", "csv")
     organs = pd.read_csv(tmp_path / "out" / "tables" / "btcv_organs.csv")
     sam = organs[organs["model"] == "sam2-3d"].iloc[0]
     for organ in ORGANS:
         assert sam[organ] == pytest.approx(statistics.mean(m["per_class"][organ] for m in made["sam2"]))
     assert report.tables["btcv_organs"].classes == ["spleen", "right kidney", "liver"]  # BTCV label order
-    published = organs[organs["model"].str.startswith("published: Medical SAM 2")].iloc[0]
-    assert published["spleen"] == pytest.approx(0.922) and published["mean"] == pytest.approx(0.890)
     per_slice = pd.read_csv(tmp_path / "out" / "tables" / "btcv_per_slice.csv")
-    assert per_slice.loc[per_slice["model"] == "sam2-3d", "mean"].iloc[0] == pytest.approx(
-        statistics.mean(m["dice_mean_per_slice"] for m in made["sam2"]))
+    sam = per_slice[per_slice["model"] == "sam2-3d"].iloc[0]
+    assert sam["mean"] == pytest.approx(statistics.mean(m["dice_mean_per_slice"] for m in made["sam2"]))
+    liver = statistics.mean(m["per_class_per_slice"]["liver"] for m in made["sam2"])
+    assert sam["liver"] == pytest.approx(liver)
     refuge = pd.read_csv(tmp_path / "out" / "tables" / "refuge.csv")
     assert list(refuge.columns[-3:]) == ["cup", "disc", "mean"]
-    assert refuge["model"].str.startswith("published: REFUGE").any()
+
+
+def test_published_rows_sit_beside_the_same_metric_only(study, tmp_path) -> None:
+    """Medical SAM 2's figures are per-slice Dice: never in a volumetric column, table or heat map."""
+    root, _ = study
+    report = collect_study(root, tmp_path / "out", "csv", with_published=True)
+    head = report.tables["headline"].data
+    medsam2 = head[head["model"].str.startswith("published: Medical SAM 2")].iloc[0]
+    assert medsam2["dice_per_slice"] == pytest.approx(0.890) and np.isnan(medsam2["dice_mean"])
+    nnunet_cv = head[head["model"].str.contains("own 5-fold CV")].iloc[0]  # volumetric per case
+    assert nnunet_cv["dice_mean"] == pytest.approx(0.831) and np.isnan(nnunet_cv["dice_per_slice"])
+    assert not head[head["published"] & (head["dataset"] == "refuge")].size  # cup only: not the mean
+    organs = report.tables["btcv_organs"].data  # the heat map draws this table
+    assert not organs["model"].str.startswith("published").any()
+    per_slice = report.tables["btcv_per_slice"].data
+    row = per_slice[per_slice["model"].str.startswith("published: Medical SAM 2")].iloc[0]
+    assert row["spleen"] == pytest.approx(0.922) and row["mean"] == pytest.approx(0.890)
+    refuge = report.tables["refuge"].data
+    row = refuge[refuge["model"].str.startswith("published: REFUGE")].iloc[0]
+    assert row["cup"] == pytest.approx(0.88) and np.isnan(row["disc"]) and np.isnan(row["mean"])
+    shown = report.tables["headline"].display
+    assert shown.loc[head.index[head["model"] == medsam2["model"]][0], "Dice (mean ± std)"] == ""
+
+    # a study without REFUGE runs shows no REFUGE published number anywhere
+    btcv_only = tmp_path / "runs" / "btcv_only"
+    btcv_only.mkdir(parents=True)
+    _write_run(btcv_only, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
+    report = collect_study(btcv_only, tmp_path / "out2", "md", with_published=True)
+    text = report.document.read_text()
+    assert "published: Medical SAM 2" in text and "REFUGE" not in text
 
 
 def test_failed_missing_running_and_malformed_runs_are_reported(study, tmp_path) -> None:
@@ -309,3 +347,212 @@ def test_collector_does_not_import_torch() -> None:
     code = "import sys, medsam2_hpc.report, medsam2_hpc.report.tables; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _study(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDSAM2_GIT_SHA", "abc123")
+    root = tmp_path / "runs" / name
+    root.mkdir(parents=True)
+    return root
+
+
+def test_a_sweep_gives_one_row_per_hyper_parameter_set(tmp_path, monkeypatch) -> None:
+    """Two learning rates, two seeds each: two rows, labelled by the one hyper-parameter that varies."""
+    root = _study(tmp_path, "lr-sweep", monkeypatch)
+    for lr, level in ((1e-4, 0.85), (1e-3, 0.60)):
+        for seed in (0, 1):
+            _write_run(root, "sam2-3d", "hiera_t", "btcv", seed, level, "bbox",
+                       hparams={"lr": lr, "epochs": 3})
+    _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
+    report = collect_study(root, tmp_path / "out", "csv")
+    head = report.tables["headline"].data
+    sam = head[head["model"] == "sam2-3d"]
+    assert list(sam["setting"]) == ["lr=0.0001", "lr=0.001"] and list(sam["n_runs"]) == [2, 2]
+    assert sam["dice_mean"].iloc[0] > 0.8 > 0.65 > sam["dice_mean"].iloc[1]  # not pooled into one mean
+    assert head.loc[head["model"] == "resnet", "setting"].iloc[0] == ""  # nothing varies: no label
+    assert "lr=0.001" in report.headline_text()
+    runs = pd.read_csv(tmp_path / "out" / "tables" / "runs.csv")
+    assert {json.loads(h)["lr"] for h in runs.loc[runs["model"] == "sam2-3d", "hparams"]} == {1e-4, 1e-3}
+    assert len(report.tables["paired_tests"].data) == 2  # each learning rate compared on its own
+
+
+def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch) -> None:
+    root = _study(tmp_path, "leaky", monkeypatch)
+    _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
+    same_split = _write_run(root, "sam2-3d", "hiera_t", "btcv", 1, 0.99, "bbox", selection_split="test")
+    shared_cases = _write_run(root, "sam2-3d", "hiera_t", "btcv", 2, 0.99, "bbox",
+                              selection_cases=[*VAL_CASES, CASES[0], CASES[1]])
+    _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
+    report = collect_study(root, tmp_path / "out", "md,csv")
+    head = report.tables["headline"].data
+    sam = head[head["model"] == "sam2-3d"].iloc[0]
+    assert sam["n_runs"] == 1 and sam["dice_mean"] < 0.9  # the two leaky runs are not averaged in
+    listed = report.tables["incomplete_runs"].data.set_index("run")["note"]
+    assert listed[same_split["task_id"]] == "not tabulated: checkpoint selected on the scored split 'test'"
+    assert listed[shared_cases["task_id"]] == (
+        "not tabulated: 2 of 6 selection cases (val) are scored test cases: img0035, img0036")
+    assert set(listed.index) == {same_split["task_id"], shared_cases["task_id"]}
+    assert report.tables["paired_tests"].data["n_pairs"].tolist() == [len(CASES)]  # one comparison, 1 seed
+    assert report.tables["headline"].display.set_index("Model").loc["sam2-3d", "Checkpoint"] == "best on val"
+    assert "img0035, img0036" in report.document.read_text()
+    assert report.study.runs.set_index("run").loc[same_split["task_id"], "state"] == "completed"
+
+
+def test_runs_from_before_round_2_are_tabulated_as_unknown(tmp_path, monkeypatch) -> None:
+    """No selection split, checkpoint, hparams or HD95 unit recorded: labelled, never guessed."""
+    root = _study(tmp_path, "old", monkeypatch)
+    _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox")
+    old = _write_run(root, "resnet", "resnet50", "btcv", 0, 0.7)
+    for key in ("selection_split", "selection_cases", "selection_dice", "checkpoint", "hparams", "hd95_unit"):
+        del old[key]
+    RunDir(root / old["task_id"]).write_metrics(old)
+    report = collect_study(root, tmp_path / "out", "md")
+    # the only baseline never recorded a validation Dice: no best baseline is chosen on test instead
+    assert report.tables["paired_tests"].data["note"].tolist() == [
+        "no baseline recorded a selection Dice to choose on"]
+    shown = report.tables["headline"].display.set_index("Model")
+    assert shown.loc["resnet", "Checkpoint"] == "not recorded"
+    assert shown.loc["resnet", "Hyper-parameters"] == "hparams not recorded"
+    assert shown.loc["resnet", "HD95 (unit not recorded)"] == "5.00"  # never in the mm column
+    assert shown.loc["resnet", "HD95 (mm)"] == "" and shown.loc["sam2-3d", "HD95 (mm)"] == "5.00"
+
+
+def test_never_validated_runs_are_marked(tmp_path, monkeypatch) -> None:
+    root = _study(tmp_path, "unvalidated", monkeypatch)
+    _write_run(root, "sam2-2d", "hiera_t", "refuge", 0, 0.8, "click")
+    _write_run(root, "sam2-2d", "hiera_t", "refuge", 1, 0.8, "click", selection_dice=None,
+               checkpoint={"select": "best", "epoch": None, "validated": False})
+    report = collect_study(root, tmp_path / "out", "md")
+    shown = report.tables["headline"].display.iloc[0]
+    assert shown["Checkpoint"] == "best on val; never validated: 1 of 2 runs"
+    assert report.tables["headline"].data["n_unvalidated"].iloc[0] == 1
+
+
+def test_hd95_units_never_share_a_column(tmp_path, monkeypatch) -> None:
+    root = _study(tmp_path, "units", monkeypatch)
+    _write_run(root, "sam2-3d", "hiera_t", "btcv", 0, 0.8, "bbox", hd95_unit="mm", hd95_mean=4.0)
+    _write_run(root, "sam2-3d", "hiera_t", "btcv", 1, 0.8, "bbox", hd95_unit="mm", hd95_mean=6.0)
+    _write_run(root, "sam2-2d", "hiera_t", "refuge", 0, 0.8, "click", hd95_unit="px", hd95_mean=12.0)
+    report = collect_study(root, tmp_path / "out", "md")
+    head = report.tables["headline"].data.set_index("model")
+    assert head.loc["sam2-3d", "hd95_mm"] == pytest.approx(5.0) and np.isnan(head.loc["sam2-3d", "hd95_px"])
+    assert head.loc["sam2-2d", "hd95_px"] == pytest.approx(12.0) and np.isnan(head.loc["sam2-2d", "hd95_mm"])
+    shown = report.tables["headline"].display
+    assert {"HD95 (mm)", "HD95 (px)"} <= set(shown.columns)
+    assert "HD95 (unit not recorded)" not in shown.columns  # no row fills it
+    bad = _write_run(root, "sam2-2d", "hiera_s", "refuge", 0, 0.8, "click", hd95_unit="cm")
+    report = collect_study(root, tmp_path / "out2", "md")
+    assert report.study.runs.set_index("run").loc[bad["task_id"], "state"] == "malformed"
+    assert [w.count("hd95_unit 'cm' is not one of ('mm', 'px')") for w in report.warnings] == [1]
+
+
+def test_holm_by_hand() -> None:
+    from medsam2_hpc.report.stats import holm
+
+    # sorted: 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; 0.04 * 1 = 0.04 -> raised to the running max 0.06
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, math.nan]), [0.03, 0.06, 0.06, math.nan])
+    np.testing.assert_allclose(holm([0.5, 0.2]), [0.5, 0.4])
+    np.testing.assert_allclose(holm([0.9, 0.8, 0.7]), [1.0, 1.0, 1.0])  # capped at 1
+
+
+def test_delta_ci_covers_the_known_difference_and_baseline_is_chosen_on_val(tmp_path, monkeypatch) -> None:
+    """ours = baseline + 0.1 + noise on every test case: the 95% CI of ΔDice holds 0.1, not 0."""
+    root = _study(tmp_path, "known", monkeypatch)
+    rng = np.random.default_rng(7)
+    cases = [f"case{i:02d}" for i in range(20)]
+    base = rng.uniform(0.5, 0.8, len(cases))
+    noise = rng.normal(0, 0.03, (2, len(cases)))
+    noise -= noise.mean(axis=1, keepdims=True)  # centred: the study's mean differences are exactly 0.1 and 0
+    scores = {"resnet": base, "yolo": base + 0.05, "hiera_t": base + 0.1 + noise[0],
+              "hiera_s": base + noise[1]}
+    variants = {"resnet": "resnet50", "yolo": "yolo11l-seg", "hiera_t": "hiera_t", "hiera_s": "hiera_s"}
+    # YOLO is better on test but worse on val: the best baseline must be ResNet (chosen on val)
+    selection = {"resnet": 0.75, "yolo": 0.70, "hiera_t": 0.8, "hiera_s": 0.8}
+    for name, values in scores.items():
+        model = name if name in ("resnet", "yolo") else "sam2-2d"
+        task = Task(model=model, variant=variants[name], dataset="refuge", data_path="/data",
+                    output_root=str(root.parent), study=root.name)
+        per_case = {c: {"cup": float(v)} for c, v in zip(cases, values, strict=True)}
+        task.run_dir.prepare(task).write_metrics(build_metrics(
+            task, split="test", dice_mean=float(values.mean()), per_class={"cup": float(values.mean())},
+            per_case=per_case, epochs_completed=1, train_seconds=1.0, eval_seconds=1.0, params_m=1.0,
+            selection_split="val", selection_cases=["v1", "v2"], selection_dice=selection[name],
+            hd95_unit="px", hparams={}, checkpoint={"select": "best", "epoch": 1, "validated": True}))
+    report = collect_study(root, tmp_path / "out", "csv")
+    tests = report.tables["paired_tests"].data.set_index("variant")
+    assert set(tests["baseline"]) == {"resnet/resnet50/none"}
+    better, same = tests.loc["hiera_t"], tests.loc["hiera_s"]
+    assert better["ci_low"] < 0.1 < better["ci_high"] and better["ci_low"] > 0
+    assert same["ci_low"] < 0 < same["ci_high"]
+    assert better["mean_diff"] == pytest.approx(0.1) and same["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(tests["p_holm"], holm_by_scipy(tests["p_value"]))
+    shown = report.tables["headline"].display.set_index("Variant")
+    assert shown.loc["resnet50", "p (Holm)"] == "best baseline (chosen on val)"
+    assert re.fullmatch(r"\+0\.\d{3} \[\+0\.\d{3}, \+0\.\d{3}\]",
+                        shown.loc["hiera_t", "ΔDice vs best baseline [95% CI]"])
+
+
+def holm_by_scipy(p: pd.Series) -> np.ndarray:
+    """Holm for two tests, spelled out: the smaller p doubled, the larger kept but not below it."""
+    low, high = sorted(p)
+    adjusted = {low: min(1, 2 * low), high: max(min(1, 2 * low), high)}
+    return np.array([adjusted[v] for v in p])
+
+
+def test_sizes_in_size_order() -> None:
+    from medsam2_hpc.report.labels import variant_rank
+
+    shuffled = ["hiera_l", "sam2.1_hiera_t", "hiera_b+", "hiera_t", "hiera_s"]
+    assert sorted(shuffled, key=lambda v: variant_rank("sam2-3d", v)) == [
+        "hiera_t", "hiera_s", "hiera_b+", "hiera_l", "sam2.1_hiera_t"]
+    yolo = ["yolo11x-seg", "yolo11l-seg", "yolo11n-seg", "yolo11m-seg", "yolo11s-seg"]
+    assert sorted(yolo, key=lambda v: variant_rank("yolo", v)) == [f"yolo11{s}-seg" for s in "nsmlx"]
+    resnets = ["resnet50", "resnet101", "my_net", "resnet18"]
+    assert sorted(resnets, key=lambda v: variant_rank("resnet", v)) == [
+        "resnet18", "resnet50", "resnet101", "my_net"]  # unregistered variants last
+
+
+def test_box_plot_draws_every_case_and_figures_are_pdf_and_200_dpi_png(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    from medsam2_hpc.report import plots
+
+    root = _study(tmp_path, "figures", monkeypatch)
+    for variant in ("hiera_l", "hiera_t", "hiera_b+"):
+        _write_run(root, "sam2-3d", variant, "btcv", 0, 0.8, "bbox")
+    closed = []
+    monkeypatch.setattr(plots.plt, "close", closed.append)
+    report = collect_study(root, tmp_path / "out", "md")
+    box = next(fig for fig in closed if fig.axes[0].get_title().startswith("btcv"))
+    ax = box.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "sam2-3d\nhiera_t\nbbox", "sam2-3d\nhiera_b+\nbbox", "sam2-3d\nhiera_l\nbbox"]
+    points = [np.asarray(c.get_offsets()) for c in ax.collections]
+    assert [len(p) for p in points] == [len(CASES)] * 3
+    assert [round(float(np.median(p[:, 0]))) for p in points] == [1, 2, 3]
+    for name in ("dice_boxplot", "btcv_organ_heatmap", "dice_vs_time"):
+        png, pdf = tmp_path / "out" / "plots" / f"{name}.png", tmp_path / "out" / "plots" / f"{name}.pdf"
+        assert png in report.files and pdf in report.files
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+        assert Image.open(png).info["dpi"] == pytest.approx((200, 200), abs=0.1)
+
+
+def test_provenance_names_every_problem_with_the_round_2_fields() -> None:
+    from medsam2_hpc.report.provenance import NONE, read_provenance
+
+    data = {"split": "test", "per_case": {"a": {}}, "selection_split": 3, "selection_cases": [1, 2],
+            "selection_dice": "high", "hd95_unit": "cm", "hparams": [], "checkpoint": {"select": "newest",
+                                                                                       "epoch": 1.5}}
+    provenance, problems = read_provenance(data)
+    assert problems == [
+        "key 'selection_split' should be str, got int",
+        "key 'selection_dice' should be float/int/NoneType, got str",
+        "checkpoint.select 'newest' is not one of ('best', 'last', 'given')",
+        "checkpoint.epoch should be int or null, got float",
+        "checkpoint.validated should be true or false",
+        "hd95_unit 'cm' is not one of ('mm', 'px')",
+        "key 'hparams' should be dict, got list",
+        "selection_cases should be a list of case ids (strings)",
+    ]
+    fine, problems = read_provenance({"split": "test", "per_case": {}, "selection_split": None})
+    assert problems == [] and fine.selection_split == NONE and not fine.overlap

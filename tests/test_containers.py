@@ -8,6 +8,7 @@ it was given) and say so in their names (``..._with_standin_apptainer``).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -248,13 +249,28 @@ def test_build_without_a_runtime_exits_2_naming_the_binary(tmp_path, monkeypatch
 
 
 def test_build_sh_calls_the_same_command(tmp_path):
-    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
-    proc = subprocess.run(["bash", str(ROOT / "containers" / "build.sh"), "--runtime", "apptainer"],
+    """build.sh runs ``medsam2-hpc container build``, which calls ``apptainer build``: here a
+    stand-in that records its argv, so no real build starts where Apptainer is installed. The
+    definition is a copy in tmp_path (``--def``), so the rendered file and the image land there."""
+    shutil.copytree(ROOT / "containers", tmp_path / "containers")
+    calls = tmp_path / "apptainer.calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text("#!/bin/bash\n# Stand-in for apptainer: records the call, builds "
+                                       f"nothing\necho \"$PWD: $*\" >> '{calls}'\n")
+    (bin_dir / "apptainer").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run(["bash", str(ROOT / "containers" / "build.sh"), "--runtime", "apptainer",
+                           "--fakeroot", "--def", str(tmp_path / "containers" / "medsam2.def")],
                           capture_output=True, text=True, env=env)
     if not (ROOT / ".venv" / "bin" / "medsam2-hpc").exists():
         assert proc.returncode == 2 and "make venv" in proc.stderr
-    else:
-        assert proc.returncode == 2 and "--runtime apptainer: apptainer is not on PATH" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    (call,) = calls.read_text().splitlines()
+    here = re.escape(str(tmp_path))
+    assert re.fullmatch(rf"{here}: build --fakeroot {here}/containers/medsam2\.sif \.medsam2-build-\d+\.def",
+                        call), call
 
 
 # ------------------------------------------------------------------------------ exec line
@@ -426,7 +442,8 @@ def test_build_carries_host_pip_config_without_printing_it_with_standin_apptaine
     assert "MirrorURL: http://m.example/debian" in built
     assert c._section_body(built, "files")[0].split()[1] == "/opt/medsam2-hpc/build/pip.conf"
     argv = (record / "argv").read_text().splitlines()
-    assert argv[:4] == ["build", "--mksquashfs-args", "-comp zstd", str(tmp_path / "m.sif")]
+    assert argv[:4] == ["build", "--mksquashfs-args", "-comp zstd -Xcompression-level 3",
+                        str(tmp_path / "m.sif")]
     assert not list(ctx.glob(".medsam2-build-*"))  # scratch files removed
 
 

@@ -9,6 +9,7 @@ tests/slurm.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -24,7 +25,7 @@ import pytest
 import torch
 from submitit.helpers import DelayedSubmission
 
-from medsam2_hpc import runner, spec
+from medsam2_hpc import registry, runner, spec
 from medsam2_hpc.cli import main
 from medsam2_hpc.contract import build_metrics, validate_metrics
 from medsam2_hpc.engine import LoopConfig, TrainLoop
@@ -37,7 +38,7 @@ from medsam2_hpc.task import RunDir, Task
 REPO = Path(__file__).resolve().parents[1]
 
 
-# --- a tiny real trainer (runner.TRAINERS points a model kind at this module) ----------------
+# --- a tiny real trainer (the registry points a model kind at this module) ------------------
 
 
 def check(task: Task) -> None:
@@ -82,8 +83,12 @@ def train(task: Task, run: RunDir) -> dict:
 
 def run_tiny(task: Task) -> dict:
     """The callable jobs run in a subprocess: the real run_task with this module as the trainer."""
-    runner.TRAINERS[task.model] = __name__
+    registry.MODEL_KINDS[task.model] = _tiny(task.model)
     return runner.run_task(task)
+
+
+def _tiny(model: str) -> registry.ModelKind:
+    return dataclasses.replace(registry.model_kind(model), trainer=__name__)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ def _no_stop_request_left():
 @pytest.fixture
 def tiny_trainer(monkeypatch):
     """In-process runs (debug executor) use the default run_task with the tiny trainer."""
-    monkeypatch.setitem(runner.TRAINERS, "resnet", __name__)
+    monkeypatch.setitem(registry.MODEL_KINDS, "resnet", _tiny("resnet"))
 
 
 def make_study(tmp_path: Path, *, executor: str = "debug", seeds=(0, 1), hparams=None,

@@ -8,9 +8,11 @@ SHRINK). A new README command without an entry below fails
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +37,8 @@ EXERCISED: dict[str, str] = {
     "python train.py": "run",
     "python baselines/train.py": "run",
     "medsam2-hpc container check": "run",
-    "medsam2-hpc container build": "run: no Apptainer here, so the clear refusal (exit 2) is checked",
+    "medsam2-hpc container build": "run: without Apptainer on PATH, the clear refusal (exit 2) is "
+                                   "checked; tests/test_apptainer_image.py builds it for real",
     "medsam2-hpc submit jobs.yaml --dry-run": "run",
     "medsam2-hpc submit jobs.yaml": "tests/test_launcher.py::test_slurm_submits_one_sbatch_per_profile_skips_"
                                     "queued_and_cancels; tests/slurm/test_launcher_slurm.py (real Slurm)",
@@ -104,7 +107,8 @@ def sandbox(tmp_path_factory) -> Path:
     return root
 
 
-def _argv(command: str) -> list[str]:
+def _argv(command: str, checkout: Path = ROOT) -> list[str]:
+    """The command as argv: sizes shrunk, scripts taken from ``checkout``."""
     for old, new in SHRINK:
         command = command.replace(old, new)
     argv = shlex.split(command)
@@ -112,17 +116,18 @@ def _argv(command: str) -> list[str]:
     if argv[0] == "python":
         argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
     elif argv[0] == "bash":
-        argv = ["bash", str(ROOT / argv[1]), *argv[2:]]
+        argv = ["bash", str(checkout / argv[1]), *argv[2:]]
     elif argv[0] == "medsam2-hpc":
         argv = [str(BIN / "medsam2-hpc"), *argv[1:]]
     return argv + EXTRA.get(program, [])
 
 
-def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    argv = _argv(command)
+def _run(command: str, cwd: Path, argv: list[str] | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv = argv or _argv(command)
     if "*" in command:  # the inference command's checkpoint is a shell glob, as a user types it
         argv = ["bash", "-c", " ".join(a if "*" in a else shlex.quote(a) for a in argv)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    env = {**(env or os.environ), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -143,15 +148,83 @@ def test_readme_training_and_inference_commands_run(sandbox):
     assert metrics == ["resnet", "yolo", "yolo"]
 
 
-def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
-    """Dry run, status, resubmit and cancel on the committed jobs.yaml; container check and build."""
+# What the cluster commands read from a checkout; they run on a copy of these, never in it.
+CLUSTER_FILES = ("jobs.yaml", "slurm", "containers")
+CLUSTER_STANDINS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sacct", "apptainer", "singularity")
+
+
+def run_cluster_commands(checkout: Path, work: Path) -> tuple[dict[str, subprocess.CompletedProcess],
+                                                              list[str]]:
+    """README's cluster commands in ``work``, a copy of ``checkout``'s jobs.yaml, slurm/ and containers/.
+
+    Never in the checkout itself: there ``cancel`` and ``resubmit --failed`` would act on a live
+    ``runs/main`` of the person running the tests. Every program that could reach a cluster or
+    build an image is a stand-in first on PATH that records its call and does nothing else
+    (exit 0). ``container check|build`` get ``--def`` of the copy, so the build's rendered
+    definition and its image path are in ``work`` too. Returns each command's result and the
+    recorded calls.
+    """
+    work.mkdir(parents=True)
+    for name in CLUSTER_FILES:
+        source = checkout / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, work / name)
+    calls, bin_dir = work / "standin.calls", work / ".standin-bin"
+    bin_dir.mkdir()
+    for name in CLUSTER_STANDINS:
+        (bin_dir / name).write_text(f"#!/bin/bash\n# Stand-in for {name} (tests/test_readme.py): records the "
+                                    f"call, runs nothing.\nprintf '%s\\n' \"{name} $*\" >> "
+                                    f"{shlex.quote(str(calls))}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    results = {}
     for command in _runnable(("medsam2-hpc", "bash slurm")):
-        out = _run(command, ROOT)
-        if command.startswith("medsam2-hpc container build"):
-            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
-            assert "apptainer" in out.stderr
-            continue
+        argv = _argv(command, work)
+        if command.startswith("medsam2-hpc container"):
+            argv += ["--def", str(work / "containers" / "medsam2.def")]
+        results[command] = _run(command, work, argv, env)
+    return results, (calls.read_text().splitlines() if calls.exists() else [])
+
+
+def _files(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _checkout_with_a_live_study(checkout: Path) -> Path:
+    """A copy of what the commands read, plus a study in flight: runs/main with a running task
+    and the Slurm array it runs in (status.json, submissions.json). Returns runs/."""
+    from medsam2_hpc import spec
+
+    checkout.mkdir()
+    for name in CLUSTER_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, checkout / name)
+    study = spec.load(checkout / "jobs.yaml", "main")
+    task = study.tasks[0]
+    task.run_dir.update_status(state="running", attempts=1, host="gpu-node-7", slurm_job_id="4243",
+                               slurm_array_job_id="4242", slurm_array_task_id="0")
+    (study.study_dir / "submissions.json").write_text(json.dumps({"submissions": [
+        {"job_id": "4242", "executor": "slurm", "profile": task.profile,
+         "submitted_at": "2026-01-01T00:00:00", "tasks": {task.task_id: "4242_0"}}]}))
+    assert study.study_dir.parent == checkout / "runs"
+    return checkout / "runs"
+
+
+def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
+    """Dry run, status, resubmit and cancel on a copy of the committed jobs.yaml; container check
+    and build (through the apptainer stand-in, into the copy). The checkout they were copied from
+    holds a live runs/main: they neither change it nor call anything about its jobs."""
+    runs = _checkout_with_a_live_study(tmp_path / "checkout")
+    before = _files(runs)
+    work = tmp_path / "work"
+    results, calls = run_cluster_commands(tmp_path / "checkout", work)
+    assert len(results) >= 7
+    for command, out in results.items():
         assert out.returncode == 0, f"{command}\n{out.stderr[-2000:]}"
         if command.endswith("--dry-run"):
-            assert "#SBATCH" in out.stdout
-    assert not (ROOT / "runs" / "main").exists() or not any((ROOT / "runs" / "main").glob("*/task.yaml"))
+            assert "#SBATCH" in out.stdout or "sbatch" in out.stdout
+    assert _files(runs) == before
+    (build,) = calls  # nothing reached sbatch, squeue, scancel or scontrol, nor named job 4242
+    assert re.fullmatch(rf"apptainer build --fakeroot {re.escape(str(work))}/containers/medsam2\.sif "
+                        r"\.medsam2-build-\d+\.def", build), build
+    assert not list(work.glob(".medsam2-build-*"))  # the rendered definition is cleaned up

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medsam2_hpc import runner
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.data import synthetic
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
@@ -22,7 +23,6 @@ from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers.sam2 import train_3d as sam2_3d
 from medsam2_hpc.trainers.sam2.step_3d import clip_loss, clip_organs, param_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -219,10 +219,11 @@ def test_box_jitter_moves_corners_as_sam2train():
     ({"hparams": {"prompted_only": 1}}, "prompted_only"),
 ])
 def test_check_rejects_bad_input(btcv_slices, tmp_path, change, message):
+    """runner.check: the model kind's dataset and prompt (registry), then the trainer's own check."""
     base = dict(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path=str(btcv_slices),
                 output_root=str(tmp_path), prompt="bbox", hparams={"sam_ckpt": "none", "image_size": SIZE})
     with pytest.raises(InputError, match=message):
-        sam2_3d.check(Task(**{**base, **change}))
+        runner.check(Task(**{**base, **change}))
     assert not any(tmp_path.iterdir())
 
 
@@ -351,16 +352,36 @@ def test_selective_recompute_keeps_every_op_that_draws_random_numbers():
     assert all(_save_seeded_ops(None, op) is CheckpointPolicy.PREFER_RECOMPUTE for op in recomputed)
 
 
+def _propagate_recording_kernels(prop: VideoPropagator, images, prompts) -> tuple[dict, set[str]]:
+    """Masks of 3 slices, and the attention kernels the profiler saw run."""
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = dict(prop.propagate(prop.encode(images), prompts, 3, 2))
+    return out, {e.name for e in prof.events() if "scaled_dot_product" in e.name}
+
+
 def test_attention_kernel_choice_keeps_predictions():
+    """Both settings against PyTorch's math kernel, a separate implementation of attention.
+
+    On the CPU both settings run the fused CPU kernel (no cuDNN there: "cudnn" falls back), so
+    each is compared with the math kernel rather than with the other; the profiler shows that
+    the kernels compared really differ. Tolerance: 1e-4 on the mask logits after 3 slices of
+    propagation (float32 sums taken in another order).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     model = _tiny_model(2).eval()
     images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     prompts = {1: ObjectPrompts(torch.zeros(2, dtype=torch.bool), None,
                                 torch.tensor([[[5.0, 5.0], [30.0, 30.0]], [[20.0, 25.0], [50.0, 45.0]]]),
                                 torch.tensor([[2, 3], [2, 3]], dtype=torch.int32))}
-    with torch.no_grad():
-        outs = [dict(prop.propagate(prop.encode(images), prompts, 3, 2))
-                for prop in (VideoPropagator(model), VideoPropagator(model, attention="cudnn"))]
-    for t in range(3):  # no cuDNN on the CPU: the fallback order must give the same masks
-        torch.testing.assert_close(outs[1][t].high_res, outs[0][t].high_res)
+    with sdpa_kernel([SDPBackend.MATH]):
+        reference, math_kernels = _propagate_recording_kernels(VideoPropagator(model), images, prompts)
+    assert any("math" in k for k in math_kernels) and not any("flash" in k for k in math_kernels)
+    for attention in ("default", "cudnn"):
+        prop = VideoPropagator(model, attention=attention)
+        out, kernels = _propagate_recording_kernels(prop, images, prompts)
+        assert any("flash_attention_for_cpu" in k for k in kernels), (attention, kernels)
+        for t in range(3):
+            torch.testing.assert_close(out[t].high_res, reference[t].high_res, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="attention 'cudnnn'"):
         VideoPropagator(model, attention="cudnnn")

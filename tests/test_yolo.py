@@ -22,6 +22,7 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
 from medsam2_hpc.trainers.baselines import yolo
+from medsam2_hpc.trainers.baselines.yolo_weights import check_yolo_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"batch_size": 4, "image_size": 64, "num_workers": 0}
@@ -80,8 +81,10 @@ def test_btcv_run_resumes_from_ultralytics_last_pt(tmp_path, btcv_slices, monkey
     with pytest.raises(StopRequested):
         run_task(task)
     assert task.run_dir.status()["state"] == "preempted" and last.is_file()
+    check_yolo_checkpoint(last, "resume checkpoint")  # our own checkpoints pass the weights-only read
     monkeypatch.setattr(yolo, "stop_requested", lambda: False)
     metrics = run_task(task)
+    check_yolo_checkpoint(task.run_dir.best_ckpt, "best.pt")
     assert validate_metrics(metrics) == []
     assert metrics["epochs_completed"] == 2 and metrics["n_cases"] == 2
     assert 0.0 <= metrics["dice_mean_per_slice"] <= 1.0 and metrics["train_seconds"] > 0

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import guarded
+from .parser import Parser
 
 __all__ = ["main", "build_parser"]
 
@@ -21,7 +22,7 @@ COMMANDS = ("train", "data", "submit", "container", "collect", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="medsam2-hpc",
         description="Fine-tune SAM2 for medical segmentation on Slurm clusters and compare "
                     "it with ResNet and YOLO baselines.",

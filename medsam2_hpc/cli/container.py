@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--pip-config", choices=("none", "host"), default="none",
                    help="host: pip inside the build uses this machine's CA bundle and pip index/find-links "
                         "settings (for proxies and internal mirrors); credentials are never printed")
-    b.add_argument("--compression", choices=("gzip", "zstd", "lz4"),
-                   help="squashfs compression of the .sif (apptainer's default is gzip; zstd and lz4 "
-                        "build faster, and need Apptainer >= 1.1 or SingularityCE >= 3.10 to run)")
+    b.add_argument("--compression", choices=tuple(containers.COMPRESSION),
+                   help="squashfs compression of the .sif (apptainer's default is gzip; zstd (level 3) and "
+                        "lz4 build faster, and need Apptainer >= 1.1 or SingularityCE >= 3.10 to run)")
     b.add_argument("--def", dest="definition", default=str(containers.DEF_PATH), help=argparse.SUPPRESS)
     b.set_defaults(func=build)
 

@@ -3,8 +3,9 @@
 It is the real pipeline, not a separate script: the ``demo`` study of jobs.yaml goes through the
 launcher (local executor by default, or a running Slurm), every task trains into its run
 directory, and the collector writes MODEL_COMPARISON.md, the tables and the plots. Data in the
-real REFUGE and BTCV layouts is generated first; SAM2 starts from Meta's Hiera-T checkpoint when
-``checkpoints/`` has it, else from random weights.
+real layouts of its datasets (each dataset's synthetic generator in the registry) is generated
+first; SAM2 starts from Meta's Hiera-T checkpoint when ``checkpoints/`` has it, else from random
+weights.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=Path, default=None, help="jobs file (default: ./jobs.yaml or the repo's)")
     p.add_argument("--out", type=Path, default=None,
                    help="put data, runs and tables here (default: the demo study's paths in jobs.yaml)")
-    p.add_argument("--executor", choices=("local", "slurm", "debug"), default=None,
-                   help="local (default in jobs.yaml) or slurm (needs a running cluster)")
+    p.add_argument("--executor", metavar="NAME", default=None,
+                   help="a launcher backend: local (default in jobs.yaml) or slurm (needs a running cluster)")
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
                    help=f"where to look for {SAM2_TINY} (random SAM2 weights without it)")
     p.set_defaults(func=lambda a: run_demo(a.jobs, a.out, a.executor, a.checkpoints))
@@ -62,7 +63,7 @@ def _relocate(study, out: Path | None, checkpoints: Path):  # type: ignore[no-un
         if out is not None:
             changes["data_path"] = str(out.resolve() / "data" / Path(task.data_path).name)
             changes["output_root"] = str(out.resolve() / "runs")
-        if task.model.startswith("sam2") and ckpt.is_file() and task.variant == "hiera_t":
+        if task.variant == "hiera_t" and ckpt.is_file():  # the SAM2 kinds' tiny variant
             changes["hparams"] = {**task.hparams, "sam_ckpt": str(ckpt.resolve())}
         tasks.append(dataclasses.replace(task, **changes))
     root = Path(tasks[0].output_root) if tasks else study.output_root
@@ -70,7 +71,7 @@ def _relocate(study, out: Path | None, checkpoints: Path):  # type: ignore[no-un
 
 
 def _make_data(study, out: IO[str]) -> None:  # type: ignore[no-untyped-def]
-    from medsam2_hpc.data import synthetic
+    from medsam2_hpc.registry import dataset_kind, load_entry
 
     seen: set[str] = set()
     for task in study.tasks:
@@ -81,10 +82,8 @@ def _make_data(study, out: IO[str]) -> None:  # type: ignore[no-untyped-def]
         if path.exists() and any(path.iterdir()):
             print(f"  {task.dataset}: using {path}", file=out)
             continue
-        if task.dataset == "refuge":
-            synthetic.make_refuge(path, layout="multirater", n_train=6, n_test=3, size=128, seed=0)
-        else:
-            synthetic.make_btcv(path, layout="nifti", n_train=3, n_test=2, size=96, depth=20, seed=0)
+        kind = dataset_kind(task.dataset)
+        load_entry(kind.synthetic)(path, **{"seed": 0, **kind.demo})
         print(f"  {task.dataset}: generated {path}", file=out)
 
 
@@ -139,7 +138,8 @@ def run_demo(jobs: Path | None, out_dir: Path | None, executor: str | None, chec
     study = _relocate(spec.load(_jobs_file(jobs), study=DEMO_STUDY), out_dir, checkpoints)
     executor = executor or study.executor
     sam2_init = "Meta's Hiera-T" if (checkpoints / SAM2_TINY).is_file() else "random weights"
-    _stage(1, f"data in the real REFUGE / BTCV layouts (SAM2 from {sam2_init})", out)
+    _stage(1, f"data in the real {' / '.join(sorted({t.dataset for t in study.tasks}))} layouts "
+              f"(SAM2 from {sam2_init})", out)
     _make_data(study, out)
 
     _stage(2, f"training {len(study.tasks)} tasks through the launcher ({executor} executor)", out)

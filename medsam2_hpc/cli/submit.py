@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.spec import EXECUTORS
 
 __all__ = ["register"]
 
@@ -21,7 +20,10 @@ __all__ = ["register"]
 def _add_study_args(p: argparse.ArgumentParser, *, executor: bool = True) -> None:
     p.add_argument("--study", help="which study of the jobs file (default: its only or default_study)")
     if executor:
-        p.add_argument("--executor", choices=EXECUTORS, help="override the file's executor")
+        # Checked against launcher.BACKENDS when used: importing the launcher here (torch) would slow
+        # down every command.
+        p.add_argument("--executor", metavar="NAME",
+                       help="override the file's executor: a launcher backend, e.g. slurm or local")
         p.add_argument("--dry-run", action="store_true",
                        help="print the task table and the sbatch script(s); submit and write nothing")
 

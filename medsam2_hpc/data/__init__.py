@@ -1,18 +1,46 @@
 """Data layer shared by every model: REFUGE (2D), BTCV (3D), prompts, synthetic data.
 
-Submodules are imported by name (``from medsam2_hpc.data import btcv``) so that importing
-the package stays cheap; see docs/DEVELOPING.md ("Data interface") for the contract.
+The two datasets are registered here (medsam2_hpc.registry); submodules are imported by name
+(``from medsam2_hpc.data import btcv``) so that importing the package stays cheap; see
+docs/DEVELOPING.md ("Data interface") for the contract.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InputError
 from ..options import look_up
+from ..registry import DatasetKind, dataset_names, register_dataset
+from .organs import ORGANS
 
-__all__ = ["DATASETS", "check_dataset"]
+__all__ = ["check_dataset", "decode_first"]
 
-DATASETS = ("refuge", "btcv")
+register_dataset(DatasetKind(
+    name="refuge", classes=("cup", "disc"), default_path="./data/REFUGE",
+    loader="medsam2_hpc.data.refuge:RefugeDataset", layouts=("multirater", "challenge"),
+    synthetic="medsam2_hpc.data.synthetic:make_refuge", summary="medsam2_hpc.data.summary:refuge",
+    splits=("train", "test"), demo={"layout": "multirater", "n_train": 6, "n_test": 3, "size": 128},
+    volumetric=False, hd95_unit="px", sections=("refuge",)))
+register_dataset(DatasetKind(
+    name="btcv", classes=tuple(ORGANS[k] for k in sorted(ORGANS)), default_path="./data/btcv",
+    loader="medsam2_hpc.data.btcv:training_volumes",
+    layouts=("slices", "nifti"), synthetic="medsam2_hpc.data.synthetic:make_btcv",
+    summary="medsam2_hpc.data.summary:btcv", splits=("train", "val", "test"),
+    demo={"layout": "nifti", "n_train": 3, "n_test": 2, "size": 96, "depth": 20},
+    volumetric=True, hd95_unit="mm", sections=("btcv_organs", "btcv_per_slice")))
 
 
 def check_dataset(name: str, flag: str = "-dataset") -> str:
     """Normalise a dataset name ("REFUGE", "btcv", ...) or raise InputError naming ``flag``."""
-    return look_up(str(name).lower(), DATASETS, flag)
+    return look_up(str(name).lower(), dataset_names(), flag)
+
+
+def decode_first(splits: Mapping[str, Any], root: Any) -> None:
+    """Decode the first item of every split, so a file that cannot be read fails before a run
+    directory exists (listing files proves little: a truncated image lists like a good one)."""
+    for split, items in splits.items():
+        if not len(items):
+            raise InputError(f"{root}: no cases in the {split} split")
+        items[0]

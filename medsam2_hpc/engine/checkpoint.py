@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from ..atomic import atomic_write
 from ..errors import InputError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "link_into"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "rng_state", "set_rng_state", "link_into"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,6 +67,24 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
     if not isinstance(data, dict):
         raise InputError(f"{what} {path}: expected a dict of tensors, got {type(data).__name__}")
     return data
+
+
+def check_resumable(run: Any) -> None:
+    """A run's last.pt/best.pt, if present, is complete and names nothing but tensors (the header and
+    the pickle's globals, not the weights): checked before a resumed run touches its status.json."""
+    for path in (run.last_ckpt, run.best_ckpt):
+        if not path.exists():
+            continue
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
+            raise InputError(f"resume checkpoint {path}: not a complete checkpoint ({type(exc).__name__}); "
+                             "delete it to start the run again") from None
+        if names:
+            raise InputError(f"resume checkpoint {path}: refers to {names[0]}, which our checkpoints never "
+                             "hold; it is not loaded")
 
 
 def link_into(src: Path, dst: Path) -> None:

@@ -3,7 +3,9 @@
 One code path for every executor; the backends (``slurm``, ``local``, ``debug``) differ only in
 small hooks, as submitit's own executors do: which executor to build, which parameters it takes,
 the python command (inside the container or not), how tasks are grouped into submissions, what
-happens after submitting, and how to ask the queue about (or cancel) jobs.
+happens after submitting, what a dry run shows, and how to ask the queue about (or cancel) jobs.
+A backend is a :class:`Backend` subclass registered with ``@register_backend``; ``BACKENDS`` is the
+one list (jobs.yaml's ``executor``, ``--executor``, ``status`` and ``cancel`` read it).
 
 Submitting is idempotent: tasks with metrics.json are skipped, and so are tasks whose recorded
 Slurm job is still in squeue. Each submission is appended to ``<study dir>/submissions.json``
@@ -29,12 +31,13 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from ..atomic import read_json, write_json
 from ..errors import InputError
+from ..options import suggest
 from ..spec import Bind, Profile, Study
 from ..task import RunDir, Task
 from .requeue import TaskCall, wrapper_path, write_helpers
 
-__all__ = ["BACKENDS", "Backend", "Launch", "plan", "submit", "render_dry_run", "submissions",
-           "status_rows", "cancel"]
+__all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "submit",
+           "render_dry_run", "submissions", "status_rows", "cancel"]
 
 SUBMISSIONS = "submissions.json"
 SUBMITIT_DIR = ".submitit"
@@ -45,9 +48,10 @@ SUBMITIT_DIR = ".submitit"
 
 
 class Backend:
-    """Hooks shared by the three executors; subclasses override only what differs."""
+    """Hooks shared by the executors; subclasses override only what differs."""
 
     name = "base"
+    in_process = False  # runs the tasks in this process: no container, no python argv
 
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         raise NotImplementedError
@@ -69,6 +73,13 @@ class Backend:
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
 
+    def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
+                job_name: str) -> str:
+        """What a dry run prints for one profile's submission."""
+        waves = len(self.waves(list(tasks), profile))
+        return (f"# {self.name} executor: {len(tasks)} process(es) in {waves} wave(s), "
+                f"time limit {profile.time_min} min\n{command}")
+
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
         """Element id -> queue state for jobs still queued or running; {} when unknown."""
         return {}
@@ -77,6 +88,25 @@ class Backend:
         return []
 
 
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: add a backend to ``BACKENDS`` under its ``name``."""
+    if cls.name in BACKENDS:
+        raise ValueError(f"launcher backend {cls.name!r} is registered twice")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def backend_for(name: str) -> Backend:
+    """A new backend ``name``, or InputError naming ``--executor`` with the near miss."""
+    if name not in BACKENDS:
+        raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}{suggest(name, BACKENDS)}")
+    return BACKENDS[name]()
+
+
+@register_backend
 class SlurmBackend(Backend):
     name = "slurm"
 
@@ -107,6 +137,12 @@ class SlurmBackend(Backend):
             "srun_args": ["--open-mode=append"],
         }
         return {k: v for k, v in params.items() if v is not None}
+
+    def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
+                job_name: str) -> str:
+        count = len(tasks) if len(tasks) > 1 else None  # submitit sends one task as a plain job
+        return _make_sbatch_string(command=command, folder=folder, map_count=count,
+                                   **self.parameters(profile, job_name))
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
@@ -141,6 +177,7 @@ def _mem(gb: float | None) -> str | None:
     return f"{int(gb)}G" if float(gb).is_integer() else f"{max(1, round(gb * 1024))}M"
 
 
+@register_backend
 class LocalBackend(Backend):
     name = "local"
 
@@ -164,10 +201,12 @@ class LocalBackend(Backend):
         return [_last_line(e) for e in errors if e is not None]
 
 
+@register_backend
 class DebugBackend(Backend):
     """Runs the tasks in this process, one after the other (no container, no signals)."""
 
     name = "debug"
+    in_process = True
 
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         return submitit.DebugExecutor(folder=folder)
@@ -177,8 +216,6 @@ class DebugBackend(Backend):
         errors = [job.exception() for job in jobs]
         return [f"{type(e).__name__}: {_last_line(e)}" for e in errors if e is not None]
 
-
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SlurmBackend, LocalBackend, DebugBackend)}
 
 
 def _last_line(exc: BaseException) -> str:
@@ -230,15 +267,14 @@ def _latest_elements(study_dir: Path) -> dict[str, dict[str, str]]:
 def plan(study: Study, executor: str | None = None, *, states: set[str] | None = None) -> Launch:
     """Choose the tasks to submit: not completed, not queued, and (if given) in ``states``."""
     name = executor or study.executor
-    if name not in BACKENDS:
-        raise InputError(f"--executor {name!r} is not one of {', '.join(BACKENDS)}")
-    backend = BACKENDS[name]()
+    backend = backend_for(name)
     latest = _latest_elements(study.study_dir)
     queued = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
     to_run: dict[str, list[Task]] = {}
     skipped: dict[str, str] = {}
     for task in study.tasks:
         run = task.run_dir
+        run.claim(task)
         element = latest.get(task.task_id, {}).get("job")
         state = run.status().get("state", "pending")
         if run.metrics_json.exists():
@@ -302,7 +338,7 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
     for i, task in enumerate(study.tasks):
         action = f"skip: {launch.skipped[task.task_id]}" if task.task_id in launch.skipped else "submit"
         print(f"{i:>4}  {task.task_id:<48} {task.profile:<10} {action}", file=out)
-    backend = BACKENDS[launch.executor]()
+    backend = backend_for(launch.executor)
     folder = _submitit_folder(study) / "%j"
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
@@ -310,14 +346,7 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
         print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
-        if launch.executor == "slurm":
-            params = backend.parameters(profile, _job_name(study, profile))
-            count = len(tasks) if len(tasks) > 1 else None  # submitit sends one task as a plain job
-            print(_make_sbatch_string(command=command, folder=folder, map_count=count, **params), file=out)
-        else:
-            waves = len(backend.waves(tasks, profile))
-            print(f"# {launch.executor} executor: {len(tasks)} process(es) in {waves} wave(s), "
-                  f"time limit {profile.time_min} min\n{command}", file=out)
+        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile)), file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,16 +386,16 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         print(f"study {study.name}: nothing to submit ({len(launch.skipped)} task(s) skipped)", file=out)
         return launch
     _check_inputs(study, (t for tasks in launch.to_run.values() for t in tasks))
-    backend = BACKENDS[launch.executor]()
+    backend = backend_for(launch.executor)
     folder = _submitit_folder(study)
-    if backend.name == "debug" and study.container.enabled:
-        print("note: the debug executor runs in this process; the container is not used", file=out)
+    if backend.in_process and study.container.enabled:
+        print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
         (study.output_root / ".cache" / "home").mkdir(parents=True, exist_ok=True)  # --home must exist
     call = TaskCall(fn)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
-        argv = None if backend.name == "debug" else python_argv(study, profile, tasks, backend, folder)
+        argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
         ex.update_parameters(**backend.parameters(profile, _job_name(study, profile)))
@@ -391,7 +420,7 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
         found = {p.parent.name for p in study_dir.glob("*/status.json")}
         found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
         task_ids = sorted(found | set(latest))
-    queue = SlurmBackend().active(e["job"] for e in latest.values() if e["executor"] == "slurm")
+    queue = _queued(latest)
     rows = []
     for task_id in task_ids:
         status = RunDir(study_dir / task_id).status()
@@ -403,10 +432,20 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
     return rows
 
 
+def _queued(latest: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Element id -> queue state, asked of each backend the study's submissions used."""
+    queue: dict[str, str] = {}
+    for name in sorted({e["executor"] for e in latest.values()} & set(BACKENDS)):
+        queue.update(BACKENDS[name]().active(e["job"] for e in latest.values() if e["executor"] == name))
+    return queue
+
+
 def cancel(study_dir: Path) -> list[str]:
-    """scancel the study's Slurm arrays that still have elements in the queue."""
+    """Cancel the study's jobs (Slurm arrays) that still have elements in the queue."""
     latest = _latest_elements(Path(study_dir))
-    backend = SlurmBackend()
-    queued = backend.active(e["job"] for e in latest.values() if e["executor"] == "slurm")
-    arrays = sorted({job.split("_")[0] for job in queued})
-    return backend.cancel(arrays)
+    cancelled: list[str] = []
+    for name in sorted({e["executor"] for e in latest.values()} & set(BACKENDS)):
+        backend = BACKENDS[name]()
+        queued = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
+        cancelled += backend.cancel(sorted({job.split("_")[0] for job in queued}))
+    return cancelled

@@ -44,6 +44,7 @@ from medsam2_hpc.engine.runtime import count_params_m, peak_memory_gb, pick_devi
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.files import load_prompt_file, prompt_records, save_vis, write_dice_csv
 from medsam2_hpc.inference.predict import VolumePrompts, evaluate, protocol
+from medsam2_hpc.inputs import check_output_dir
 from medsam2_hpc.models.sam2 import CONFIGS, POSTPROCESS, build_sam2_model, resolve_config, variant_of
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import look_up
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"-max_cond_frames {args.max_cond_frames}: must be -1 or >= 2")
     if not Path(args.data_path).is_dir():
         raise InputError(f"-data_path {args.data_path}: no such directory")
+    check_output_dir(args.output_dir, "-output_dir")
     cases, file_prompts = _cases(args)
     model, config, image_size, kind = _load(args)
     device = pick_device(None if args.gpu_device is None else str(args.gpu_device))

@@ -146,10 +146,10 @@ def build_sam2_model(config: str, checkpoint: str | os.PathLike | None, *, image
     return model.to(device)
 
 
-def _state_dict_of(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _state_dict_of(ckpt: dict[str, Any], path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
     state = ckpt.get("model", ckpt)
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"-sam_ckpt {path}: no SAM2 weights found (expected a state dict under 'model')")
+        raise InputError(f"{what} {path}: no SAM2 weights found (expected a state dict under 'model')")
     if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -166,13 +166,13 @@ def describe_state(state: dict[str, torch.Tensor]) -> tuple[int, int, str]:
 
 
 def _mismatch(model_state: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-              config: str, path: str | os.PathLike) -> str | None:
+              config: str, path: str | os.PathLike, what: str = "-sam_ckpt") -> str | None:
     """One line saying how ``state`` differs from the model built for ``config``, or None."""
     want_blocks, want_dim, want_family = describe_state(model_state)
     blocks, dim, family = describe_state(state)
     size = _TRUNK_SHAPES.get((blocks, dim))
     fits = f"{family}_hiera_{size}" if size else None
-    head = f"-sam_ckpt {path} does not fit -sam_config {config}"
+    head = f"{what} {path} does not fit -sam_config {config}"
     if (blocks, dim) != (want_blocks, want_dim):
         hint = f": pass -sam_config {fits}" if fits else ""
         return (f"{head}: checkpoint has {blocks} blocks of width {dim}, {config} has "
@@ -196,10 +196,12 @@ def _mismatch(model_state: dict[str, torch.Tensor], state: dict[str, torch.Tenso
     return f"{head}: {'; '.join(parts)}"
 
 
-def load_sam2_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, config: str) -> None:
-    """Strictly load Meta's or our checkpoint into ``model``; mismatches are one InputError line."""
-    state = _state_dict_of(load_checkpoint(checkpoint, what="-sam_ckpt"), checkpoint)
-    problem = _mismatch(model.state_dict(), state, config, checkpoint)
+def load_sam2_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, config: str,
+                      what: str = "-sam_ckpt") -> None:
+    """Strictly load Meta's or our checkpoint into ``model``; mismatches are one InputError line
+    naming ``what`` (the flag or key the path came from)."""
+    state = _state_dict_of(load_checkpoint(checkpoint, what=what), checkpoint, what)
+    problem = _mismatch(model.state_dict(), state, config, checkpoint, what)
     if problem:
         raise InputError(problem)
     model.load_state_dict(state, strict=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
+from ..inputs import check_output_dir
+from ..registry import dataset_kind, dataset_names
 from . import stats, tables
 from .collect import Study, load_study
 from .formats import parse_formats, to_markdown, write_table
@@ -69,22 +71,19 @@ def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         InputError: ``study_dir`` is not a study directory or a format is unknown.
     """
     chosen = parse_formats(formats)
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
     workers = auto_workers(study_dir) if workers is None else workers
     with process_pool(workers) if workers > 1 else nullcontext() as pool:
         study = load_study(study_dir, pool)
         out = Path(out_dir) if out_dir is not None else study.path / "comparison"
         cases = stats.case_scores(study)
-        has = set(study.scored["dataset"])
-        organs = tables.btcv_organs(study, with_published) if "btcv" in has else None
-        plots = draw_plots(study.scored, cases, organs, out / "plots", pool)  # drawn while the tables build
+        sections = _dataset_sections(study, with_published)
+        plots = draw_plots(study.scored, cases, sections.get("btcv_organs"), out / "plots",
+                           pool)  # drawn while the tables build
         tests = stats.paired_tests(study, cases)
-        built = {"headline": tables.headline(study, tests, with_published)}
-        if organs is not None:
-            built["btcv_organs"] = organs
-            built["btcv_per_slice"] = tables.btcv_per_slice(study)
-        if "refuge" in has:
-            built["refuge"] = tables.refuge(study, with_published)
-        built["paired_tests"] = tables.paired(tests)
+        built = {"headline": tables.headline(study, tests, with_published), **sections}
+        built["paired_tests"] = tables.paired(tests, built["headline"].data)
         built["incomplete_runs"] = tables.incomplete(study)
         report = Report(study, out, built, workers=workers if pool is not None else 1)
         for table in built.values():
@@ -94,6 +93,16 @@ def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     report.files += figures
     report.files.append(write_text(report.document, _document(report, figures, with_published)))
     return report
+
+
+def _dataset_sections(study: Study, with_published: bool) -> dict[str, tables.Table]:
+    """The tables each scored dataset names in the registry, datasets in alphabetical order."""
+    built = {}
+    for dataset in sorted(set(study.scored["dataset"]) & set(dataset_names())):
+        for section in dataset_kind(dataset).sections:
+            table = tables.SECTIONS[section](study, dataset, with_published)
+            built[table.name] = table
+    return built
 
 
 def _section(table: tables.Table) -> str:
@@ -107,20 +116,30 @@ def _document(report: Report, plots: list[Path], with_published: bool) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in report.state_counts().items())
     parts = [f"# Model comparison: {study.path.name}\n",
              f"Collected from {len(runs)} run directories ({counts}); {int(runs['ok'].sum())} have valid "
-             "metrics and are in the tables below. Means are over seeds; Dice on BTCV is volumetric.\n"]
+             "metrics and are in the tables below. One row per model, size, prompt and hyper-parameter set "
+             "(the hyper-parameters that differ between rows are in the row); means are over seeds"
+             f"{_volumetric_note(study)}. Checkpoints are selected on val and scored on test: a run selected "
+             "on cases it is scored on is not in the tables (see the last section).\n"]
     if with_published:
         parts.append("Rows whose model reads `published: ...` are numbers from the literature on their own "
                      "splits and preprocessing (see the source in brackets), shown for orientation only.\n")
     if report.warnings:
         parts.append("## Warnings\n\n" + "".join(f"- {w}\n" for w in report.warnings))
-    for name in ("headline", "btcv_organs", "btcv_per_slice", "refuge", "paired_tests"):
-        if name in report.tables and not report.tables[name].empty:
-            parts.append(_section(report.tables[name]))
+    for name, table in report.tables.items():
+        if name != "incomplete_runs" and not table.empty:
+            parts.append(_section(table))
     if plots:
-        parts.append("## Plots\n\n" + "".join(
-            f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})\n" for p in plots))
+        pngs = [p for p in plots if p.suffix == ".png"]
+        parts.append("## Plots\n\nEach figure is also a PDF beside its PNG.\n\n" + "".join(
+            f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})\n" for p in pngs))
     parts.append(_incomplete_section(report.tables["incomplete_runs"]))
     return "\n".join(parts)
+
+
+def _volumetric_note(study: Study) -> str:
+    scored = set(study.scored["dataset"])
+    names = [d.upper() for d in dataset_names() if d in scored and dataset_kind(d).volumetric]
+    return f"; Dice on {', '.join(names)} is volumetric" if names else ""
 
 
 def _incomplete_section(table: tables.Table) -> str:

@@ -18,22 +18,25 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .provenance import COLUMNS as PROVENANCE_COLUMNS
 from .read import PER_SLICE_CLASS_KEY, RUN_FILES, TASK_KEYS, THROUGHPUT_KEY, CaseEntry, Chunk, read_runs
 
 __all__ = ["GROUP", "THROUGHPUT_KEY", "PER_SLICE_CLASS_KEY", "Study", "load_study"]
 
-# A row of the comparison tables: one model size, prompted one way, on one dataset.
-GROUP = ["dataset", "model", "variant", "prompt"]
+# A row of the comparison tables: one model size, prompted one way, on one dataset, with one
+# hyper-parameter set (canonical JSON; "" for runs that did not record theirs), so sweeps stay apart.
+GROUP = ["dataset", "model", "variant", "prompt", "hparams"]
 _CHUNK_RUNS = 250  # directories per pool task: few enough tasks to keep pickling cheap, enough to balance
 _RUN_COLUMNS = ("state", "note", "error", "ok", *TASK_KEYS, "dice", "dice_per_slice", "hd95", "params_m",
-                "train_hours", "throughput")
+                "train_hours", "throughput", *PROVENANCE_COLUMNS)
 
 
 @dataclass
 class Study:
     """What a study directory holds.
 
-    ``runs``: one row per run dir (``ok`` True when its metrics are in the tables);
+    ``runs``: one row per run dir (``ok`` True when its metrics are in the tables: valid, and not
+    selected on the cases it is scored on);
     ``classes``: long table run/metric/cls/value of per-class Dice (``dice``, ``per_slice``);
     ``cases``: run -> (case ids, each case's Dice averaged over its classes); arrays, not a long
     table, because 10,000 REFUGE runs hold 4 million case scores.

@@ -5,7 +5,9 @@ The collector trusts only metrics.json (ARCHITECTURE.md section 3), checked with
 run was meant to be. Nothing is dropped silently: a run without valid metrics keeps its row
 with a ``state`` (failed, running, preempted, pending, missing, malformed) and a ``note``, and a
 malformed metrics.json (a missing key, an old schema, a Dice, per case too, that is not a number
-in [0, 1]) also becomes a warning naming the file and its problems.
+in [0, 1]) also becomes a warning naming the file and its problems. A completed run whose
+checkpoint was selected on cases it is then scored on (``provenance.py``) keeps its row, out of
+the tables, with the reason as its note.
 
 Decoding 10,000 metrics.json files is most of a study's collect time, so :func:`read_runs`
 returns a :class:`Chunk` small enough to send back from a worker process cheaply: one dict per
@@ -28,6 +30,7 @@ import numpy as np
 import yaml
 
 from ..contract import validate_metrics
+from .provenance import read_provenance
 
 __all__ = ["THROUGHPUT_KEY", "PER_SLICE_CLASS_KEY", "RUN_FILES", "TASK_KEYS", "Chunk", "read_runs",
            "case_scores"]
@@ -178,6 +181,9 @@ class _Reader:
 
     def _add_metrics(self, row: dict[str, Any], path: str, data: Any, problem: str | None) -> None:
         problems = [problem] if problem else validate_metrics(data)
+        if isinstance(data, dict):  # every problem at once, the round-2 fields' too
+            provenance, more = read_provenance(data)
+            problems = list(dict.fromkeys([*problems, *more]))  # the contract may name the same ones
         if problems:
             study, file = self.study, Path(path)
             rel = file.relative_to(study.parent) if study.parent in file.parents else file
@@ -185,7 +191,8 @@ class _Reader:
                                        + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
             row.update(state="malformed", note=problems[0])
             return
-        row.update({k: data[k] for k in TASK_KEYS}, state=row["status"] or "completed", ok=True,
+        row.update({k: data[k] for k in TASK_KEYS}, **provenance.row(), state=row["status"] or "completed",
+                   ok=not provenance.overlap,
                    task_id=data["task_id"], split=data["split"], dice=_number(data["dice_mean"]),
                    dice_per_slice=_number(data.get("dice_mean_per_slice")), hd95=_number(data["hd95_mean"]),
                    params_m=_number(data["params_m"]), train_hours=_number(data["train_seconds"]) / 3600.0,
@@ -194,6 +201,9 @@ class _Reader:
                    epochs=data["epochs_completed"])
         if row["status"] not in (None, "completed"):
             row["note"] = f"metrics.json present while status.json says {row['status']}"
+        if provenance.overlap:  # listed with the reason, never averaged
+            row["note"] = f"not tabulated: {provenance.overlap}"
+            return
         run = row["run"]
         for metric, scores in (("dice", data["per_class"]), ("per_slice", data.get(PER_SLICE_CLASS_KEY))):
             if isinstance(scores, dict) and scores:

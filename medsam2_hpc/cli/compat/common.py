@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from medsam2_hpc.cli.parser import Parser, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.models.sam2 import CONFIGS, resolve_config, variant_of
 from medsam2_hpc.options import look_up
@@ -26,28 +27,11 @@ __all__ = ["COMPAT_OUTPUT_ROOT", "CompatParser", "common_parser", "common_hparam
 COMPAT_OUTPUT_ROOT = "logs"  # runs land in logs/<exp_name>_<timestamp>/ as Medical-SAM2's do
 
 
-class CompatParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are InputErrors, so every front end prints one line, exit 2."""
+class CompatParser(Parser):
+    """Parses inside ``guarded``: its errors are InputErrors (one line, exit 2) with the --help hint."""
 
     def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
-
-def _typed(cast: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    return parse
-
-
-positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
-nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _typed(float, lambda v: v > 0, "a number > 0")
+        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def _bool(text: str) -> bool:
@@ -65,7 +49,7 @@ def common_parser(prog: str, description: str, *, datasets: Sequence[str],
     """The flags train_2d.py and train_3d.py share (FACTS.md 'The commands users know')."""
     p = CompatParser(prog=prog, description=description)
     p.add_argument("-net", default="sam2", help="network; only sam2 is supported")
-    p.add_argument("-exp_name", default="sam2", help="runs go to logs/<exp_name>_<timestamp>/")
+    p.add_argument("-exp_name", type=name_arg, default="sam2", help="runs go to logs/<exp_name>_<timestamp>/")
     p.add_argument("-dataset", default=datasets[0], help=f"one of {', '.join(datasets)}")
     p.add_argument("-data_path", required=True, help="dataset root")
     p.add_argument("-sam_config", default="sam2_hiera_s", help=f"one of {', '.join(CONFIGS)}")
@@ -83,7 +67,7 @@ def common_parser(prog: str, description: str, *, datasets: Sequence[str],
                    help="also save overlays of training batches")
     p.add_argument("-prompt", default=default_prompt, help="click | bbox")
     p.add_argument("-loss", default="bce", help="bce (pos_weight 2) | dicefocal")
-    p.add_argument("-seed", type=nonneg_int, default=0)
+    p.add_argument("-seed", type=seed_int, default=0)
     p.add_argument("-num_workers", type=nonneg_int, default=2)
     p.add_argument("-amp", default="bf16", help="bf16 | fp16 | none (CUDA only; the CPU runs fp32)")
     p.add_argument("-gpu_device", type=nonneg_int, default=None, help="CUDA device index (default: auto)")

@@ -15,17 +15,20 @@ from collections.abc import Sequence
 
 from medsam2_hpc.cli.compat.common import common_hparams, common_parser, compat_task, nonneg_int, positive_int
 from medsam2_hpc.errors import guarded
+from medsam2_hpc.registry import model_kind
 
 
 def run(argv: Sequence[str] | None) -> int:
-    parser = common_parser("train_2d.py", __doc__.splitlines()[1], datasets=("REFUGE",))
+    kind = model_kind("sam2-2d")
+    parser = common_parser("train_2d.py", __doc__.splitlines()[1], datasets=kind.datasets,
+                           default_prompt=kind.default_prompt)
     parser.add_argument("-out_size", type=positive_int, default=1024, help="side at which masks are scored")
     parser.add_argument("-memory_bank_size", type=nonneg_int, default=16,
                         help="memories of earlier images per class; 0 = off")
     args = parser.parse_args(argv)
     hparams = common_hparams(args)
     hparams.update(out_size=args.out_size, memory_bank_size=args.memory_bank_size)
-    task = compat_task(args, "sam2-2d", hparams)
+    task = compat_task(args, kind.name, hparams)
 
     from medsam2_hpc.runner import run_in_foreground
 

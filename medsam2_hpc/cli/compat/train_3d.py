@@ -21,10 +21,13 @@ from medsam2_hpc.cli.compat.common import (
     positive_int,
 )
 from medsam2_hpc.errors import guarded
+from medsam2_hpc.registry import model_kind
 
 
 def run(argv: Sequence[str] | None) -> int:
-    parser = common_parser("train_3d.py", __doc__.splitlines()[1], datasets=("btcv",), default_prompt="bbox")
+    kind = model_kind("sam2-3d")
+    parser = common_parser("train_3d.py", __doc__.splitlines()[1], datasets=kind.datasets,
+                           default_prompt=kind.default_prompt)
     parser.add_argument("-video_length", type=positive_int, default=2, help="slices per training clip")
     parser.add_argument("-prompt_freq", type=positive_int, default=2, help="prompt every k-th slice")
     parser.add_argument("-memory_lr", type=positive_float, default=1e-5,
@@ -35,7 +38,7 @@ def run(argv: Sequence[str] | None) -> int:
     hparams = common_hparams(args)
     hparams.update(video_length=args.video_length, prompt_freq=args.prompt_freq, memory_lr=args.memory_lr,
                    trainable=args.trainable)
-    task = compat_task(args, "sam2-3d", hparams)
+    task = compat_task(args, kind.name, hparams)
 
     from medsam2_hpc.runner import run_in_foreground
 

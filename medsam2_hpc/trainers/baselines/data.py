@@ -6,8 +6,10 @@ Both baselines train on the same loaders and splits as the SAM2 trainers (``Refu
 [B,K,S,S]`` in [0, 1]; everything from resizing back to the ground truth's size to
 metrics.json numbers happens here, once.
 
-REFUGE has train and test splits only; validation (choosing ``best.pt``) uses the test split,
-as Medical-SAM2 and the SAM2 2D trainer do. BTCV validates on its "val" split.
+A dataset is read through its registry entry's loader: 2D images (REFUGE: multi-label masks, one
+sigmoid channel per class) or volumes (BTCV: label maps, softmax over background + classes, scored
+per volume). REFUGE has train and test splits only; validation (choosing ``best.pt``) uses the test
+split, as Medical-SAM2 and the SAM2 2D trainer do. BTCV validates on its "val" split.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from torch.utils.data import Dataset
 
 from medsam2_hpc import metrics
 from medsam2_hpc.atomic import atomic_write
-from medsam2_hpc.data import btcv
+from medsam2_hpc.data import btcv, decode_first
 from medsam2_hpc.data.images import resize_image
-from medsam2_hpc.data.refuge import RefugeDataset
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.registry import dataset_kind, load_entry
 
 __all__ = ["BaselineData", "Scores", "Predict", "check_data", "load_data", "to_uint8_rgb"]
 
@@ -70,17 +72,18 @@ class BaselineData:
                  classes: list[str] | None = None) -> None:
         self.dataset, self.root, self.image_size = dataset, root, int(image_size)
         self.out_size = int(out_size or image_size)
-        if dataset == "refuge":
-            train = RefugeDataset(root, "train", self.image_size, self.image_size, classes)
+        kind = dataset_kind(dataset)
+        self._load = load_entry(kind.loader)
+        self.multilabel = not kind.volumetric  # 2D images: one mask per class; volumes: label maps
+        if self.multilabel:
+            train = self._load(root, "train", self.image_size, self.image_size, classes)
             self.class_names: tuple[str, ...] = tuple(train.classes)
-            self.multilabel = True
             self.train = _Targets(train, "mask")
-            test = RefugeDataset(root, "test", self.image_size, self.image_size, classes)
+            test = self._load(root, "test", self.image_size, self.image_size, classes)
             self.val = _Targets(test, "mask")
         else:
-            self.class_names = tuple(btcv.ORGANS[k] for k in sorted(btcv.ORGANS))
-            self.multilabel = False
-            self._volumes = btcv.training_volumes(root)
+            self.class_names = kind.classes
+            self._volumes = self._load(root)
             self.train = _Targets(btcv.BTCVSlices(self._volumes["train"], self.image_size), "label")
             self.val = _Targets(btcv.BTCVSlices(self._volumes["val"], self.image_size), "label")
         if len(self.train) == 0:
@@ -89,7 +92,7 @@ class BaselineData:
     @property
     def scored_split(self) -> str:
         """The split behind the final scores: REFUGE's test; BTCV's test, or val when test is unlabelled."""
-        return "test" if self.dataset == "refuge" else self._volumes["test"].split
+        return "test" if self.multilabel else self._volumes["test"].split
 
     @property
     def num_outputs(self) -> int:
@@ -100,14 +103,14 @@ class BaselineData:
     def evaluate(self, predict: Predict, out_dir: Path | None, *, batch_size: int = 4,
                  hd95: bool = False, split: str = "test") -> Scores:
         """Score ``predict`` on ``split`` with our metrics; write predictions under ``out_dir`` if given."""
-        if self.dataset == "refuge":
-            return self._evaluate_refuge(predict, out_dir, batch_size, hd95, split)
-        return self._evaluate_btcv(predict, out_dir, batch_size, hd95, split)
+        if self.multilabel:
+            return self._evaluate_images(predict, out_dir, batch_size, hd95, split)
+        return self._evaluate_volumes(predict, out_dir, batch_size, hd95, split)
 
-    def _evaluate_refuge(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
+    def _evaluate_images(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                          split: str) -> Scores:
         split = "test" if split == "val" else split  # REFUGE has no val split (module docstring)
-        data = RefugeDataset(self.root, split, self.image_size, self.out_size, list(self.class_names))
+        data = self._load(self.root, split, self.image_size, self.out_size, list(self.class_names))
         per_case: dict[str, dict[str, float]] = {}
         dists: list[float] = []
         for start in progress(range(0, len(data), batch_size), f"eval {split}"):
@@ -128,17 +131,19 @@ class BaselineData:
         per_class, mean = metrics.summarise(per_case)
         return Scores(mean, per_class, per_case, _nanmean(dists) if hd95 else None, {})
 
-    def _evaluate_btcv(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
+    def _evaluate_volumes(self, predict: Predict, out_dir: Path | None, batch_size: int, hd95: bool,
                        split: str) -> Scores:
         volumes = self._volumes[split]
         per_case: dict[str, dict[str, float]] = {}
         per_slice: dict[str, dict[str, float]] = {}
         dists: list[float] = []
+        labels = dict(enumerate(self.class_names, 1))  # label value -> class (0: background)
         for vol in progress((volumes[i] for i in range(len(volumes))), f"eval {split}", total=len(volumes)):
             if vol.label is None:
-                raise InputError(f"{self.root}: BTCV {split} case {vol.case} has no label map to score")
+                raise InputError(f"{self.root}: {self.dataset.upper()} {split} case {vol.case} has no label "
+                                 "map to score")
             label = self.predict_volume(predict, vol.image, batch_size)
-            scores = metrics.volume_scores(label, vol.label, btcv.ORGANS, vol.spacing, hd95=hd95)
+            scores = metrics.volume_scores(label, vol.label, labels, vol.spacing, hd95=hd95)
             per_case[vol.case], per_slice[vol.case] = scores["dice"], scores["per_slice"]
             dists += [v for v in scores["hd95"].values() if not math.isnan(v)]
             if out_dir is not None:
@@ -159,14 +164,16 @@ class BaselineData:
 
 
 def check_data(task: Any, classes: list[str] | None = None) -> None:
-    """Cheap pre-flight (files are scanned, not decoded): layout found, training split not empty."""
-    if task.dataset == "refuge":
-        n = len(RefugeDataset(task.data_path, "train", classes=classes))
-        RefugeDataset(task.data_path, "test", classes=classes)
+    """Pre-flight before anything is written: layout found, no split empty, and the first item of
+    each split decoded (a corrupt file fails now, not after the run directory is made)."""
+    kind = dataset_kind(task.dataset)
+    load = load_entry(kind.loader)
+    if kind.volumetric:
+        splits = load(task.data_path)
     else:
-        n = len(btcv.BTCVVolumes(task.data_path, "train"))
-    if n == 0:
-        raise InputError(f"{task.data_path}: the {task.dataset} training split is empty")
+        splits = {split: load(task.data_path, split, image_size=64, out_size=64, classes=classes)
+                  for split in kind.splits}
+    decode_first(splits, task.data_path)
 
 
 def load_data(task: Any, image_size: int, out_size: int | None = None,

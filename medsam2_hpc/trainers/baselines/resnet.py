@@ -31,6 +31,7 @@ from medsam2_hpc.engine import (
     progress,
     seed_everything,
 )
+from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.distributed import (
     barrier,
     init_distributed,
@@ -88,6 +89,7 @@ def check(task: Task) -> None:
         raise InputError(f"hparams.batch_size: {task.variant} needs >= 2 images per batch, "
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
+    check_resumable(task.run_dir)
     make_loss(cfg.loss, cfg.pos_weight)
     check_data(task, cfg.classes)
 

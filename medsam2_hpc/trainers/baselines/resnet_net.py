@@ -23,11 +23,12 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import look_up
+from medsam2_hpc.registry import model_kind
 
 __all__ = ["VARIANTS", "build_network"]
 
 _ENCODERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
-VARIANTS = (*_ENCODERS, "deeplabv3_resnet50")
+VARIANTS = model_kind("resnet").variants  # _ENCODERS and deeplabv3_resnet50 build them
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

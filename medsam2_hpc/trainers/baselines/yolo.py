@@ -3,9 +3,9 @@
 The same loaders as SAM2 feed an Ultralytics dataset folder in the run directory
 (``yolo_data/``: PNG images, polygon label files, ``dataset.yaml``; see yolo_labels.py).
 Ultralytics trains into ``yolo/train`` (its results.csv, plots and weights stay there);
-``best.pt``/``last.pt`` are linked into ``checkpoints/`` (they are Ultralytics' pickled
-format, loaded only by Ultralytics). Test predictions are rasterised to masks / label maps
-and scored with our Dice by trainers/baselines/data.py, never with YOLO's mAP.
+``best.pt``/``last.pt`` are linked into ``checkpoints/`` (Ultralytics' format, loaded only by
+Ultralytics and only weights-only: see yolo_weights.py). Test predictions are rasterised to
+masks / label maps and scored with our Dice by trainers/baselines/data.py, never with YOLO's mAP.
 
 No network at any step: the model is built from ``<variant>.yaml`` (or a local ``.pt``),
 ``YOLO_OFFLINE``/``YOLO_AUTOINSTALL`` are set and the settings directory (with a bundled
@@ -37,13 +37,15 @@ from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.engine.stop import StopRequested, stop_requested
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.registry import model_kind
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.baselines.data import BaselineData, Predict, check_data, load_data, to_uint8_rgb
 from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
+from medsam2_hpc.trainers.baselines.yolo_weights import check_yolo_checkpoint, safe_load_switch
 
 __all__ = ["VARIANTS", "YoloConfig", "check", "train", "offline_environment"]
 
-VARIANTS = tuple(f"yolo11{s}-seg" for s in "nsmlx")
+VARIANTS = model_kind("yolo").variants
 
 
 @dataclass
@@ -73,17 +75,25 @@ def _config(task: Task) -> YoloConfig:
             raise InputError(f"hparams.{key}: must be >= 1, got {getattr(cfg, key)}")
     if cfg.image_size % 32:
         raise InputError(f"hparams.image_size: YOLO needs a multiple of 32, got {cfg.image_size}")
-    if cfg.weights and not Path(cfg.weights).is_file():
-        raise InputError(f"hparams.weights {cfg.weights}: no such file")
     return cfg
 
 
 def check(task: Task) -> None:
-    """Hyper-parameters, variant, weights file and data (non-empty training split); writes nothing."""
+    """Hyper-parameters, variant, data (one decoded sample per split) and every checkpoint Ultralytics
+    would load (``weights``, a resumed run's last/best.pt), weights-only; writes nothing."""
     cfg = _config(task)
     look_up(task.variant, VARIANTS, "variant")
     pick_device(cfg.device)
+    if cfg.weights:
+        check_yolo_checkpoint(cfg.weights, "hparams.weights")
+    for name in ("last.pt", "best.pt"):
+        if (_weights_dir(task.run_dir) / name).exists():
+            check_yolo_checkpoint(_weights_dir(task.run_dir) / name, "resume checkpoint")
     check_data(task, cfg.classes)
+
+
+def _weights_dir(run: RunDir) -> Path:
+    return run.path / "yolo" / "train" / "weights"
 
 
 def offline_environment(config_dir: Path) -> None:
@@ -92,6 +102,7 @@ def offline_environment(config_dir: Path) -> None:
     Ultralytics reads these variables once, at import; in a process that imported it already
     (several runs in one test session) its existing settings directory gets the font instead.
     """
+    safe_load_switch()
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "False"
     if "ultralytics" not in sys.modules:
@@ -120,7 +131,7 @@ def _train_ultralytics(task: Task, run: RunDir, cfg: YoloConfig, data_yaml: Path
     from ultralytics import YOLO
 
     # absolute: Ultralytics puts a relative project under its own runs_dir, not under the cwd
-    save_dir = (run.path / "yolo" / "train").resolve()
+    save_dir = _weights_dir(run).parent.resolve()
     last = save_dir / "weights" / "last.pt"
     clock = run.path / "yolo" / "train_seconds.json"
     spent = float(read_json(clock)["seconds"]) if clock.is_file() and last.is_file() else 0.0
@@ -204,7 +215,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     data_yaml = export_dataset(run.path / "yolo_data", {"train": data.train, "val": data.val},
                                data.class_names, data.multilabel, to_uint8_rgb)
     reset_peak_memory(device)
-    weights = run.path / "yolo" / "train" / "weights"
+    weights = _weights_dir(run)
     if not (run.path / "yolo" / "done.json").is_file():
         weights = _train_ultralytics(task, run, cfg, data_yaml, device)
     for name in ("last.pt", "best.pt"):

@@ -10,7 +10,6 @@ Several components of one class become several rows.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 from medsam2_hpc.atomic import atomic_write, write_text
 from medsam2_hpc.errors import InputError
 
-__all__ = ["mask_to_polygons", "polygons_to_mask", "label_rows", "write_sample", "write_dataset_yaml",
+__all__ = ["mask_to_polygons", "label_rows", "write_sample", "write_dataset_yaml",
            "export_dataset"]
 
 IMAGE_SUFFIX = ".png"
@@ -72,21 +71,19 @@ def mask_to_polygons(mask: np.ndarray, min_area: float = 1.0) -> list[np.ndarray
     return polygons
 
 
-def polygons_to_mask(polygons: Iterable[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise pixel-coordinate polygons like Ultralytics does (``cv2.fillPoly``), as bool (H, W)."""
-    out = np.zeros(shape, np.uint8)
-    for poly in polygons:
-        cv2.fillPoly(out, [np.round(poly).astype(np.int32).reshape(-1, 1, 2)], 1)
-    return out.astype(bool)
-
-
 def label_rows(masks: dict[int, np.ndarray]) -> list[str]:
-    """Label-file rows for ``{class index: (H, W) mask}``; coordinates normalised to [0, 1]."""
+    """Label-file rows for ``{class index: (H, W) mask}``; coordinates normalised to [0, 1].
+
+    Pixel ``i`` spans ``[i, i + 1)``, so a contour through pixel ``i`` is written at its centre,
+    ``(i + 0.5) / w``: Ultralytics scales by ``w`` and truncates to int before ``cv2.fillPoly``
+    (``ultralytics.data.utils.polygon2mask``), which gives pixel ``i`` back. Written as ``i / w``,
+    six decimals put it a hair below ``i`` and the right and bottom edges were lost.
+    """
     rows = []
     for cls, mask in masks.items():
         h, w = mask.shape
         for poly in mask_to_polygons(mask):
-            xy = np.clip(poly / np.array([w, h]), 0.0, 1.0)  # as Ultralytics' own mask converter
+            xy = np.clip((poly + 0.5) / np.array([w, h]), 0.0, 1.0)
             rows.append(f"{cls} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1)))
     return rows
 

@@ -57,7 +57,7 @@ class Sam2Config:
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
     trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
-    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the seed commands do).
+    ``<run>/Model/{best_dice_epoch,latest_epoch}.pth`` as the Medical-SAM2 commands do).
     """
 
     epochs: int = 100
@@ -151,12 +151,15 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
     model = build_sam2_model(config, ckpt, image_size=cfg.image_size, device="cpu",
                              allow_random=ckpt.lower() == "none")
     if cfg.pretrain:
-        load_sam2_weights(model, cfg.pretrain, config)
+        load_sam2_weights(model, cfg.pretrain, config, what="pretrain")
     return model.to(device)
 
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
-    """Build once on the CPU so a wrong config/checkpoint fails before anything is written."""
+    """Build once on the CPU so a wrong config/checkpoint fails before anything is written
+    (an unreadable ``pretrain`` file first, before a model is built for nothing)."""
+    if cfg.pretrain:
+        load_checkpoint(cfg.pretrain, what="pretrain")
     build_model(task, cfg, "cpu")
 
 

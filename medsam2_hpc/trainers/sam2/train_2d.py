@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medsam2_hpc import metrics
 from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data import decode_first
 from medsam2_hpc.engine import (
     LoopConfig,
     TrainLoop,
@@ -29,6 +30,7 @@ from medsam2_hpc.engine import (
     progress,
     seed_everything,
 )
+from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import MultimaskLoss
@@ -84,11 +86,9 @@ def _datasets(task: Task, cfg: Sam2Config2D) -> tuple[Dataset, Dataset]:
 def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
-    if task.dataset != "refuge":
-        raise InputError(f"dataset {task.dataset!r}: sam2-2d trains on refuge")
-    if task.prompt not in ("click", "bbox"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-2d uses click or bbox prompts")
-    _datasets(task, cfg)
+    check_resumable(task.run_dir)
+    train, test = _datasets(task, cfg)
+    decode_first({"train": train, "test": test}, task.data_path)
     pick_device(cfg.device)
     check_model(task, cfg)
 

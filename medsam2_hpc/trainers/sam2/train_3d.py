@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -32,10 +33,11 @@ from medsam2_hpc.engine import (
     pick_device,
     progress,
 )
+from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
-from medsam2_hpc.models.sam2 import set_trainable
+from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
 from medsam2_hpc.task import RunDir, Task
@@ -69,7 +71,7 @@ class Sam2Config3D(Sam2Config):
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
     """
 
-    trainable: str = "decoder+memory"
+    trainable: TrainableParts = "decoder+memory"
     video_length: int = 2
     prompt_freq: int = 2
     memory_lr: float = 1e-5
@@ -100,15 +102,10 @@ def config(task: Task) -> Sam2Config3D:
 
 
 def check(task: Task) -> None:
-    """Hyper-parameters, prompt kind, data layout and checkpoints; writes nothing."""
+    """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
-    if task.dataset != "btcv":
-        raise InputError(f"dataset {task.dataset!r}: sam2-3d trains on btcv volumes")
-    if task.prompt not in ("bbox", "click", "mask"):
-        raise InputError(f"prompt {task.prompt!r}: sam2-3d needs bbox, click or mask")
-    for split, volumes in training_volumes(task.data_path).items():
-        if not len(volumes):
-            raise InputError(f"{task.data_path}: no BTCV cases in the {split} split")
+    check_resumable(task.run_dir)
+    decode_first(training_volumes(task.data_path), task.data_path)
     check_model(task, cfg)
 
 

@@ -1,0 +1,56 @@
+"""One real-Slurm array task inside our image, end to end, and a requeue asked for from inside it.
+
+The cluster is the session's real single-node Slurm (tests/slurm/conftest.py); the image is
+built by the real Apptainer 1.4.5 hosted in its own root (tests/real_apptainer.py). Inside the
+image there is no scontrol: submitit's requeue goes to the stand-in that records it, and the
+launcher's host-side wrapper performs it (medsam2_hpc.hpc.requeue).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from io import StringIO
+
+import pytest
+
+from medsam2_hpc.hpc import launcher
+
+from ..test_apptainer_image import shared_copy, shared_umask, write_study
+
+pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
+
+
+def test_array_task_in_the_image_requeues_from_inside_and_resumes(
+        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
+    hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
+               "amp": "none"}
+    data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
+    study = write_study(tmp_path, medsam2_image, data, executor="slurm", hparams=hparams,
+                        profile="{cpus: 1, mem: 2G, time: 10, signal_delay_s: 30, max_requeues: 2}")
+    (task,) = study.tasks
+    apptainer_on_path.share(study.output_root)
+    with shared_umask():  # sbatch passes the umask on to the job
+        job = launcher.submit(study, out=StringIO()).job_ids[0]
+    deadline = time.monotonic() + 300
+    while not task.run_dir.last_ckpt.exists():
+        info = slurm_cluster.job(job)
+        assert time.monotonic() < deadline and info.get("JobState") in ("PENDING", "RUNNING"), info
+        time.sleep(0.5)
+    assert not task.run_dir.metrics_json.exists()
+    slurm_cluster.cmd(["scancel", "--signal=USR2", job])  # what Slurm sends before a time limit
+    info = slurm_cluster.wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=420)
+    logs = "".join(p.read_text(errors="replace") for p in sorted(study.study_dir.glob(".submitit/*/*_log.*")))
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, logs[-3000:])
+    assert f"medsam2-hpc: requeueing job {job}" in logs  # the host wrapper, after the image asked
+    status = task.run_dir.status()
+    assert status["state"] == "completed" and status["attempts"] == 2
+    metrics = json.loads(task.run_dir.metrics_json.read_text())
+    assert metrics["epochs_completed"] == 4 and metrics["container"]["image"] == str(medsam2_image)
+    assert task.run_dir.metrics_json.stat().st_uid == apptainer_on_path.uid  # written inside the image
+    epochs = [int(n) for n in re.findall(r"\[epoch (\d+)/4\]", logs)]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 4 and len(epochs) < 5, logs[-3000:]
+    assert launcher.python_argv(study, study.profiles["cpu"], study.tasks, launcher.SlurmBackend(),
+                                study.study_dir / ".submitit")[1:3] == ["apptainer", "exec"]
