@@ -163,12 +163,13 @@ class VideoPropagator:
             and decoder try first (memory attention is most of the per-object time).
         postprocess: ``meta`` = what Meta's ``build_sam2_video_predictor`` adds, in eval mode:
             its config settings (:func:`~medsam2_hpc.models.sam2.set_postprocess`, set on
-            ``model``), holes of up to 8 low-res pixels filled in each output with Meta's own
-            ``fill_holes_in_mask_scores``, and, as its ``SAM2VideoPredictor`` does, a prompted
-            slice's memory encoded from its (filled) low-res output resized to the input. That
-            function needs the CUDA extension ``sam2._C``; without it Meta's code warns and
-            leaves the masks as they are, and so does ours (it is the same call). ``none`` =
-            SAM2Base as trained.
+            ``model``) and holes of up to 8 low-res pixels filled in each output with Meta's own
+            ``fill_holes_in_mask_scores``. That function needs the CUDA extension ``sam2._C``;
+            without it Meta's code warns and leaves the masks as they are, and so does ours (it
+            is the same call). ``none``: neither. In eval mode, in both, a prompted slice's
+            memory is encoded from its (filled) low-res output resized to the input, as
+            ``SAM2VideoPredictor`` does (for a mask prompt that is the mask after a round trip
+            through the low resolution; SAM2Train, and so training, uses the mask itself).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
@@ -285,8 +286,8 @@ class VideoPropagator:
         else:
             low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
         meta = self.postprocess == "meta" and not m.training
-        if meta and prompts is not None:  # Meta's predictor encodes a prompted slice from its output
-            low = _fill_holes(low)
+        if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
+            low = _fill_holes(low) if meta else low
             high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
