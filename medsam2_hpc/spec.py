@@ -131,6 +131,8 @@ class Study:
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
+        if isinstance(part, str) and control_chars(part) is not None:
+            part = repr(part)  # a key with a newline must not break the one-line message
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "<top level>"
 

@@ -23,8 +23,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
 
 
 def test_array_task_in_the_image_requeues_from_inside_and_resumes(
-        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
-    monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
+        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
     hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
                "amp": "none"}
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
