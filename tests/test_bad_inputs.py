@@ -1291,6 +1291,11 @@ add(
     prepared(lambda tmp: _study(tmp) and None, "collect", "{tmp}/study", "--out", "{tmp}/o\nut"),
 )
 add("collector", "unknown-flag", "medsam2-hpc", argv("collect", "{tmp}", "--fmt", "md"))
+_BAD_METRICS = {"malformed": '{"schema_version": 1}', "truncated": '{"dice_mean": 0.', "binary": "\x00\xff",
+                "list": "[1, 2]", "nan": '{"dice_mean": NaN}'}
+for _id, _metrics in _BAD_METRICS.items():
+    add("collector", f"only-run-{_id}", "medsam2-hpc",
+        prepared((lambda m: lambda tmp: _study(tmp, m) and None)(_metrics), "collect", "{tmp}/study"))
 
 # ---------------------------------------------------------------------------------------------
 
