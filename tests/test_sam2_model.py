@@ -63,7 +63,7 @@ def test_names_resolve_and_map_to_meta_files() -> None:
     assert config_for_variant("hiera_s") == "sam2_hiera_s"
     assert config_for_variant("sam2.1_hiera_l") == "sam2.1_hiera_l"
     assert variant_of("sam2_hiera_t") == "hiera_t"
-    assert default_checkpoint("sam2.1_hiera_b+") == Path("checkpoints/sam2.1_hiera_base_plus.pt")
+    assert CHECKPOINT_FILES["sam2.1_hiera_b+"] == "sam2.1_hiera_base_plus.pt"
     assert len(CHECKPOINT_FILES) == 8
     with pytest.raises(InputError, match=r"-sam_config: 'sam2_hiera_x'.*did you mean"):
         resolve_config("sam2_hiera_x")
@@ -172,3 +172,22 @@ def test_freezing_policy(tiny: torch.nn.Module) -> None:
     assert n_decoder < n_memory < n_default < total
     with pytest.raises(InputError, match="trainable: 'decodr'.*did you mean 'decoder'"):
         set_trainable(tiny, "decodr")
+
+
+def test_checkpoint_search_order_is_variable_then_image_then_checkout(tmp_path, monkeypatch) -> None:
+    from medsam2_hpc import checkpoints
+
+    baked, checkout = tmp_path / "baked", tmp_path / "checkout"
+    monkeypatch.setattr(checkpoints, "BAKED_DIR", baked)
+    monkeypatch.setattr(checkpoints, "CHECKOUT_DIR", checkout)
+    monkeypatch.setenv(checkpoints.ENV_VAR, str(tmp_path / "mine"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"no sam2\.1_hiera_base_plus\.pt in .*mine, .*baked, .*checkout"):
+        default_checkpoint("sam2.1_hiera_b+")
+    for where in (checkout, baked, tmp_path / "mine"):
+        where.mkdir()
+        (where / "sam2.1_hiera_base_plus.pt").write_bytes(b"x")
+        assert default_checkpoint("sam2.1_hiera_b+") == where / "sam2.1_hiera_base_plus.pt"
+    (tmp_path / "checkpoints").mkdir()  # the working directory's checkpoints/ is never searched
+    monkeypatch.delenv(checkpoints.ENV_VAR)
+    assert default_checkpoint("sam2.1_hiera_b+") == baked / "sam2.1_hiera_base_plus.pt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import resource
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..precheck import before_queue
 
 __all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "reset_peak_memory",
            "count_params_m", "AMP_MODES"]
@@ -20,7 +22,16 @@ AMP_MODES = ("bf16", "fp16", "none")
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or when asked for), else the CPU."""
+    """CUDA when present (or when asked for), else the CPU.
+
+    Before queueing (on a login node without GPUs) only the spelling is checked: the job's
+    own check asks the node it runs on.
+    """
+    if before_queue():
+        if requested in (None, "", "auto", "cpu") or str(requested).isdigit() or \
+                re.fullmatch(r"cuda(:\d+)?", str(requested)):
+            return torch.device("cpu")
+        raise InputError(f"hparams.device: {requested!r} is not auto, cpu, cuda, cuda:N or N")
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(requested).isdigit():

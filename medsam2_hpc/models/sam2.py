@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..checkpoints import find_checkpoint
 from ..engine.checkpoint import load_checkpoint
 from ..errors import InputError
 from ..options import look_up
@@ -84,8 +85,9 @@ def variant_of(config: str) -> str:
     return config.removeprefix("sam2_")
 
 
-def default_checkpoint(config: str, root: str | os.PathLike = "checkpoints") -> Path:
-    return Path(root) / CHECKPOINT_FILES[resolve_config(config)]
+def default_checkpoint(config: str) -> Path:
+    """Meta's checkpoint for ``config``, found through the one search order (see checkpoints.py)."""
+    return find_checkpoint(CHECKPOINT_FILES[resolve_config(config)])
 
 
 def _compose(config: str, image_size: int) -> Any:

@@ -28,6 +28,7 @@ from medsam2_hpc.models.sam2 import (
     load_sam2_weights,
     resolve_config,
 )
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import Task
 
 __all__ = ["Sam2Config", "Features", "sam2_config_name", "checkpoint_path", "build_model", "check_model",
@@ -157,10 +158,14 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
     """Build once on the CPU so a wrong config/checkpoint fails before anything is written
-    (an unreadable ``pretrain`` file first, before a model is built for nothing)."""
-    if cfg.pretrain:
-        load_checkpoint(cfg.pretrain, what="pretrain")
-    build_model(task, cfg, "cpu")
+    (an unreadable ``pretrain`` file first, before a model is built for nothing); once per config,
+    checkpoint and size while a study is checked before queueing."""
+    def build() -> None:
+        if cfg.pretrain:
+            load_checkpoint(cfg.pretrain, what="pretrain")
+        build_model(task, cfg, "cpu")
+
+    once(("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size), build)
 
 
 def load_weights_from(model: torch.nn.Module, path: Path) -> None:

@@ -36,6 +36,7 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import MultimaskLoss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -87,8 +88,12 @@ def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
     check_resumable(task.run_dir)
-    train, test = _datasets(task, cfg)
-    decode_first({"train": train, "test": test}, task.data_path)
+
+    def decode() -> None:
+        train, test = _datasets(task, cfg)
+        decode_first({"train": train, "test": test}, task.data_path)
+
+    once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ())), decode)
     pick_device(cfg.device)
     check_model(task, cfg)
 

@@ -40,6 +40,7 @@ from medsam2_hpc.inference.predict import evaluate, protocol
 from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
@@ -105,8 +106,10 @@ def check(task: Task) -> None:
     """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
     check_resumable(task.run_dir)
-    decode_first(training_volumes(task.data_path), task.data_path)
+    once(("btcv-volumes", task.data_path),
+         lambda: decode_first(training_volumes(task.data_path), task.data_path))
     check_model(task, cfg)
+
 
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
