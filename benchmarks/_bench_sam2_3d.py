@@ -67,7 +67,7 @@ def _model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
 def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     """Optimizer steps on one clip of N slices with K organs batched as objects."""
     from medsam2_hpc.engine.runtime import autocast, pick_device
-    from medsam2_hpc.losses import make_loss
+    from medsam2_hpc.losses import MultimaskLoss, make_loss
     from medsam2_hpc.models.sam2 import set_trainable
     from medsam2_hpc.models.sam2_video import VideoPropagator
     from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
@@ -80,7 +80,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
                                  attention=args.attention)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
-    loss_fn = make_loss("bce")
+    loss_fn = MultimaskLoss(make_loss("bce"))
     rng = np.random.default_rng(0)
     image, label = synthetic_volume(frames, args.organs, args.image_size, rng)
     clip = {"image": torch.from_numpy(image)[:, None].expand(-1, 3, -1, -1).contiguous(),

@@ -41,9 +41,8 @@ def _synthetic_batch(batch: int, image_size: int, out_size: int, rng: np.random.
 
 def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
     """Training steps of the 2D trainer's forward/backward/optimizer path (sam2_2d.Predictor)."""
-    from medsam2_hpc.losses import make_loss
     from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
-    from medsam2_hpc.trainers.sam2.common import optimizer_for, point_prompts
+    from medsam2_hpc.trainers.sam2.common import optimizer_for, point_prompts, upsample
     from medsam2_hpc.trainers.sam2.train_2d import Predictor, Sam2Config2D
 
     device = pick_device(args.device)
@@ -54,7 +53,7 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
     trainable = set_trainable(model, cfg.trainable)
     model.train()
     optimizer = optimizer_for(model, cfg)
-    loss_fn = make_loss("bce")
+    loss_fn = cfg.train_loss()
     predictor = Predictor(model, cfg, 1, device)
     rng = np.random.default_rng(0)
     images, masks = _synthetic_batch(args.batch, args.image_size, args.image_size, rng)
@@ -63,9 +62,11 @@ def bench_train2d(args: argparse.Namespace) -> dict[str, Any]:
     batch = {"image": images, "coords": coords[:, None], "labels": labels[:, None],
              "present": present[:, None]}
 
-    def step() -> float:
-        logits, present = predictor(batch)
-        loss = loss_fn(logits[present][:, None], masks.to(device)[present][:, None])
+    def step() -> float:  # as trainers/sam2/train_2d._train_epoch
+        prop = predictor.propose(batch)
+        keep = prop.present.flatten()
+        loss = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep], prop.obj[keep, 0],
+                       masks[:, 0].to(device)[keep])["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

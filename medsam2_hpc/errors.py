@@ -10,8 +10,8 @@ import errno
 import sys
 from collections.abc import Callable
 
-__all__ = ["guarded", "os_input_error", "InputError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT",
-           "EXIT_REQUEUE"]
+__all__ = ["guarded", "os_input_error", "InputError", "SlurmError", "WaitTimeout", "EXIT_OK", "EXIT_FAILURE",
+           "EXIT_BAD_INPUT", "EXIT_REQUEUE"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -23,6 +23,14 @@ EXIT_REQUEUE = 75
 
 class InputError(Exception):
     """Bad spec, flag, data or checkpoint: reported in one line, exit code 2."""
+
+
+class SlurmError(Exception):
+    """A Slurm command failed or gave no answer: one line, exit code 1 (never read as "empty")."""
+
+
+class WaitTimeout(Exception):
+    """A wait (``status --watch``, ``submit --wait``, the demo) ran out of time: one line, exit 1."""
 
 
 # What a wrong output path (a file where a directory is meant, no permission, a full or read-only
@@ -52,6 +60,9 @@ def guarded(fn: Callable[[], int], prog: str) -> int:
             return _failed(exc, prog)
         print(f"{prog}: error: {bad}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (SlurmError, WaitTimeout) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

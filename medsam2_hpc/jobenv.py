@@ -10,7 +10,11 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = ["JobIdentity", "job_identity"]
+__all__ = ["GPUS_ENV", "JobIdentity", "job_identity"]
+
+# Set by the launcher in each job of a profile with GPUs, so `device: auto` can tell "no GPU
+# was asked for" (train on the CPU) from "a GPU was asked for but is not visible" (an error).
+GPUS_ENV = "MEDSAM2_GPUS"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class JobIdentity:
     global_rank: int
     local_rank: int
     world_size: int
+    gpus_requested: int = 0  # what the launcher's profile asked for (MEDSAM2_GPUS), 0 when unknown
 
     @property
     def under_slurm(self) -> bool:
@@ -54,4 +59,5 @@ def job_identity(env: Mapping[str, str] | None = None) -> JobIdentity:
         global_rank=_int(env, "RANK", "SLURM_PROCID", default=0),
         local_rank=_int(env, "LOCAL_RANK", "SLURM_LOCALID", default=0),
         world_size=_int(env, "WORLD_SIZE", "SLURM_NTASKS", default=1),
+        gpus_requested=_int(env, GPUS_ENV, default=0),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -67,10 +68,16 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     raise InputError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
 
 
+@functools.cache
+def _fields_of(cls: type) -> tuple[dict[str, Any], list[str]]:
+    """Type hints and field names of a config class (resolving hints is slow; submit checks
+    thousands of tasks)."""
+    return typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
+
+
 def config_from_dict(cls: type[C], data: dict[str, Any], where: str) -> C:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    hints, names = _fields_of(cls)
     unknown = [k for k in data if k not in names]
     if unknown:
         key = unknown[0]

@@ -5,12 +5,16 @@ defaults) and one or more ``studies``; each study may override the shared settin
 lists ``experiments`` (model x variants x dataset x hyper-parameter sweep x seeds).
 ``load(path, study)`` validates the *whole* file and reports every problem at once, each with
 its key path, YAML line and near-miss suggestion, so a user fixes a file in one round.
-Relative paths (output root, data paths, image, binds) are resolved against the directory of
-the jobs file, so jobs see the same absolute paths whatever their working directory.
+Paths (output root, data paths, image, binds, container env values and the path-valued
+hparams in :data:`PATH_HPARAMS`, checkpoints included) expand ``$VAR`` / ``${VAR}`` from the
+submitting environment (an unset variable is an error, never a literal ``$VAR`` folder) and
+``~``, then resolve against the directory of the jobs file, so jobs see the same absolute paths
+whatever their working directory.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -28,9 +32,14 @@ from .options import suggest
 from .registry import dataset_names, model_kind, model_names
 from .task import PROMPTS, Task
 
-__all__ = ["RUNTIMES", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
+__all__ = ["RUNTIMES", "PATH_HPARAMS", "Bind", "ContainerSpec", "Profile", "Study", "load", "from_dict"]
 
 RUNTIMES = ("apptainer", "singularity", "none")
+GPU_SBATCH_KEYS = ("gres", "gpus", "gpus_per_node")  # sbatch options that ask for GPUs themselves
+# hparams that name files: expanded and resolved against the jobs file like every other path
+PATH_HPARAMS = ("sam_ckpt", "pretrain", "pretrained_weights", "weights")
+_NOT_A_PATH = ("", "none", "None", "random")  # sam_ckpt: 'none' means random weights
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 FILE_KEYS = ("version", "output_root", "executor", "container", "profiles", "defaults", "studies",
              "default_study")
@@ -46,7 +55,8 @@ _SLURM_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_TIME_MIN = 365 * 24 * 60  # Slurm counts minutes in 32 bits; a year is beyond any partition's limit
 PROFILE_KEYS = ("partition", "account", "qos", "gpus", "cpus", "mem", "time", "constraint", "nodes",
-                "tasks_per_node", "array_parallelism", "signal_delay_s", "max_requeues", "setup", "sbatch")
+                "tasks_per_node", "array_parallelism", "max_array_size", "signal_delay_s", "max_requeues",
+                "setup", "sbatch")
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class Profile:
     array_parallelism: int = 32
     signal_delay_s: int = 90
     max_requeues: int = 3
+    max_array_size: int | None = None  # elements per array; default: the cluster's MaxArraySize
     setup: tuple[str, ...] = ()
     sbatch: Mapping[str, str | int | bool] = field(default_factory=dict)
 
@@ -118,6 +129,7 @@ class Study:
     container: ContainerSpec
     profiles: Mapping[str, Profile]
     tasks: tuple[Task, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)  # task id -> "key path (line N)"
 
     @property
     def study_dir(self) -> Path:
@@ -131,6 +143,8 @@ class Study:
 def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
+        if isinstance(part, str) and control_chars(part) is not None:
+            part = repr(part)  # a key with a newline must not break the one-line message
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "<top level>"
 
@@ -162,12 +176,31 @@ class _Checker:
         self.lines = lines or {}
         self.problems: list[str] = []
 
-    def add(self, path: tuple[Any, ...], message: str) -> None:
+    def where(self, path: tuple[Any, ...]) -> str:
+        """``key.path (line N)``: how problems and task origins name a place in the file."""
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
         line = f" (line {self.lines[probe]})" if probe in self.lines else ""
-        self.problems.append(f"{_dotted(path)}{line}: {message}")
+        return f"{_dotted(path)}{line}"
+
+    def add(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(f"{self.where(path)}: {message}")
+
+    def expand(self, value: str, path: tuple[Any, ...]) -> str:
+        """``$VAR`` and ``${VAR}`` from the submitting environment; an unset one is a problem."""
+        def one(match: re.Match) -> str:
+            name = match.group(1) or match.group(2)
+            if name not in os.environ:
+                self.add(path, f"${name} is not set in the environment")
+                return match.group(0)
+            return os.environ[name]
+
+        return _VAR.sub(one, value)
+
+    def path(self, value: str, path: tuple[Any, ...], base: Path) -> str:
+        """A path as written in the file: variables and ``~`` expanded, relative to ``base``."""
+        return str((base / os.path.expanduser(self.expand(value, path))).resolve())
 
     def raise_if_any(self) -> None:
         if not self.problems:
@@ -345,6 +378,10 @@ def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
         if isinstance(key, str) and key.replace("-", "_") in ("array", "signal", "output", "error"):
             chk.add((*path, "sbatch", key), "is set by the launcher and cannot be overridden")
     gpus = chk.integer(d.get("gpus"), (*path, "gpus"), 0)
+    gres = [k for k in sbatch if isinstance(k, str) and k.replace("-", "_") in GPU_SBATCH_KEYS]
+    if gpus and gres:
+        chk.add((*path, "sbatch", gres[0]), f"asks for GPUs and so does gpus: {gpus}; keep one "
+                                            "(gres: \"gpu:a100:1\" alone, or gpus with constraint)")
     return Profile(
         name=name,
         partition=chk.slurm_word(d.get("partition"), (*path, "partition")),
@@ -361,6 +398,7 @@ def _profile(name: str, raw: Any, path: tuple, chk: _Checker) -> Profile:
                                       minimum=1),
         signal_delay_s=signal_delay,
         max_requeues=chk.integer(d.get("max_requeues"), (*path, "max_requeues"), 3),
+        max_array_size=chk.integer(d.get("max_array_size"), (*path, "max_array_size"), 0, minimum=1) or None,
         setup=tuple(chk.items(d.get("setup"), (*path, "setup"), chk.string)),
         sbatch={str(k): v for k, v in sbatch.items()},
     )
@@ -375,8 +413,8 @@ def _bind(value: Any, path: tuple, chk: _Checker, base: Path) -> Bind | None:
     if len(parts) > 3 or not parts[0]:
         chk.add(path, f"expected 'src[:dst[:ro|rw]]', got {value!r}")
         return None
-    src = str((base / os.path.expanduser(parts[0])).resolve())
-    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    src = chk.path(parts[0], path, base)
+    dst = chk.expand(parts[1], path) if len(parts) > 1 and parts[1] else src
     mode = parts[2] if len(parts) > 2 else "rw"
     if mode not in ("ro", "rw"):
         chk.add(path, f"mode {mode!r} is not ro or rw{suggest(mode, ('ro', 'rw'))}")
@@ -393,18 +431,20 @@ def _container(raw: Mapping[str, Any], path: tuple, chk: _Checker, base: Path) -
     image = chk.string(d.get("image"), (*path, "image"))
     if runtime != "none" and image is None:
         chk.add((*path, "image"), f"runtime {runtime} needs an image (a .sif path or URI)")
-    if image is not None and "://" not in image:
-        image = str((base / os.path.expanduser(image)).resolve())
+    if image is not None:
+        where = (*path, "image")
+        image = chk.expand(image, where) if "://" in image else chk.path(image, where, base)
     env = chk.mapping(d.get("env"), (*path, "env"))
     for key, value in env.items():
         if isinstance(key, str) and not _ENV_KEY.fullmatch(key):
             chk.add((*path, "env", key), "is not an environment variable name")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             chk.add((*path, "env", key), f"expected a string or number, got {value!r}")
+    env = {str(k): chk.expand(str(v), (*path, "env", k)) for k, v in env.items()}
     binds = chk.items(d.get("binds"), (*path, "binds"), lambda v, p: _bind(v, p, chk, base))
     return ContainerSpec(image=image, runtime=runtime or "none", binds=tuple(binds),
                          nv=chk.boolean(d.get("nv"), (*path, "nv"), True),
-                         env={str(k): str(v) for k, v in env.items()})
+                         env=env)
 
 
 def _seed(value: Any, path: tuple, chk: _Checker) -> int | None:
@@ -478,7 +518,10 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
         chk.add(path, f"expands to {count} tasks, more than the cap of {MAX_TASKS}; split the sweep "
                       "into several studies")
         return []
-    data_path = str((base / os.path.expanduser(data_path)).resolve())
+    data_path = chk.path(data_path, (*path, "data_path"), base)
+    hparams = _path_hparams(hparams, (*path, "hparams") if "hparams" in d else path, chk, base)
+    sweep = {k: [_path_hparams({k: v}, (*path, "sweep", k), chk, base)[k] for v in values]
+             for k, values in sweep.items()}
     keys = list(sweep)
     tasks = []
     try:
@@ -494,6 +537,16 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
         chk.add(path, str(exc))
         return []
     return tasks
+
+
+def _path_hparams(hparams: dict, path: tuple, chk: _Checker, base: Path) -> dict:
+    """The hparams of :data:`PATH_HPARAMS` as absolute paths (``sam_ckpt: none`` stays none)."""
+    out = dict(hparams)
+    for key in PATH_HPARAMS:
+        value = out.get(key)
+        if isinstance(value, str) and value not in _NOT_A_PATH:
+            out[key] = chk.path(value, (*path, key), base)
+    return out
 
 
 def _executors() -> tuple[str, ...]:
@@ -527,7 +580,8 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
     d = chk.mapping(raw, path, STUDY_KEYS)
     chk.name(name, path, "study name")
     root = chk.string(d.get("output_root"), (*path, "output_root"), shared["output_root"])
-    output_root = (base / os.path.expanduser(str(root))).resolve()
+    where = (*path, "output_root") if "output_root" in d else ("output_root",)
+    output_root = Path(chk.path(str(root), where, base))
     executor = chk.choice(d.get("executor"), (*path, "executor"), _executors(), shared["executor"])
     container = _container({**shared["container"], **chk.mapping(d.get("container"), (*path, "container"))},
                            (*path, "container") if "container" in d else ("container",), chk, base)
@@ -540,19 +594,20 @@ def _study(name: str, raw: Any, path: tuple, chk: _Checker, *, base: Path, share
         chk.add((*path, "experiments"), "expected a non-empty list of experiments")
         experiments = []
     tasks: list[Task] = []
+    origins: dict[str, str] = {}
     for i, exp in enumerate(experiments or []):
-        tasks += _experiment(exp, (*path, "experiments", i), chk, base=base, defaults=defaults,
-                             profiles=profiles, study=name, output_root=output_root)
+        where = (*path, "experiments", i)
+        for task in _experiment(exp, where, chk, base=base, defaults=defaults, profiles=profiles,
+                                study=name, output_root=output_root):
+            if task.task_id in origins:
+                chk.add((*path, "experiments"), f"two experiments produce the same task {task.task_id}")
+            origins[task.task_id] = chk.where(where)
+            tasks.append(task)
         if len(tasks) > MAX_TASKS:
             chk.add((*path, "experiments"), f"more than the cap of {MAX_TASKS} tasks; split the study")
             break
-    seen: dict[str, int] = {}
-    for task in tasks:
-        if task.task_id in seen:
-            chk.add((*path, "experiments"), f"two experiments produce the same task {task.task_id}")
-        seen[task.task_id] = 1
     return Study(name=name, base_dir=base, output_root=output_root, executor=executor or "slurm",
-                 container=container, profiles=profiles, tasks=tuple(tasks))
+                 container=container, profiles=profiles, tasks=tuple(tasks), origins=origins)
 
 
 def from_dict(data: Any, *, source: str = "jobs.yaml", base: str | os.PathLike = ".",
@@ -609,8 +664,38 @@ def _read(path: Path) -> tuple[Any, dict, list]:
     return data, lines, dupes
 
 
-def load(path: str | os.PathLike, study: str | None = None) -> Study:
-    """Read ``path`` with yaml.safe_load, validate all of it, and return the chosen study."""
+def _with_settings(data: Any, settings: Iterable[str]) -> Any:
+    """A copy of the file's data with ``profiles.<name>.<key>=<value>`` from the command line
+    (``--set profiles.gpu.partition=a100 --set profiles.gpu.account=proj``); the value is read as
+    YAML (numbers stay numbers) and validated with the rest of the file."""
+    settings = list(settings)
+    if not settings:
+        return data
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    profiles = out.get("profiles") if isinstance(out.get("profiles"), dict) else {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 3 or parts[0] != "profiles":
+            raise InputError(f"--set {item!r}: expected profiles.<profile>.<key>=<value>")
+        if parts[1] not in profiles:
+            raise InputError(f"--set {item!r}: no profile {parts[1]!r} in the jobs file"
+                             f"{suggest(parts[1], profiles) or ' (' + ', '.join(profiles) + ')'}")
+        if parts[2] not in PROFILE_KEYS:
+            raise InputError(f"--set {item!r}: unknown profile key {parts[2]!r}"
+                             f"{suggest(parts[2], PROFILE_KEYS)}")
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            parsed = value
+        profiles[parts[1]] = {**(profiles[parts[1]] or {}), parts[2]: parsed}
+    out["profiles"] = profiles
+    return out
+
+
+def load(path: str | os.PathLike, study: str | None = None, settings: Iterable[str] = ()) -> Study:
+    """Read ``path`` with yaml.safe_load, apply ``--set`` settings to a copy, validate all of it,
+    and return the chosen study."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such jobs file")
@@ -620,6 +705,7 @@ def load(path: str | os.PathLike, study: str | None = None) -> Study:
         for dup in dupes:
             chk.add(dup, "duplicate key (YAML keeps only the last one)")
         chk.raise_if_any()
-    return from_dict(data, source=str(path), base=path.parent, study=study, lines=lines)
+    return from_dict(_with_settings(data, settings), source=str(path), base=path.parent, study=study,
+                     lines=lines)
 
 

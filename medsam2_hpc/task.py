@@ -7,6 +7,7 @@ directory path is a pure function of the task, so a requeued job resumes in plac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -76,12 +77,13 @@ class Task:
             raise InputError(f"hparams: expected a mapping, got {type(self.hparams).__name__}")
         check_hparams(self.hparams)
 
-    @property
+    @functools.cached_property
     def task_id(self) -> str:
         """Readable and deterministic: the same task always maps to the same directory.
 
         64 bits of SHA-256: the chance that two of 10^7 tasks share an id is below 10^-5 (and
-        ``RunDir.claim`` refuses a directory that holds another task anyway)."""
+        ``RunDir.claim`` refuses a directory that holds another task anyway). Computed once per
+        task: submit and status look it up for thousands of tasks."""
         if self.name:
             return self.name
         key = json.dumps(

@@ -193,8 +193,11 @@ def real_apptainer() -> real_apptainer_host.RealApptainer:
 
 @pytest.fixture()
 def apptainer_on_path(real_apptainer, monkeypatch) -> real_apptainer_host.RealApptainer:
-    """The hosted Apptainer first on PATH for one test (and the jobs it submits)."""
+    """The hosted Apptainer first on PATH for one test (and the jobs it submits), without the
+    checkout on PYTHONPATH: Apptainer passes the environment in, and the image must use its own
+    medsam2_hpc."""
     monkeypatch.setenv("PATH", f"{real_apptainer.bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     return real_apptainer
 
 

@@ -94,8 +94,7 @@ HPARAMS = {"epochs": 1, "image_size": 64, "batch_size": 2, "num_workers": 0, "de
 
 
 def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
-        medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
-    monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
+        medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
     study = write_study(tmp_path, medsam2_image, data, executor="local", hparams=HPARAMS)
     (task,) = study.tasks

@@ -13,6 +13,7 @@ import builtins
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -351,7 +352,7 @@ for _id, _text in {
     "latin1": "output_root: caf\xe9\n".encode("latin-1"),
     "nul-in-text": b"output_root: runs\x00\n",
     "deep-lists": "a: " + "[" * 1500 + "]" * 1500 + "\n",
-    "deep-maps": "".join("  " * i + f"k{i}:\n" for i in range(3000)) + "  " * 3000 + "v\n",
+    "deep-maps": "".join("  " * i + f"k{i}:\n" for i in range(800)) + "  " * 800 + "v\n",
     "alias-bomb": _BOMB + "studies: {s: {experiments: [{model: resnet}]}}\n",
     "recursive-alias": "studies: &s {s: {experiments: *s}}\n",
     "bad-indent": "studies:\n  s:\n experiments: []\n",
@@ -1290,10 +1291,31 @@ add(
     prepared(lambda tmp: _study(tmp) and None, "collect", "{tmp}/study", "--out", "{tmp}/o\nut"),
 )
 add("collector", "unknown-flag", "medsam2-hpc", argv("collect", "{tmp}", "--fmt", "md"))
+_BAD_METRICS = {"malformed": '{"schema_version": 1}', "truncated": '{"dice_mean": 0.', "binary": "\x00\xff",
+                "list": "[1, 2]", "nan": '{"dice_mean": NaN}'}
+for _id, _metrics in _BAD_METRICS.items():
+    add("collector", f"only-run-{_id}", "medsam2-hpc",
+        prepared((lambda m: lambda tmp: _study(tmp, m) and None)(_metrics), "collect", "{tmp}/study"))
 
 # ---------------------------------------------------------------------------------------------
 
 
+# What the one line must say for the cases the issue names (injection, traversal, pickle, YAML, caps):
+# a case that failed for another reason would not show its payload was stopped where it entered.
+EXPECT = [
+    (r"^spec:inject-", r"control character"),
+    (r"^spec:slurm-word-", r"not a Slurm value"),
+    (r"^spec:sbatch-key-", r"sbatch option name|set by the launcher"),
+    (r"^spec:(variant|study-name|profile-name)-", r"directory name"),
+    (r"(name|study|exp)-(traversal|abs|dotdot|slash)", r"safe directory name"),
+    (r"variant-(traversal|slash)", r"not a safe name"),
+    (r"newline|-cr$|-nul$", r"control character"),
+    (r"pickle", r"refers to (builtins|io)\.open|cannot be read"),
+    (r"^spec:yaml-(binary|latin1|nul-in-text)", r"binary"),
+    (r"^spec:yaml-(deep|alias-bomb|recursive)", r"nested too deeply|aliases"),
+    (r"^spec:(sweep|seeds)", r"cap of"),
+    (r"^outputs:reuse-run-dir|^outputs:submit-run-dir", r"holds another task"),
+]
 ABSOLUTE_TARGETS = ("/tmp/x", "/tmp/abs", "/abs")  # where the absolute-name cases would write
 
 
@@ -1310,6 +1332,9 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code == 2, f"exit {code}: {err[-2000:]}"
     assert len(lines) <= 2, err[-2000:]
     assert "Traceback" not in err and lines, err[-2000:]
+    case_id = f"{case.category}:{case.id}"
+    expected = next((want for pattern, want in EXPECT if re.search(pattern, case_id)), None)
+    assert expected is None or re.search(expected, err), f"expected /{expected}/: {err}"
     assert _snapshot(tmp_path) == before, "files were created or changed"
     assert {p for p in ABSOLUTE_TARGETS if Path(p).exists()} == outside, "a path escaped"
     assert not (work / MARKER).exists() and not Path(MARKER).exists(), "a payload ran"

@@ -396,6 +396,13 @@ def test_selection_on_scored_cases_is_listed_not_tabulated(tmp_path, monkeypatch
     assert report.tables["headline"].display.set_index("Model").loc["sam2-3d", "Checkpoint"] == "best on val"
     assert "img0035, img0036" in report.document.read_text()
     assert report.study.runs.set_index("run").loc[same_split["task_id"], "state"] == "completed"
+    assert any(w.endswith("metrics.json: not tabulated: checkpoint selected on the scored split 'test'")
+               for w in report.warnings)
+    only_leaky = _study(tmp_path, "only_leaky", monkeypatch)
+    _write_run(only_leaky, "sam2-3d", "hiera_t", "btcv", 0, 0.99, "bbox", selection_split="test")
+    with pytest.raises(InputError, match="none of its 1 run.*not tabulated: checkpoint selected on the"):
+        collect_study(only_leaky, tmp_path / "out2", "md")
+    assert not (tmp_path / "out2").exists()
 
 
 def test_runs_from_before_round_2_are_malformed_under_schema_2(tmp_path, monkeypatch) -> None:

@@ -53,7 +53,8 @@ def _git(checkout: Path, *args: str) -> None:
 def _inner_session(tmp_path: Path, *select: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     checkout = tmp_path / "checkout"
     (checkout / "tests").mkdir(parents=True)
-    shutil.copy2(ROOT / "tests" / "conftest.py", checkout / "tests" / "conftest.py")
+    for name in ("__init__.py", "conftest.py", "real_apptainer.py"):  # conftest imports its sibling
+        shutil.copy2(ROOT / "tests" / name, checkout / "tests" / name)
     shutil.copy2(ROOT / ".gitignore", checkout / ".gitignore")
     (checkout / "tests" / "test_inner.py").write_text(INNER_TESTS)
     _git(checkout, "init", "-q")

@@ -60,6 +60,7 @@ def test_nifti_predictions_keep_grid_and_ids(btcv_nifti, meta_ckpt, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert validate_metrics(metrics) == []
     assert metrics["checkpoint_kind"] == "meta" and metrics["protocol"]["prompts"] == "ground truth"
+    assert metrics["postprocess"] == "meta"  # zero-shot SAM2 as Meta's video predictor gives it
     assert set(metrics["per_case"]) == set(volumes.cases)
     rows = (out / "dice.csv").read_text().splitlines()
     assert rows[0] == "case,organ,dice,dice_per_slice,hd95_mm" and len(rows) > 1
@@ -97,6 +98,13 @@ def test_bad_prompt_file_is_one_line_exit_2(btcv_slices, meta_ckpt, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "entry 0" in err[0]
     assert not out.exists()
+
+
+def test_bad_postprocess_is_one_line_exit_2(btcv_slices, meta_ckpt, tmp_path, capsys):
+    assert main(_args(meta_ckpt, btcv_slices, tmp_path / "out", "-postprocess", "mta")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-postprocess: 'mta'" in err[0] and "did you mean 'meta'" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_for_another_config_is_exit_2(btcv_slices, meta_ckpt, tmp_path, capsys):

@@ -143,6 +143,8 @@ def slurm_standins(tmp_path, monkeypatch) -> Path:
     standin(bin_dir, "squeue", 'echo "$*" >> "$STANDIN_LOG/squeue.calls"\n'
                                'cat "$STANDIN_LOG/queue" 2>/dev/null\nexit 0\n')
     standin(bin_dir, "scancel", 'echo "$*" >> "$STANDIN_LOG/scancel.calls"\n')
+    standin(bin_dir, "sacct", 'echo "sacct: error: Slurm accounting storage is disabled" >&2\nexit 1\n')
+    standin(bin_dir, "scontrol", 'echo "MaxArraySize            = 1001"\n')
     monkeypatch.setenv("STANDIN_LOG", str(log))
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return log
@@ -151,7 +153,9 @@ def slurm_standins(tmp_path, monkeypatch) -> Path:
 # --- dry run and the python command ----------------------------------------------------------
 
 
-def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path):
+def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothing(tmp_path, tiny_trainer,
+                                                                                  slurm_standins):
+    (tmp_path / "img.sif").write_bytes(b"an image")
     study = make_study(
         tmp_path, executor="slurm", seeds=(0, 1, 2), root="out dir",
         container="container: {runtime: apptainer, image: img.sif}\n",
@@ -242,16 +246,17 @@ def test_failed_task_is_reported_and_resubmit_failed_reruns_only_it(tmp_path, ti
     assert "2 task(s): completed 2" in capsys.readouterr().out
 
 
-def test_missing_data_is_refused_before_anything_is_written(tmp_path):
+def test_missing_data_is_refused_before_anything_is_written(tmp_path, tiny_trainer):
     study = make_study(tmp_path)
     (tmp_path / "data").rmdir()
-    with pytest.raises(InputError, match="data_path .*data does not exist"):
+    problem = r"experiments\[0\] \(line 8\): task .*data_path .*data: no such dir"
+    with pytest.raises(InputError, match=problem):
         launcher.submit(study, out=StringIO())
     assert not study.study_dir.exists()
     assert main(["resubmit", str(tmp_path / "jobs.yaml")]) == 2
 
 
-def test_local_executor_runs_tasks_in_processes_in_waves(tmp_path):
+def test_local_executor_runs_tasks_in_processes_in_waves(tmp_path, tiny_trainer):
     study = make_study(tmp_path, executor="local")
     launch = launcher.submit(study, fn=run_tiny, out=StringIO())
     assert launch.errors == [] and len(launch.job_ids) == 2  # array_parallelism 1: one wave per task
@@ -285,7 +290,7 @@ def _wait_for(path: Path, timeout: float = 120.0) -> str:
 
 
 @pytest.mark.slow
-def test_preempted_local_task_checkpoints_requeues_and_resumes(tmp_path):
+def test_preempted_local_task_checkpoints_requeues_and_resumes(tmp_path, tiny_trainer):
     study = make_study(tmp_path, executor="local", seeds=(0,), hparams={"epochs": 3, "hold_at": 1})
     task = study.tasks[0]
     result: dict = {}
@@ -369,7 +374,8 @@ def test_scontrol_shim_records_only_requeue(tmp_path):
 # --- Slurm with stand-ins -------------------------------------------------------------------
 
 
-def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path, slurm_standins):
+def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path, tiny_trainer,
+                                                                       slurm_standins):
     study = make_study(tmp_path, executor="slurm", seeds=(0, 1, 2),
                        profiles="  big: {cpus: 2, time: 60, array_parallelism: 2}\n")
     text = (tmp_path / "jobs.yaml").read_text().replace(
@@ -387,18 +393,26 @@ def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path,
     elements = {t: j for sub in record for t, j in sub["tasks"].items()}
     assert sorted(elements.values()) == ["1001_0", "1001_1", "1002_0", "1002_1", "1002_2"]
 
-    (slurm_standins / "queue").write_text("1001_0|RUNNING\n1001_1|PENDING\n1002_0|RUNNING\n")
+    (slurm_standins / "queue").write_text("1001_0|RUNNING|None|5:00\n1001_1|PENDING|Priority|0:00\n"
+                                          "1002_0|RUNNING|None|4:00\n")
     again = launcher.submit(study, out=StringIO())
     assert again.n_to_run == 2 and len(list(slurm_standins.glob("script.*"))) == 3  # 1002_1, 1002_2
     assert sum("in queue as" in reason for reason in again.skipped.values()) == 3
+    gone = [t for t, e in elements.items() if e in ("1002_1", "1002_2")]  # left the queue, no accounting
+    for task_id in gone:
+        status = RunDir(study.study_dir / task_id).status()
+        assert status["state"] == "failed" and status["slurm_state"] == "GONE"
+        assert "left the queue without a final status" in status["error"]
 
-    rows = launcher.status_rows(study.study_dir)
-    assert {r["queue"] for r in rows if r["job"] in ("1001_0", "1002_0")} == {"RUNNING"}
+    rows = {r["job"]: r for r in launcher.status_rows(study.study_dir)}
+    assert rows["1001_0"]["slurm"] == "RUNNING" and rows["1001_0"]["elapsed"] == "5:00"
+    assert rows["1001_1"]["slurm"] == "PENDING" and rows["1001_1"]["reason"] == "Priority"
+    assert rows["1001_1"]["log"].endswith("/.submitit/1001_1/1001_1_0_log.err")
     assert launcher.cancel(study.study_dir) == ["1001", "1002"]
     assert (slurm_standins / "scancel.calls").read_text() == "1001 1002\n"
 
 
-def test_slurm_without_sbatch_is_bad_input(tmp_path, monkeypatch):
+def test_slurm_without_sbatch_is_bad_input(tmp_path, tiny_trainer, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     study = make_study(tmp_path, executor="slurm")
     with pytest.raises(InputError, match="sbatch/srun are not on PATH"):

@@ -48,14 +48,22 @@ def test_object_filling_the_image_gets_no_negative_clicks() -> None:
     assert prompt.point_labels.tolist() == [1]
 
 
-def test_box_is_tight_and_jittered_boxes_stay_in_the_image() -> None:
+def test_box_is_tight_and_jitters_as_sam2train() -> None:
+    """SAM2Train's noise: each coordinate within min(0.1 x box width (29) or height (10), bound)."""
     mask = _rect()
-    assert make_prompt(mask, "bbox", np.random.default_rng(0)).box.tolist() == [40, 10, 69, 20]
+    tight = np.array([40, 10, 69, 20])
+    assert make_prompt(mask, "bbox", np.random.default_rng(0)).box.tolist() == tight.tolist()
     rng = np.random.default_rng(0)
-    boxes = [make_prompt(mask, "bbox", rng, jitter=0.5).box for _ in range(50)]
-    assert any(not np.array_equal(b, [40, 10, 69, 20]) for b in boxes)
-    for x0, y0, x1, y1 in boxes:
-        assert 0 <= x0 <= x1 <= 95 and 0 <= y0 <= y1 <= 63
+    boxes = np.array([make_prompt(mask, "bbox", rng, jitter=0.1).box for _ in range(200)])
+    reach = np.array([2.9, 1.0, 2.9, 1.0])
+    assert (np.abs(boxes - tight) <= reach + 1e-5).all()
+    assert (np.abs(boxes - tight).max(0) > 0.8 * reach).all()  # the whole range is used
+    bounded = np.array([make_prompt(mask, "bbox", rng, jitter=0.1, jitter_max_px=2.0).box for _ in range(50)])
+    assert (np.abs(bounded - tight) <= np.array([2.0, 1.0, 2.0, 1.0]) + 1e-5).all()
+    corner = np.zeros((8, 8), bool)
+    corner[:4, :4] = True
+    for _ in range(20):  # clamped to the image
+        assert make_prompt(corner, "bbox", rng, jitter=0.1).box.min() >= 0
 
 
 def test_same_seed_same_prompts() -> None:

@@ -175,14 +175,34 @@ def run_cluster_commands(checkout: Path, work: Path) -> tuple[dict[str, subproce
                                     f"call, runs nothing.\nprintf '%s\\n' \"{name} $*\" >> "
                                     f"{shlex.quote(str(calls))}\n")
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    _stage_inputs(work)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "MEDSAM2_CHECKPOINTS": str(work / "checkpoints")}
     results = {}
     for command in _runnable(("medsam2-hpc", "bash slurm")):
         argv = _argv(command, work)
         if command.startswith("medsam2-hpc container"):
             argv += ["--def", str(work / "containers" / "medsam2.def")]
+        if command.startswith("medsam2-hpc submit"):  # the image a real build would have left
+            (work / "containers" / "medsam2.sif").touch()
         results[command] = _run(command, work, argv, env)
     return results, (calls.read_text().splitlines() if calls.exists() else [])
+
+
+def _stage_inputs(work: Path) -> None:
+    """What the main study needs before it may queue (submit checks every task): both datasets
+    in their real layouts and Meta-format Hiera-T and -S checkpoints (random weights)."""
+    import torch
+
+    from medsam2_hpc.data import synthetic
+    from medsam2_hpc.models.sam2 import build_sam2_model
+
+    synthetic.make_refuge(work / "data" / "REFUGE", n_train=2, n_test=1, size=64)
+    synthetic.make_btcv(work / "data" / "btcv", layout="nifti", n_train=2, n_test=1, size=64, depth=8)
+    (work / "checkpoints").mkdir()
+    for config, name in (("sam2_hiera_t", "sam2_hiera_tiny.pt"), ("sam2_hiera_s", "sam2_hiera_small.pt")):
+        model = build_sam2_model(config, None, image_size=64, allow_random=True)
+        torch.save({"model": model.state_dict()}, work / "checkpoints" / name)
 
 
 def _files(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -224,7 +244,9 @@ def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
         if command.endswith("--dry-run"):
             assert "#SBATCH" in out.stdout or "sbatch" in out.stdout
     assert _files(runs) == before
-    (build,) = calls  # nothing reached sbatch, squeue, scancel or scontrol, nor named job 4242
-    assert re.fullmatch(rf"apptainer build --fakeroot {re.escape(str(work))}/containers/medsam2\.sif "
-                        r"\.medsam2-build-\d+\.def", build), build
+    # the dry run reads MaxArraySize (read-only); nothing reached sbatch, squeue, scancel, nor job 4242
+    builds = [c for c in calls if c != "scontrol show config"]
+    pattern = rf"apptainer build --fakeroot (\S+ )*{re.escape(f'{work}/containers/medsam2.sif')} " \
+              r"\.medsam2-build-\d+\.def"
+    assert builds and all(re.fullmatch(pattern, b) for b in builds), builds
     assert not list(work.glob(".medsam2-build-*"))  # the rendered definition is cleaned up

@@ -25,12 +25,11 @@ from medsam2_hpc.engine import pick_device
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.engine.stop import StopRequested, clear_stop, install_handlers
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
 from medsam2_hpc.trainers.sam2 import train_2d as sam2_2d
-from medsam2_hpc.trainers.sam2.common import build_model, optimizer_for
+from medsam2_hpc.trainers.sam2.common import build_model, optimizer_for, upsample
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["-net", "sam2", "-sam_config", "sam2_hiera_t", "-sam_ckpt", "none", "-image_size", "128",
@@ -111,10 +110,10 @@ def test_overfitting_one_image_raises_dice(refuge_multirater: Path) -> None:
                             128, seed=0, epoch=0)
     batch = {k: v[None] if torch.is_tensor(v) else [v] for k, v in data[0].items()}
     mask = batch["mask"]
-    cfg = sam2_2d.Sam2Config2D(image_size=128, out_size=64, lr=1e-3, memory_bank_size=0)
+    cfg = sam2_2d.Sam2Config2D(image_size=128, out_size=64, lr=1e-3, memory_bank_size=0, loss="dicefocal")
     model = build_sam2_model("sam2_hiera_t", "none", image_size=128, allow_random=True)
     set_trainable(model, cfg.trainable)
-    optimizer, loss_fn = optimizer_for(model, cfg), make_loss("dicefocal")
+    optimizer, loss_fn = optimizer_for(model, cfg), cfg.train_loss()
     predictor = sam2_2d.Predictor(model, cfg, 1, torch.device("cpu"))
 
     def dice() -> float:
@@ -126,8 +125,8 @@ def test_overfitting_one_image_raises_dice(refuge_multirater: Path) -> None:
 
     start = dice()
     for _ in range(15):
-        logits, _ = predictor(batch)
-        loss = loss_fn(logits, mask)
+        prop = predictor.propose(batch)  # a click: three proposals, as the trainer scores them
+        loss = loss_fn(upsample(prop.masks, 64), prop.ious, prop.obj[:, 0], mask[:, 0])["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

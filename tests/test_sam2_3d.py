@@ -18,12 +18,12 @@ from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
 from medsam2_hpc.engine.benchmark import count_flops
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate
-from medsam2_hpc.losses import make_loss
+from medsam2_hpc.losses import MultimaskLoss, make_loss
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.runner import run_task
 from medsam2_hpc.task import Task
-from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
+from medsam2_hpc.trainers.sam2.step_3d import clip_loss, clip_organs, param_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SIZE = 64
@@ -76,7 +76,7 @@ def test_overfitting_one_volume_raises_dice(tmp_path):
     set_trainable(model, "decoder+memory")
     prop = VideoPropagator(model)
     opt = torch.optim.AdamW(param_groups(model, 1e-3, 1e-4, 1e-4), weight_decay=0.0)
-    loss_fn, rng, cpu = make_loss("bce"), np.random.default_rng(0), torch.device("cpu")
+    loss_fn, rng, cpu = MultimaskLoss(make_loss("bce")), np.random.default_rng(0), torch.device("cpu")
 
     def dice() -> float:
         result = evaluate(prop, volumes, kind="bbox", prompt_freq=4, image_size=SIZE, device=cpu, amp="none",
@@ -84,9 +84,12 @@ def test_overfitting_one_volume_raises_dice(tmp_path):
         return result.summary().dice_mean
 
     before = dice()
+    # only clips with an organ on their prompted slice train (3 and 4 of the 5): 30 steps on them
+    trained = [c for c in clips if clip_organs(c["label"][:1])]
+    assert len(trained) == 2
     for step in range(30):
         model.train()
-        parts = clip_loss(prop, clips[step % len(clips)], "bbox", 4, loss_fn, rng, cpu)
+        parts = clip_loss(prop, trained[step % len(trained)], "bbox", 4, loss_fn, rng, cpu)
         opt.zero_grad()
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the trainer (grad_clip 1.0)
@@ -128,7 +131,7 @@ def test_gradients_reach_memory_modules_through_propagation(btcv_slices):
     model = _tiny_model()
     set_trainable(model, "decoder+memory")
     clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
-    parts = clip_loss(VideoPropagator(model), clip, "click", 2, make_loss("dicefocal"),
+    parts = clip_loss(VideoPropagator(model), clip, "click", 2, MultimaskLoss(make_loss("dicefocal")),
                       np.random.default_rng(0), torch.device("cpu"))
     parts["loss"].backward()
     touched = {n.split(".")[0] for n, p in model.named_parameters()
@@ -137,12 +140,83 @@ def test_gradients_reach_memory_modules_through_propagation(btcv_slices):
     assert all(p.grad is None for p in model.image_encoder.parameters())
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_multimask_loss_trains_the_iou_head_and_every_mask_token(btcv_slices, multimask):
+    """SAM2Train's loss reaches the IoU head and all four mask tokens; the loss on the picked
+    mask alone (``multimask_loss: false``, the earlier behaviour) leaves the IoU head untrained."""
+    model = _tiny_model()
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)  # masks, not "absent"
+    set_trainable(model, "decoder")
+    clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
+    loss_fn = MultimaskLoss(make_loss("bce"), multimask=multimask)
+    parts = clip_loss(VideoPropagator(model), clip, "bbox", 2, loss_fn, np.random.default_rng(0),
+                      torch.device("cpu"))
+    parts["loss"].backward()
+    head = model.sam_mask_decoder
+    iou_grads = [p.grad for p in head.iou_prediction_head.parameters()]
+    if multimask:
+        assert float(parts["iou"]) > 0
+        assert all(g is not None and g.abs().sum() > 0 for g in iou_grads)
+        assert (head.mask_tokens.weight.grad.abs().sum(1) > 0).all()
+    else:
+        assert all(g is None for g in iou_grads)
+
+
+def test_organs_unprompted_in_a_clip_are_not_trained(monkeypatch):
+    """Organ 3 shows only on tracked slice 1 (prompts on 0 and 2): not an object of the clip,
+    unless ``prompted_only`` is off; a clip holding only such an organ trains nothing."""
+    label = torch.zeros(3, SIZE, SIZE, dtype=torch.long)
+    label[:, 10:30, 10:30] = 1
+    label[1, 40:50, 40:50] = 3
+    image = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    prop = VideoPropagator(_tiny_model())
+    seen: list[int] = []
+    original = prop.propagate
+
+    def spy(features, prompts, frames, k):
+        seen.append(k)
+        yield from original(features, prompts, frames, k)
+
+    monkeypatch.setattr(prop, "propagate", spy)
+    loss_fn, cpu = MultimaskLoss(make_loss("bce")), torch.device("cpu")
+    for prompted_only, objects in ((True, 1), (False, 2)):
+        with torch.no_grad():
+            clip_loss(prop, {"image": image, "label": label}, "bbox", 2, loss_fn, np.random.default_rng(0),
+                      cpu, prompted_only=prompted_only)
+        assert seen[-1] == objects
+    only_tracked = torch.where(label == 3, 3, 0)
+    assert clip_loss(prop, {"image": image, "label": only_tracked}, "bbox", 2, loss_fn,
+                     np.random.default_rng(0), cpu) is None
+
+
+def test_box_jitter_moves_corners_as_sam2train():
+    """Each corner coordinate within min(0.1 x box side, bound) of the tight box, clamped to the image."""
+    from medsam2_hpc.trainers.sam2.step_3d import BoxJitter, clip_prompts
+
+    label = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    label[0, 10:31, 0:41] = 1  # box x 0..40 (width 40), y 10..30 (height 20)
+    rng, cpu = np.random.default_rng(0), torch.device("cpu")
+    tight = clip_prompts(label, [1], "bbox", 1, rng, cpu)[0].point_coords[0]
+    assert tight.tolist() == [[0, 10], [40, 30]]
+    moved = torch.stack([clip_prompts(label, [1], "bbox", 1, rng, cpu, BoxJitter(0.1, 3.0))[0].point_coords[0]
+                         for _ in range(100)])
+    delta = (moved - tight).abs().amax(0)  # (corner, x|y)
+    assert torch.all(delta <= torch.tensor([[3.0, 2.0], [3.0, 2.0]]) + 1e-5)  # min(4, 3) and min(2, 3)
+    assert torch.all(delta > torch.tensor([[0.0, 1.5], [2.5, 1.5]]))  # x0 is clamped at the edge
+    assert moved.min() >= 0
+
+
 @pytest.mark.parametrize("change, message", [
     ({"prompt": "none"}, "needs bbox, click or mask"),
     ({"hparams": {"prompt_frq": 2}}, "did you mean 'prompt_freq'"),
     ({"hparams": {"max_cond_frames": 1}}, "max_cond_frames"),
     ({"hparams": {"checkpoint_keeps_attention": "yes"}}, "checkpoint_keeps_attention"),
     ({"dataset": "refuge"}, "btcv"),
+    ({"hparams": {"loss": "sam3"}}, "did you mean 'sam2'"),
+    ({"hparams": {"multimask_loss": "yes"}}, "multimask_loss"),
+    ({"hparams": {"iou_weight": -1.0}}, "iou_weight"),
+    ({"hparams": {"box_jitter": 0.5}}, "box_jitter"),
+    ({"hparams": {"prompted_only": 1}}, "prompted_only"),
 ])
 def test_check_rejects_bad_input(btcv_slices, tmp_path, change, message):
     """runner.check: the model kind's dataset and prompt (registry), then the trainer's own check."""
@@ -220,8 +294,8 @@ def _clip_grads(model, clip, propagator):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        parts = clip_loss(propagator, clip, "bbox", 2, make_loss("bce"), np.random.default_rng(0),
-                          torch.device("cpu"))
+        parts = clip_loss(propagator, clip, "bbox", 2, MultimaskLoss(make_loss("bce")),
+                          np.random.default_rng(0), torch.device("cpu"))
     _, flops = count_flops(parts["loss"].backward)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return parts["loss"].detach(), grads, flops

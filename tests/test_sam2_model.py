@@ -63,7 +63,7 @@ def test_names_resolve_and_map_to_meta_files() -> None:
     assert config_for_variant("hiera_s") == "sam2_hiera_s"
     assert config_for_variant("sam2.1_hiera_l") == "sam2.1_hiera_l"
     assert variant_of("sam2_hiera_t") == "hiera_t"
-    assert default_checkpoint("sam2.1_hiera_b+") == Path("checkpoints/sam2.1_hiera_base_plus.pt")
+    assert CHECKPOINT_FILES["sam2.1_hiera_b+"] == "sam2.1_hiera_base_plus.pt"
     assert len(CHECKPOINT_FILES) == 8
     with pytest.raises(InputError, match=r"-sam_config: 'sam2_hiera_x'.*did you mean"):
         resolve_config("sam2_hiera_x")
@@ -75,7 +75,28 @@ def test_small_image_size_runs_encoder_and_decoder(tiny: torch.nn.Module) -> Non
     embed = feats.tokens[-1].permute(1, 2, 0).reshape(2, 256, 8, 8) + 0
     coords = torch.tensor([[[40.0, 60.0]], [[10.0, 100.0]]])
     low, iou, obj = decode(tiny, embed, feats.high_res, coords, torch.ones(2, 1, dtype=torch.int32))
-    assert low.shape == (2, 1, 32, 32) and iou.shape == (2, 1) and obj.shape == (2, 1)
+    # one click: SAM2 proposes three masks, each with an IoU estimate
+    assert low.shape == (2, 3, 32, 32) and iou.shape == (2, 3) and obj.shape == (2, 1)
+
+
+def test_2d_multimask_loss_trains_the_iou_head_and_every_mask_token() -> None:
+    """The 2D trainer's decoder call and loss: a click proposes 3 masks; all of them and the IoU
+    head get gradients (only the picked mask did before, and the IoU head none)."""
+    from medsam2_hpc.losses import MultimaskLoss, make_loss
+
+    torch.manual_seed(0)
+    model = _random(image_size=64)
+    set_trainable(model, "decoder")
+    feats = encode(model, torch.rand(2, 3, 64, 64))
+    embed = feats.tokens[-1].permute(1, 2, 0).reshape(2, 256, 4, 4)
+    coords = torch.tensor([[[20.0, 30.0]], [[40.0, 10.0]]])
+    low, iou, obj = decode(model, embed, feats.high_res, coords, torch.ones(2, 1, dtype=torch.int32))
+    truth = torch.zeros(2, 16, 16)
+    truth[:, 4:10, 3:12] = 1
+    MultimaskLoss(make_loss("bce"))(low, iou, obj[:, 0], truth)["loss"].backward()
+    head = model.sam_mask_decoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.iou_prediction_head.parameters())
+    assert (head.mask_tokens.weight.grad.abs().sum(1) > 0).all()
 
 
 def test_image_size_must_be_multiple_of_32() -> None:
@@ -151,3 +172,22 @@ def test_freezing_policy(tiny: torch.nn.Module) -> None:
     assert n_decoder < n_memory < n_default < total
     with pytest.raises(InputError, match="trainable: 'decodr'.*did you mean 'decoder'"):
         set_trainable(tiny, "decodr")
+
+
+def test_checkpoint_search_order_is_variable_then_image_then_checkout(tmp_path, monkeypatch) -> None:
+    from medsam2_hpc import checkpoints
+
+    baked, checkout = tmp_path / "baked", tmp_path / "checkout"
+    monkeypatch.setattr(checkpoints, "BAKED_DIR", baked)
+    monkeypatch.setattr(checkpoints, "CHECKOUT_DIR", checkout)
+    monkeypatch.setenv(checkpoints.ENV_VAR, str(tmp_path / "mine"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"no sam2\.1_hiera_base_plus\.pt in .*mine, .*baked, .*checkout"):
+        default_checkpoint("sam2.1_hiera_b+")
+    for where in (checkout, baked, tmp_path / "mine"):
+        where.mkdir()
+        (where / "sam2.1_hiera_base_plus.pt").write_bytes(b"x")
+        assert default_checkpoint("sam2.1_hiera_b+") == where / "sam2.1_hiera_base_plus.pt"
+    (tmp_path / "checkpoints").mkdir()  # the working directory's checkpoints/ is never searched
+    monkeypatch.delenv(checkpoints.ENV_VAR)
+    assert default_checkpoint("sam2.1_hiera_b+") == baked / "sam2.1_hiera_base_plus.pt"

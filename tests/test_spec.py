@@ -230,3 +230,45 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did you mean 'model'?" in err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_variables_expand_from_the_environment_and_paths_resolve_against_the_jobs_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.setenv("DATA", "/shared/data")
+    monkeypatch.chdir("/")  # the working directory must not matter
+    study = spec.load(write(tmp_path, """\
+        output_root: $SCRATCH/runs
+        container: {image: '${SCRATCH}/img.sif', binds: ['${DATA}:/data:ro'], env: {WHERE: $DATA}}
+        studies:
+          s:
+            experiments:
+              - model: sam2-2d
+                variants: [hiera_t]
+                dataset: refuge
+                data_path: ${DATA}/REFUGE
+                prompt: click
+                hparams: {sam_ckpt: ckpt/sam2_hiera_tiny.pt, pretrain: ~/ft.pt}
+              - {model: resnet, variants: [resnet18], dataset: refuge, data_path: d, hparams: {lr: 0.1}}
+              - {model: sam2-3d, variants: [hiera_t], dataset: btcv, data_path: d, prompt: bbox,
+                 hparams: {sam_ckpt: none}}
+        """))
+    assert study.output_root == tmp_path / "scratch" / "runs"
+    assert study.container.image == str(tmp_path / "scratch" / "img.sif")
+    assert study.container.binds[0] == spec.Bind("/shared/data", "/data", "ro")
+    assert study.container.env == {"WHERE": "/shared/data"}
+    sam2, resnet, sam3d = study.tasks
+    assert sam2.data_path == "/shared/data/REFUGE"
+    assert sam2.hparams["sam_ckpt"] == str(tmp_path / "ckpt" / "sam2_hiera_tiny.pt")
+    assert sam2.hparams["pretrain"] == str(Path.home() / "ft.pt")
+    assert sam3d.hparams["sam_ckpt"] == "none"  # a word, not a path
+    assert resnet.data_path == str(tmp_path / "d")
+    assert study.origins[resnet.task_id] == "studies.s.experiments[1] (line 12)"
+
+
+def test_an_unset_variable_is_an_error_with_key_and_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOPE_SCRATCH", raising=False)
+    message = error_of(tmp_path, "output_root: $NOPE_SCRATCH/runs\n" + MINIMAL.replace(
+        "data/REFUGE", "${NOPE_SCRATCH}/REFUGE"))
+    assert "output_root (line 1): $NOPE_SCRATCH is not set in the environment" in message
+    assert "studies.s.experiments[0].data_path (line 8): $NOPE_SCRATCH is not set" in message
+    assert not list(tmp_path.glob("*NOPE*")) and not list(tmp_path.glob("$*"))

@@ -120,11 +120,23 @@ class _Watcher(threading.Thread):
 
 
 def _wait_for_queue(study, out: IO[str]) -> None:  # type: ignore[no-untyped-def]
-    terminal = {"completed", "failed"}
+    """Until every task has ended (status asks Slurm, so a job that dies unrecorded ends too), or
+    for as long as the study's arrays could need when run one wave after another."""
+    from medsam2_hpc.errors import WaitTimeout
+    from medsam2_hpc.hpc.status import status_rows
+
+    ids = [t.task_id for t in study.tasks]
+    limit_min = 10 + sum(p.time_min * (1 + len(ids) // p.array_parallelism) for p in study.profiles.values())
+    deadline = time.monotonic() + limit_min * 60
+    print(f"  waiting for {len(ids)} Slurm task(s) to end (at most {limit_min} min)", file=out, flush=True)
     while True:
-        states = [t.run_dir.status().get("state", "pending") for t in study.tasks]
-        if all(s in terminal for s in states):
+        waiting = [r for r in status_rows(study.study_dir, ids) if r["state"] not in ("completed", "failed")]
+        if not waiting:
             return
+        if time.monotonic() > deadline:
+            first = waiting[0]
+            raise WaitTimeout(f"demo: {len(waiting)} Slurm task(s) still not ended after {limit_min} min "
+                              f"(first: {first['task_id']}, {first['state']}, job {first['job']})")
         time.sleep(5)
 
 

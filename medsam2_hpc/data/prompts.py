@@ -56,28 +56,29 @@ def _clicks(mask: np.ndarray, rng: np.random.Generator, n_pos: int,
     return np.concatenate(points), np.concatenate(labels)
 
 
-def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
+def _box(mask: np.ndarray, rng: np.random.Generator, jitter: float, jitter_max_px: float) -> np.ndarray:
+    """Tight inclusive box, each coordinate moved as SAM2Train moves it (``sample_box_points``):
+    by U(-1, 1) x min(``jitter`` x box width (height), ``jitter_max_px``), clamped to the image."""
     rows, cols = np.nonzero(mask)
     box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float64)
     if jitter > 0:
-        w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
-        box += rng.uniform(-jitter, jitter, 4) * np.array([w, h, w, h])
+        reach = np.minimum(jitter * (box[2:] - box[:2]), jitter_max_px)  # (dx, dy)
+        box += rng.uniform(-1.0, 1.0, 4) * np.tile(reach, 2)
         height, width = mask.shape
         box = np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
-        box[[0, 2]] = np.sort(box[[0, 2]])
-        box[[1, 3]] = np.sort(box[[1, 3]])
     return box.astype(np.float32)
 
 
 def make_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, n_pos: int = 1, n_neg: int = 0,
-                jitter: float = 0.0) -> Prompt:
+                jitter: float = 0.0, jitter_max_px: float = np.inf) -> Prompt:
     """Prompt for the object in ``mask`` (H,W).
 
     Args:
         mask: the object's pixels (anything > 0 counts).
         kind: "click" (``n_pos`` interior positive + ``n_neg`` outside negative points),
-            "bbox" (tight box, each side moved by up to ``jitter`` x the box size, clipped to
-            the image) or "mask" (the mask itself as float).
+            "bbox" (tight box, each side moved by up to ``jitter`` x the box size and at most
+            ``jitter_max_px``, clipped to the image, as SAM2Train does) or "mask" (the mask
+            itself as float).
         rng: numpy Generator; the only source of randomness.
 
     Raises:
@@ -88,15 +89,16 @@ def make_prompt(mask: np.ndarray, kind: str, rng: np.random.Generator, n_pos: in
     mask = np.asarray(mask) > 0
     if mask.ndim != 2:
         raise ValueError(f"prompt mask must be 2D (H,W), got shape {mask.shape}")
-    if n_pos < 1 or n_neg < 0 or jitter < 0:
-        raise ValueError(f"need n_pos >= 1, n_neg >= 0, jitter >= 0; got {n_pos}, {n_neg}, {jitter}")
+    if n_pos < 1 or n_neg < 0 or jitter < 0 or not jitter_max_px >= 0:
+        raise ValueError("need n_pos >= 1, n_neg >= 0, jitter >= 0, jitter_max_px >= 0; "
+                         f"got {n_pos}, {n_neg}, {jitter}, {jitter_max_px}")
     if not mask.any():
         return Prompt(present=False, kind=kind)
     if kind == "click":
         points, labels = _clicks(mask, rng, n_pos, n_neg)
         return Prompt(True, points=points, point_labels=labels, kind=kind)
     if kind == "bbox":
-        return Prompt(True, box=_box(mask, rng, jitter), kind=kind)
+        return Prompt(True, box=_box(mask, rng, jitter, jitter_max_px), kind=kind)
     return Prompt(True, mask=mask.astype(np.float32), kind=kind)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import resource
 from collections.abc import Iterator
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..jobenv import job_identity
+from ..precheck import before_queue
 
 __all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "reset_peak_memory",
            "count_params_m", "AMP_MODES"]
@@ -20,9 +23,25 @@ AMP_MODES = ("bf16", "fp16", "none")
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present (or when asked for), else the CPU."""
+    """CUDA when present (or when asked for), else the CPU.
+
+    Before queueing (on a login node without GPUs) only the spelling is checked: the job's
+    own check asks the node it runs on.
+    """
+    if before_queue():
+        if requested in (None, "", "auto", "cpu") or str(requested).isdigit() or \
+                re.fullmatch(r"cuda(:\d+)?", str(requested)):
+            return torch.device("cpu")
+        raise InputError(f"hparams.device: {requested!r} is not auto, cpu, cuda, cuda:N or N")
     if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        wanted = job_identity().gpus_requested
+        if wanted:
+            raise InputError(f"device 'auto': the job's profile asked for {wanted} GPU(s) but none is "
+                             "visible here (no --nv, no driver, or CUDA_VISIBLE_DEVICES empty); "
+                             "set hparams.device: cpu to train on the CPU on purpose")
+        return torch.device("cpu")
     if str(requested).isdigit():
         requested = f"cuda:{requested}"
     if str(requested).startswith("cuda") and not torch.cuda.is_available():

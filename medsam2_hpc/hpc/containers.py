@@ -37,6 +37,7 @@ from spython.main.parse.recipe import Recipe
 from spython.main.parse.writers import DockerWriter
 
 from .. import __version__
+from ..checkpoints import BAKED_DIR
 from ..errors import InputError
 from ..spec import Bind, ContainerSpec
 
@@ -55,7 +56,7 @@ REQUIRED_ENV = ("TORCH_HOME", "HF_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "YOLO
                 "YOLO_OFFLINE", "YOLO_AUTOINSTALL")
 # The %post comment that introduces the install_requires command (see containers/medsam2.def).
 REQUIRES_MARKER = "# install_requires of setup.cfg"
-CHECKPOINT_DIR = "/opt/medsam2-hpc/checkpoints"
+CHECKPOINT_DIR = str(BAKED_DIR)  # where the trainers look (checkpoints.py), so bake there
 DOCKER_HEADER = ("# Generated from containers/medsam2.def by `medsam2-hpc container dockerfile --write`;\n"
                  "# do not edit. Build from the repository root:\n"
                  "#   docker build -f containers/Dockerfile "

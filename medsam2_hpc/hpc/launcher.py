@@ -15,7 +15,9 @@ Slurm job is still in squeue. Each submission is appended to ``<study dir>/submi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,20 +29,26 @@ from pathlib import Path
 from typing import IO, Any
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
+from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg pins submitit <1.6
 
-from ..atomic import read_json, write_json
-from ..errors import InputError
+from .. import checkpoints
+from ..atomic import write_json
+from ..errors import InputError, SlurmError
+from ..jobenv import GPUS_ENV
 from ..options import suggest
-from ..spec import Bind, Profile, Study
-from ..task import RunDir, Task
+from ..precheck import shared_checks
+from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
+from ..task import Task
+from . import status
+from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
+from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
-__all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "submit",
-           "render_dry_run", "submissions", "status_rows", "cancel"]
+__all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "check_tasks",
+           "submit", "render_dry_run", "submissions", "status_rows", "cancel"]
 
-SUBMISSIONS = "submissions.json"
-SUBMITIT_DIR = ".submitit"
+SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
+SUBMITIT_DIR = status.SUBMITIT_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,18 +139,32 @@ class SlurmBackend(Backend):
             "constraint": profile.constraint,
             "array_parallelism": profile.array_parallelism,
             "signal_delay_s": profile.signal_delay_s,
-            "setup": list(profile.setup) or None,
+            # device auto must not fall back to the CPU silently where GPUs were asked for
+            "setup": [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup) or None,
             "additional_parameters": dict(profile.sbatch) or None,
             # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
         }
-        return {k: v for k, v in params.items() if v is not None}
+        # submitit writes --wckey=submitit unless told None (some sites reject unknown wckeys);
+        # a site that wants one sets it under the profile's sbatch:
+        return {**{k: v for k, v in params.items() if v is not None}, "wckey": None}
+
+    def waves(self, tasks: list[Task], profile: Profile) -> list[list[Task]]:
+        """One array per profile, split where it would pass the cluster's MaxArraySize."""
+        step = profile.max_array_size or max_array_size()[0]
+        return [tasks[i:i + step] for i in range(0, len(tasks), step)]
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
                 job_name: str) -> str:
-        count = len(tasks) if len(tasks) > 1 else None  # submitit sends one task as a plain job
-        return _make_sbatch_string(command=command, folder=folder, map_count=count,
-                                   **self.parameters(profile, job_name))
+        """One sbatch script per array the submission needs (MaxArraySize)."""
+        waves = self.waves(list(tasks), profile)
+        scripts = []
+        for i, wave in enumerate(waves):
+            count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
+            script = _make_sbatch_string(command=command, folder=folder, map_count=count,
+                                         **self.parameters(profile, job_name))
+            scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
+        return "\n".join(scripts)
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
@@ -153,14 +175,8 @@ class SlurmBackend(Backend):
             write_helpers(folder)
 
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
-        arrays = sorted({j.split("_")[0] for j in job_ids})
-        if not arrays or shutil.which("squeue") is None:
-            return {}
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60, check=False)
-        if out.returncode != 0:  # finished jobs have left squeue (and sacct may not exist)
-            return {}
-        return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+        """squeue's answer; a failing squeue raises SlurmError (hpc/queue.py), never reads as empty."""
+        return {k: v.state for k, v in queued(j.split("_")[0] for j in job_ids).items()}
 
     def cancel(self, job_ids: Sequence[str]) -> list[str]:
         if not job_ids:
@@ -169,6 +185,25 @@ class SlurmBackend(Backend):
             raise InputError("cancel: scancel is not on PATH (not a Slurm login node?)")
         subprocess.run(["scancel", *job_ids], check=True, timeout=60)
         return list(job_ids)
+
+
+def max_array_size() -> tuple[int, str]:
+    """(elements one array may hold, where that came from): MaxArraySize of ``scontrol show
+    config`` (indices run from 0 to MaxArraySize - 1), else Slurm's default (a dry run away from
+    the cluster; a real submission would then fail at sbatch with Slurm's own message)."""
+    return _max_array_size(os.environ.get("SLURM_CONF"), shutil.which("scontrol"))
+
+
+@functools.cache
+def _max_array_size(conf: str | None, scontrol: str | None) -> tuple[int, str]:
+    """Asked once per configuration."""
+    default = (SLURM_DEFAULT_MAX_ARRAY_SIZE, "Slurm's default; scontrol show config did not answer")
+    if scontrol is None:
+        return default
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, flags=re.MULTILINE)
+    return (int(match.group(1)), "scontrol show config") if out.returncode == 0 and match else default
 
 
 def _mem(gb: float | None) -> str | None:
@@ -245,31 +280,16 @@ class Launch:
         return sum(len(t) for t in self.to_run.values())
 
 
-def submissions(study_dir: Path) -> list[dict[str, Any]]:
-    path = Path(study_dir) / SUBMISSIONS
-    if not path.exists():
-        return []
-    try:
-        return list(read_json(path)["submissions"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: unreadable submissions record ({exc})") from exc
-
-
-def _latest_elements(study_dir: Path) -> dict[str, dict[str, str]]:
-    """task id -> {'job': element id, 'executor': name} of its latest submission."""
-    out: dict[str, dict[str, str]] = {}
-    for sub in submissions(study_dir):
-        for task_id, element in sub.get("tasks", {}).items():
-            out[task_id] = {"job": str(element), "executor": sub.get("executor", "")}
-    return out
-
-
 def plan(study: Study, executor: str | None = None, *, states: set[str] | None = None) -> Launch:
     """Choose the tasks to submit: not completed, not queued, and (if given) in ``states``."""
     name = executor or study.executor
     backend = backend_for(name)
-    latest = _latest_elements(study.study_dir)
-    queued = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
+    latest = latest_elements(study.study_dir)
+    if name == "slurm":  # one query; runs whose job ended without a final state become failed first
+        slurm = settle(study.study_dir, {t: e["job"] for t, e in latest.items() if e["executor"] == name})
+        in_queue = {k: v.state for k, v in slurm.items() if v.active}
+    else:
+        in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
     to_run: dict[str, list[Task]] = {}
     skipped: dict[str, str] = {}
     for task in study.tasks:
@@ -279,8 +299,8 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         state = run.status().get("state", "pending")
         if run.metrics_json.exists():
             skipped[task.task_id] = "completed"
-        elif element in queued:
-            skipped[task.task_id] = f"in queue as {element} ({queued[element]})"
+        elif element in in_queue:
+            skipped[task.task_id] = f"in queue as {element} ({in_queue[element]})"
         elif states is not None and state not in states:
             skipped[task.task_id] = f"state {state}"
         else:
@@ -292,11 +312,24 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
 # The python each element runs
 
 
+def _checkpoint_dir() -> str | None:
+    """The host's step of the checkpoint search order that the image cannot see by itself:
+    ``$MEDSAM2_CHECKPOINTS``, else this checkout's checkpoints/ when it holds any."""
+    if os.environ.get(checkpoints.ENV_VAR):
+        return str(Path(os.environ[checkpoints.ENV_VAR]).resolve())
+    return str(checkpoints.CHECKOUT_DIR) if any(checkpoints.CHECKOUT_DIR.glob("*.pt")) else None
+
+
 def _binds(study: Study, tasks: Iterable[Task]) -> list[Bind]:
-    """Output root read-write (run dirs, submitit folder, caches); each data path read-only."""
+    """Output root read-write (run dirs, submitit folder, caches); read-only: each data path, the
+    folder of each file an hparam names (checkpoints, weights) and the checkpoint directory."""
     root = str(study.output_root)
     binds = [Bind(root, root, "rw")]
-    for path in sorted({t.data_path for t in tasks}):
+    tasks = list(tasks)
+    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS
+             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")}
+    ckpt = _checkpoint_dir()
+    for path in sorted({t.data_path for t in tasks} | files | ({ckpt} if ckpt else set())):
         if not (path + os.sep).startswith(root + os.sep):
             binds.append(Bind(path, path, "ro"))
     return binds
@@ -311,8 +344,9 @@ def python_argv(study: Study, profile: Profile, tasks: Sequence[Task], backend: 
     from .containers import exec_prefix
 
     cache = study.output_root / ".cache"
-    spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0,
-                               env={"HOME": str(cache / "home"), **container.env})
+    ckpt = _checkpoint_dir()
+    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}), **container.env}
+    spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0, env=env)
     prefix = exec_prefix(spec, gpus=profile.gpus, binds=_binds(study, tasks), cache=cache)
     return backend.wrap_python(prefix, folder) + ["python"]
 
@@ -321,8 +355,10 @@ def _submitit_folder(study: Study) -> Path:
     return study.study_dir / SUBMITIT_DIR
 
 
-def _job_name(study: Study, profile: Profile) -> str:
-    return f"{study.name}-{profile.name}"
+def _job_name(study: Study, profile: Profile, tasks: Sequence[Task]) -> str:
+    """``<study>-<profile>-<model>`` (models joined by '+' when an array mixes them): what squeue shows."""
+    models = "+".join(dict.fromkeys(t.model for t in tasks))
+    return f"{study.name}-{profile.name}-{models}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +370,9 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
     study = launch.study
     print(f"study {study.name}: {len(study.tasks)} tasks, {launch.n_to_run} to submit, "
           f"{len(launch.skipped)} skipped; executor {launch.executor}; output {study.study_dir}", file=out)
+    if launch.executor == "slurm":
+        size, source = max_array_size()
+        print(f"MaxArraySize {size} ({source}); a profile's max_array_size overrides it", file=out)
     print(f"{'#':>4}  {'task_id':<48} {'profile':<10} {'action'}", file=out)
     for i, task in enumerate(study.tasks):
         action = f"skip: {launch.skipped[task.task_id]}" if task.task_id in launch.skipped else "submit"
@@ -346,22 +385,52 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
         print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
-        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile)), file=out)
+        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks)), file=out)
 
 
 # ---------------------------------------------------------------------------------------------
 # Submit
 
 
-def _check_inputs(study: Study, tasks: Iterable[Task]) -> None:
-    """What a job would only discover after queueing: missing data or image."""
-    missing = sorted({t.data_path for t in tasks if not Path(t.data_path).exists()})
-    if missing:
-        raise InputError(f"study {study.name}: data_path {missing[0]} does not exist"
-                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+def _check_device(task: Task, profile: Profile) -> None:
+    """A GPU device on a profile that asks for no GPU would wait in the queue to fail."""
+    device = str(task.hparams.get("device", "auto"))
+    asks_gpu = profile.gpus > 0 or any(k.replace("-", "_") in GPU_SBATCH_KEYS for k in profile.sbatch)
+    if not asks_gpu and (device.startswith("cuda") or device.isdigit()):
+        raise InputError(f"hparams.device: {device!r} needs a GPU, but profile {profile.name} has gpus: 0 "
+                         "(set gpus, or device: cpu)")
+
+
+def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
+    """Everything a job would only discover after the queue wait, found before it.
+
+    Runs every task's trainer ``check`` (hyper-parameters, variant, data, checkpoint) with the
+    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image.
+    All problems are reported at once, one entry per experiment and message with the first
+    task id and how many more share it.
+
+    Raises:
+        InputError: ``study <name>: N problem(s): <experiment (line)>: task <id>: <message>; ...``
+    """
+    from ..runner import check
+
+    found: dict[tuple[str, str], list[str]] = {}
+    with shared_checks():
+        for task in tasks:
+            try:
+                _check_device(task, study.profiles[task.profile])
+                check(task)
+            except InputError as exc:
+                key = (study.origins.get(task.task_id, f"profile {task.profile}"), str(exc))
+                found.setdefault(key, []).append(task.task_id)
+    problems = [f"{origin}: task {ids[0]}" + (f" (and {len(ids) - 1} more)" if len(ids) > 1 else "")
+                + f": {message}" for (origin, message), ids in found.items()]
     image = study.container.image
     if study.container.enabled and image and "://" not in image and not Path(image).is_file():
-        raise InputError(f"container.image: {image} does not exist (build it: medsam2-hpc container build)")
+        problems.append(f"container.image: {image} does not exist (build it: medsam2-hpc container build)")
+    if problems:
+        head = f"study {study.name}: " + (f"{len(problems)} problems: " if len(problems) > 1 else "")
+        raise InputError(head + "; ".join(problems))
 
 
 def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], tasks: Sequence[Task]) -> str:
@@ -374,18 +443,52 @@ def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], task
     return array
 
 
+def collect_argv(study: Study) -> list[str]:
+    """``medsam2-hpc collect <study dir>`` as the jobs run it (in the image when there is one)."""
+    python = [sys.executable]
+    if study.container.enabled:
+        from .containers import exec_prefix
+
+        cache = study.output_root / ".cache"
+        spec = dataclasses.replace(study.container, nv=False,
+                                   env={"HOME": str(cache / "home"), **study.container.env})
+        root = str(study.output_root)
+        python = exec_prefix(spec, gpus=0, binds=[Bind(root, root, "rw")], cache=cache) + ["python"]
+    return [*python, "-m", "medsam2_hpc.cli", "collect", str(study.study_dir)]
+
+
+def _queue_collect(study: Study, arrays: Sequence[str], out: IO[str]) -> str:
+    """One CPU job that runs the collector once every array has ended (``afterany``)."""
+    account = next((p.account for p in study.profiles.values() if p.account), None)
+    argv = ["sbatch", "--parsable", f"--job-name={study.name}-collect",
+            f"--dependency=afterany:{':'.join(arrays)}", "--ntasks=1", "--cpus-per-task=1", "--time=60",
+            f"--output={study.study_dir / SUBMITIT_DIR / 'collect-%j.out'}",
+            *([f"--account={account}"] if account else []), f"--wrap={shlex.join(collect_argv(study))}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise SlurmError(f"sbatch (collect job) failed (exit {done.returncode}): "
+                         f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+    job = done.stdout.strip().split(";")[0]
+    print(f"collect: job {job} runs medsam2-hpc collect after {', '.join(arrays)}", file=out)
+    return job
+
+
 def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
            states: set[str] | None = None, fn: Callable[[Task], Any] | None = None,
-           out: IO[str] = sys.stdout) -> Launch:
-    """Submit the study's pending tasks: one ``map_array`` per profile (per wave for local)."""
+           collect: bool = False, out: IO[str] | None = None) -> Launch:
+    """Check, then submit the study's pending tasks: one ``map_array`` per profile (per wave for local).
+
+    The checks run for a dry run too; a problem raises InputError before anything is written.
+    """
+    out = out or sys.stdout  # looked up per call: the CLI's output can then be captured
     launch = plan(study, executor, states=states)
+    check_tasks(study, [t for tasks in launch.to_run.values() for t in tasks])
     if dry_run:
         render_dry_run(launch, out)
         return launch
     if not launch.n_to_run:
         print(f"study {study.name}: nothing to submit ({len(launch.skipped)} task(s) skipped)", file=out)
         return launch
-    _check_inputs(study, (t for tasks in launch.to_run.values() for t in tasks))
     backend = backend_for(launch.executor)
     folder = _submitit_folder(study)
     if backend.in_process and study.container.enabled:
@@ -398,13 +501,19 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
-        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile)))
+        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
         for wave in backend.waves(tasks, profile):
             jobs = ex.map_array(call, wave)
             array = _record(study, backend.name, name, jobs, wave)
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)
             launch.errors += backend.after_submit(jobs)
+    if collect and backend.name == "slurm" and launch.job_ids:
+        _queue_collect(study, launch.job_ids, out)
+    elif collect:
+        from ..report.build import collect_study  # the local executors have finished by now
+
+        print(collect_study(study.study_dir), file=out)
     return launch
 
 
@@ -412,40 +521,12 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
 # Status and cancel
 
 
-def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per task: state and attempts from status.json, element id and queue state from squeue."""
-    study_dir = Path(study_dir)
-    latest = _latest_elements(study_dir)
-    if task_ids is None:
-        found = {p.parent.name for p in study_dir.glob("*/status.json")}
-        found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
-        task_ids = sorted(found | set(latest))
-    queue = _queued(latest)
-    rows = []
-    for task_id in task_ids:
-        status = RunDir(study_dir / task_id).status()
-        job = latest.get(task_id, {}).get("job")
-        error = (status.get("error") or "").strip().splitlines()
-        rows.append({"task_id": task_id, "state": status.get("state", "pending"),
-                     "attempts": int(status.get("attempts", 0)), "job": job,
-                     "queue": queue.get(job or "", ""), "error": error[-1] if error else None})
-    return rows
-
-
-def _queued(latest: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Element id -> queue state, asked of each backend the study's submissions used."""
-    queue: dict[str, str] = {}
-    for name in sorted({e["executor"] for e in latest.values()} & set(BACKENDS)):
-        queue.update(BACKENDS[name]().active(e["job"] for e in latest.values() if e["executor"] == name))
-    return queue
-
-
 def cancel(study_dir: Path) -> list[str]:
     """Cancel the study's jobs (Slurm arrays) that still have elements in the queue."""
-    latest = _latest_elements(Path(study_dir))
+    latest = latest_elements(Path(study_dir))
     cancelled: list[str] = []
     for name in sorted({e["executor"] for e in latest.values()} & set(BACKENDS)):
         backend = BACKENDS[name]()
-        queued = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
-        cancelled += backend.cancel(sorted({job.split("_")[0] for job in queued}))
+        in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
+        cancelled += backend.cancel(sorted({job.split("_")[0] for job in in_queue}))
     return cancelled

@@ -1,9 +1,13 @@
 """``python inference_3d.py``: predict every case of a BTCV split with SAM2 over whole volumes.
 
 Flags follow the reference (``-checkpoint -sam_config -data_path -dataset -prompt -output_dir
--save_vis``) plus ``-split -prompt_file -prompt_freq -image_size -gpu_device``. ``-checkpoint``
-is one of our training checkpoints (``best.pt``, ``Model/best_dice_epoch.pth``) or a plain Meta
-checkpoint for zero-shot SAM2. Everything is checked (checkpoint against config, prompt file
+-save_vis``) plus ``-split -prompt_file -prompt_freq -image_size -gpu_device -postprocess``.
+``-checkpoint`` is one of our training checkpoints (``best.pt``, ``Model/best_dice_epoch.pth``)
+or a plain Meta checkpoint for zero-shot SAM2. ``-postprocess meta`` predicts as Meta's
+``build_sam2_video_predictor`` does (its dynamic multimask fallback, binarised prompt masks in
+memory, hole filling; see ``VideoPropagator``), ``none`` as the model trains; the default is
+``meta`` for a plain Meta checkpoint (zero-shot SAM2 as Meta ships it) and ``none`` otherwise,
+recorded in metrics.json as ``postprocess``. Everything is checked (checkpoint against config, prompt file
 against the cases, labels for ground-truth prompts) before anything is written.
 
 Ground-truth prompts (the default, the evaluation protocol) need labels for every case of the
@@ -41,7 +45,7 @@ from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.files import load_prompt_file, prompt_records, save_vis, write_dice_csv
 from medsam2_hpc.inference.predict import VolumePrompts, evaluate, protocol
 from medsam2_hpc.inputs import check_output_dir
-from medsam2_hpc.models.sam2 import CONFIGS, build_sam2_model, resolve_config, variant_of
+from medsam2_hpc.models.sam2 import CONFIGS, POSTPROCESS, build_sam2_model, resolve_config, variant_of
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import look_up
 from medsam2_hpc.task import Task
@@ -73,6 +77,9 @@ def build_parser(prog: str = "inference_3d.py") -> CompatParser:
     p.add_argument("-amp", default="bf16", help="bf16 | fp16 | none (CUDA only)")
     p.add_argument("-max_cond_frames", type=int, default=4,
                    help="prompted slices each slice attends to, closest first (-1 = all)")
+    p.add_argument("-postprocess", default=None,
+                   help="meta | none: Meta's video-predictor post-processing or none (default: meta for a "
+                        "plain Meta checkpoint, none for ours)")
     p.add_argument("-no_hd95", action="store_true", help="skip HD95 (the slow score)")
     p.add_argument("-seed", type=nonneg_int, default=0, help="seed of the ground-truth click sampling")
     return p
@@ -123,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     look_up(str(args.dataset).lower(), ("btcv",), "-dataset")
     look_up(args.prompt, ("bbox", "click", "mask"), "-prompt")
     look_up(args.amp, ("bf16", "fp16", "none"), "-amp")
+    if args.postprocess is not None:
+        look_up(args.postprocess, POSTPROCESS, "-postprocess")
     if args.max_cond_frames != -1 and args.max_cond_frames < 2:
         raise InputError(f"-max_cond_frames {args.max_cond_frames}: must be -1 or >= 2")
     if not Path(args.data_path).is_dir():
@@ -132,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     model, config, image_size, kind = _load(args)
     device = pick_device(None if args.gpu_device is None else str(args.gpu_device))
     model.to(device).eval()
-    propagator = VideoPropagator(model, max_cond_frames=args.max_cond_frames)
+    postprocess = args.postprocess or ("meta" if kind == "meta" else "none")
+    propagator = VideoPropagator(model, max_cond_frames=args.max_cond_frames, postprocess=postprocess)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {}
@@ -169,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         hparams={"prompt_freq": args.prompt_freq, "image_size": image_size}, **s.fields(),
         epochs_completed=0, train_seconds=0.0, eval_seconds=seconds, params_m=count_params_m(model),
         peak_gpu_mem_gb=peak_memory_gb(device), checkpoint_path=str(args.checkpoint), checkpoint_kind=kind,
+        postprocess=postprocess,
         image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
         cases=list(s.per_case), unscored_cases=unscored)
     write_json(out / "metrics.json", metrics)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..checkpoints import find_checkpoint
 from ..engine.checkpoint import load_checkpoint
 from ..errors import InputError
 from ..options import look_up
@@ -25,7 +26,7 @@ from ..options import look_up
 __all__ = [
     "CONFIGS", "CHECKPOINT_FILES", "TRAINABLE_PARTS", "TrainableParts", "config_for_variant",
     "variant_of", "resolve_config", "default_checkpoint", "build_sam2_model", "load_sam2_weights",
-    "describe_state", "set_trainable",
+    "describe_state", "set_trainable", "POSTPROCESS", "META_FILL_HOLE_AREA", "set_postprocess",
 ]
 
 _SIZES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
@@ -48,6 +49,24 @@ TrainableParts = Literal["decoder", "decoder+memory", "all-but-encoder", "all"]
 TRAINABLE_PARTS: tuple[str, ...] = ("decoder", "decoder+memory", "all-but-encoder", "all")
 _NO_CHECKPOINT = ("", "none", "None", "random")
 
+# What ``sam2.build_sam.build_sam2_video_predictor(apply_postprocessing=True)`` adds to the
+# config (sam2 1.1.0), as attribute -> value: fall back to the best of the 3 masks when the
+# single mask is unstable, binarise prompted slices' masks before the memory encoder; and
+# ``fill_hole_area=8``, a setting of its SAM2VideoPredictor (kept by VideoPropagator). "none":
+# the values the configs leave them at, as SAM2Base trains (SAM2Train uses none of them).
+POSTPROCESS = ("meta", "none")
+_POSTPROCESS_SETTINGS = {
+    "meta": {"sam_mask_decoder.dynamic_multimask_via_stability": True,
+             "sam_mask_decoder.dynamic_multimask_stability_delta": 0.05,
+             "sam_mask_decoder.dynamic_multimask_stability_thresh": 0.98,
+             "binarize_mask_from_pts_for_mem_enc": True},
+    "none": {"sam_mask_decoder.dynamic_multimask_via_stability": False,
+             "sam_mask_decoder.dynamic_multimask_stability_delta": 0.05,
+             "sam_mask_decoder.dynamic_multimask_stability_thresh": 0.98,
+             "binarize_mask_from_pts_for_mem_enc": False},
+}
+META_FILL_HOLE_AREA = 8
+
 
 def resolve_config(name: str, *, flag: str = "-sam_config") -> str:
     """Canonical config name for ``name`` (``.yaml`` suffix and Hydra paths accepted)."""
@@ -66,8 +85,9 @@ def variant_of(config: str) -> str:
     return config.removeprefix("sam2_")
 
 
-def default_checkpoint(config: str, root: str | os.PathLike = "checkpoints") -> Path:
-    return Path(root) / CHECKPOINT_FILES[resolve_config(config)]
+def default_checkpoint(config: str) -> Path:
+    """Meta's checkpoint for ``config``, found through the one search order (see checkpoints.py)."""
+    return find_checkpoint(CHECKPOINT_FILES[resolve_config(config)])
 
 
 def _compose(config: str, image_size: int) -> Any:
@@ -216,3 +236,14 @@ def set_trainable(model: torch.nn.Module, parts: TrainableParts | str = "all-but
         for p in params:
             p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def set_postprocess(model: torch.nn.Module, mode: str) -> None:
+    """Switch ``model`` to Meta's video-predictor settings (``meta``) or back to the plain ones.
+
+    They act only in eval mode (SAM2's own ``not self.training`` checks), so training is the
+    same either way. Hole filling is the propagator's part (``VideoPropagator(postprocess=...)``).
+    """
+    for name, value in _POSTPROCESS_SETTINGS[look_up(mode, POSTPROCESS, "-postprocess")].items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, value)

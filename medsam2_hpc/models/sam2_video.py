@@ -33,10 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
            "normalise_images", "ATTENTION"]
@@ -122,6 +125,8 @@ class FrameOutput:
     object_score: Tensor  # (K, 1) logit that the object is on this slice
     from_decoder: Tensor  # (K,) bool: False where the output is the prompt mask itself
     is_cond: bool
+    multimasks: Tensor  # (K, M, S, S) every mask the decoder proposed (M = 1 or 3), for the loss
+    ious: Tensor  # (K, M) the IoU head's estimate of each
 
 
 def propagation_order(num_frames: int, cond_frames: Sequence[int]) -> list[tuple[int, bool, bool]]:
@@ -156,10 +161,20 @@ class VideoPropagator:
             and recompute only the rest (:func:`_save_seeded_ops`): fewer FLOPs, more memory.
         attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
             and decoder try first (memory attention is most of the per-object time).
+        postprocess: ``meta`` = what Meta's ``build_sam2_video_predictor`` adds, in eval mode:
+            its config settings (:func:`~medsam2_hpc.models.sam2.set_postprocess`, set on
+            ``model``) and holes of up to 8 low-res pixels filled in each output with Meta's own
+            ``fill_holes_in_mask_scores``. That function needs the CUDA extension ``sam2._C``;
+            without it Meta's code warns and leaves the masks as they are, and so does ours (it
+            is the same call). ``none``: neither. In eval mode, in both, a prompted slice's
+            memory is encoded from its (filled) low-res output resized to the input, as
+            ``SAM2VideoPredictor`` does (for a mask prompt that is the mask after a round trip
+            through the low resolution; SAM2Train, and so training, uses the mask itself).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
-                 checkpoint: bool = False, keep_attention: bool = True, attention: str = "default") -> None:
+                 checkpoint: bool = False, keep_attention: bool = True, attention: str = "default",
+                 postprocess: str = "none") -> None:
         if max_cond_frames != -1 and max_cond_frames < 2:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
@@ -169,6 +184,8 @@ class VideoPropagator:
         self._context_fn = _SAVE_SEEDED if keep_attention else torch.utils.checkpoint.noop_context_fn
         self.attention = attention
         model.max_cond_frames_in_attn = max_cond_frames
+        set_postprocess(model, postprocess)
+        self.postprocess = postprocess
 
     # image features -------------------------------------------------------------------
     def encode(self, images: Tensor, *, chunk: int = 8) -> list[FrameFeatures]:
@@ -227,16 +244,17 @@ class VideoPropagator:
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, feats.vision_feats[-1], feats.vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            low, high, ptr, score, from_decoder, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
-                finish, pix, *feats.vision_feats, use_reentrant=False)
+            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = \
+                torch.utils.checkpoint.checkpoint(finish, pix, *feats.vision_feats, use_reentrant=False)
         else:
             pix = attend(feats.vision_feats[-1], feats.vision_pos[-1])
-            low, high, ptr, score, from_decoder, mem_feats, mem_pos = finish(pix, *feats.vision_feats)
+            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = finish(
+                pix, *feats.vision_feats)
         # the memory's positional encoding is the same for every object: keep one row
         mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
         bank = "cond_frame_outputs" if prompts is not None else "non_cond_frame_outputs"
         memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
-        return FrameOutput(low, high, score, from_decoder, prompts is not None)
+        return FrameOutput(low, high, score, from_decoder, prompts is not None, multi, ious)
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         if self.attention == "cudnn":
@@ -263,18 +281,28 @@ class VideoPropagator:
         if prompts is None:
             outs = m._forward_sam_heads(pix, high_res_features=high_res,
                                         multimask_output=m._use_multimask(False, None))
-            low, high, ptr, score = outs[3], outs[4], outs[5], outs[6]
+            multi, ious, low, high, ptr, score = outs[1:]
             from_decoder = torch.ones(k, dtype=torch.bool, device=low.device)
         else:
-            low, high, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
+            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
+        meta = self.postprocess == "meta" and not m.training
+        if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
+            low = _fill_holes(low) if meta else low
+            high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         mem_feats, mem_pos = m._encode_new_memory(
             current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
             object_score_logits=score, is_mask_from_pts=prompts is not None)
-        return low, high, ptr, score, from_decoder, mem_feats, mem_pos
+        if meta and prompts is None:  # ... and a tracked one from the decoder's, before filling
+            low = _fill_holes(low)
+        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
-                        k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Decoder outputs on a prompted slice, one call per group of like prompts."""
+                        k: int) -> tuple[Tensor, ...]:
+        """Decoder outputs on a prompted slice, one call per group of like prompts.
+
+        Groups propose 1 or 3 masks; single ones are repeated to the widest group's count (a
+        copy changes neither the lowest mask loss nor the mean IoU loss).
+        """
         m = self.model
         parts: list[tuple[Tensor, tuple]] = []
         for idx, kind, n in prompts.groups():
@@ -294,11 +322,14 @@ class VideoPropagator:
             parts.append((idx, outs))
         low = _scatter(k, [(i, o[3]) for i, o in parts])
         high = _scatter(k, [(i, o[4]) for i, o in parts])
+        width = max(o[1].shape[1] for _, o in parts)
+        multi = _scatter(k, [(i, o[1].expand(-1, width, -1, -1)) for i, o in parts])
+        ious = _scatter(k, [(i, o[2].expand(-1, width)) for i, o in parts])
         ptr = _scatter(k, [(i, o[5]) for i, o in parts])
         score = _scatter(k, [(i, o[6]) for i, o in parts])
         from_decoder = ~prompts.use_mask.to(low.device) if m.use_mask_input_as_output_without_sam \
             else torch.ones(k, dtype=torch.bool, device=low.device)
-        return low, high, ptr, score, from_decoder
+        return low, high, multi, ious, ptr, score, from_decoder
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
@@ -317,6 +348,14 @@ class VideoPropagator:
             out = self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory,
                             num_frames, reverse)
             yield t, out
+
+
+def _fill_holes(low_res: Tensor) -> Tensor:
+    """Meta's ``fill_holes_in_mask_scores`` with its predictor's area (a warning and no change
+    where the CUDA extension ``sam2._C`` is not built, as in Meta's code)."""
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    return fill_holes_in_mask_scores(low_res, META_FILL_HOLE_AREA)
 
 
 def _uncached_autocast(device: torch.device) -> contextlib.AbstractContextManager:

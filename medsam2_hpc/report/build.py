@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text
+from ..errors import InputError
 from ..inputs import check_output_dir
 from ..registry import dataset_kind, dataset_names
 from . import stats, tables
@@ -76,6 +77,10 @@ def collect_study(study_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     workers = auto_workers(study_dir) if workers is None else workers
     with process_pool(workers) if workers > 1 else nullcontext() as pool:
         study = load_study(study_dir, pool)
+        if study.scored.empty:  # nothing to tabulate: say why instead of failing inside pandas
+            first = f": {study.warnings[0]}" if study.warnings else ""
+            raise InputError(f"study dir {str(study.path)!r}: none of its {len(study.runs)} run(s) has a "
+                             f"valid metrics.json that may be tabulated{first}")
         out = Path(out_dir) if out_dir is not None else study.path / "comparison"
         cases = stats.case_scores(study)
         sections = _dataset_sections(study, with_published)

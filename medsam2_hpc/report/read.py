@@ -179,15 +179,18 @@ class _Reader:
             row.update(task or {})
         self.chunk.rows.append(row)
 
+    def _shown(self, path: str) -> Path:
+        """``path`` as warnings show it: from the study's parent (``<study>/<run>/metrics.json``)."""
+        file = Path(path)
+        return file.relative_to(self.study.parent) if self.study.parent in file.parents else file
+
     def _add_metrics(self, row: dict[str, Any], path: str, data: Any, problem: str | None) -> None:
         problems = [problem] if problem else validate_metrics(data)
         if isinstance(data, dict):  # every problem at once, the round-2 fields' too
             provenance, more = read_provenance(data)
             problems = list(dict.fromkeys([*problems, *more]))  # the contract may name the same ones
         if problems:
-            study, file = self.study, Path(path)
-            rel = file.relative_to(study.parent) if study.parent in file.parents else file
-            self.chunk.warnings.append(f"{rel}: skipped: {'; '.join(problems[:3])}"
+            self.chunk.warnings.append(f"{self._shown(path)}: skipped: {'; '.join(problems[:3])}"
                                        + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
             row.update(state="malformed", note=problems[0])
             return
@@ -203,6 +206,7 @@ class _Reader:
             row["note"] = f"metrics.json present while status.json says {row['status']}"
         if provenance.overlap:  # listed with the reason, never averaged
             row["note"] = f"not tabulated: {provenance.overlap}"
+            self.chunk.warnings.append(f"{self._shown(path)}: {row['note']}")
             return
         run = row["run"]
         for metric, scores in (("dice", data["per_class"]), ("per_slice", data.get(PER_SLICE_CLASS_KEY))):

@@ -6,6 +6,11 @@ node is idle and exports SLURM_CONF. Outside CI the tests skip, with the reason,
 cannot be started here; with CI=true a cluster that does not come up is a failure.
 The node advertises one fake GPU (``File=/dev/null``) so the sbatch script's default
 ``--gres=gpu:1`` is schedulable exactly as written.
+
+Accounting is real too, as on production clusters: a private MariaDB (its own data directory,
+socket and port under the temporary directory) behind slurmdbd, so ``sacct`` answers with the
+final states (OUT_OF_MEMORY, TIMEOUT, ...) after jobs leave the queue. jobacct_gather/linux with
+OverMemoryKill enforces ``--mem`` without cgroups.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel")
+DAEMONS = ("munged", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", "sbatch",
+           "scontrol", "squeue", "sinfo", "scancel", "sacct", "sacctmgr")
+DB_USER, DB_PASS, DB_NAME = "slurm", "medsam2-test", "slurm_acct_db"
 # How long a requeued job waits before it may start again (Slurm's default is 120 s).
 CRED_EXPIRE_S = 10
 
@@ -42,7 +49,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def slurm_conf(root: Path, host: str, user: str, ports: tuple[int, int]) -> str:
+def slurm_conf(root: Path, host: str, user: str, ports: tuple[int, int], dbd_port: int) -> str:
     """The configuration known to run on a 2-CPU machine (issue 6), all state under ``root``."""
     return f"""\
 ClusterName=medsam2test
@@ -57,10 +64,16 @@ AuthInfo=socket={root}/munge/munge.socket,cred_expire={CRED_EXPIRE_S}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=2000
 MpiDefault=none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost={host}
+AccountingStoragePort={dbd_port}
+AccountingStoragePass={root}/munge/munge.socket
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=1
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.log
 StateSaveLocation={root}/state
@@ -71,6 +84,7 @@ SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
 ReturnToService=2
 MinJobAge=3600
+MaxArraySize=1001
 KillWait=20
 GresTypes=gpu
 NodeName={host} CPUs=2 RealMemory=8000 Gres=gpu:1 State=UNKNOWN
@@ -147,6 +161,63 @@ def _start_munge(cluster: SlurmCluster) -> None:
         time.sleep(0.2)
 
 
+def slurmdbd_conf(root: Path, host: str, user: str, dbd_port: int, db_port: int) -> str:
+    return f"""\
+AuthType=auth/munge
+AuthInfo=socket={root}/munge/munge.socket
+DbdHost={host}
+DbdPort={dbd_port}
+SlurmUser={user}
+PidFile={root}/slurmdbd.pid
+LogFile={root}/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser={DB_USER}
+StoragePass={DB_PASS}
+StorageLoc={DB_NAME}
+"""
+
+
+def _until(ready, what: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+            _unavailable(f"{what} did not start: {tail}")
+        time.sleep(0.3)
+
+
+def _start_mariadb(cluster: SlurmCluster, port: int) -> None:
+    """A private MariaDB for slurmdbd: data, socket and port of this cluster only."""
+    data, sock = cluster.root / "mysql", cluster.root / "mysql.sock"
+    user = getpass.getuser()
+    out = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", f"--user={user}",
+                          "--auth-root-authentication-method=normal", "--skip-test-db"],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        _unavailable(f"mariadb-install-db failed: {out.stderr[-500:]}")
+    proc = _start(cluster, ["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}",
+                            f"--port={port}", "--bind-address=127.0.0.1", f"--user={user}",
+                            f"--pid-file={cluster.root / 'mysql.pid'}", "--skip-log-bin",
+                            f"--log-error={cluster.root / 'mysql.log'}", "--innodb-buffer-pool-size=32M"],
+                  "mariadbd.out")
+    _until(sock.exists, "mariadbd", proc, cluster.root / "mysql.log")
+    sql = (f"CREATE USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASS}'; "
+           f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1';")
+    cluster.cmd(["mariadb", "--no-defaults", f"--socket={sock}", "-u", "root", "-e", sql])
+
+
+def _start_slurmdbd(cluster: SlurmCluster) -> None:
+    proc = _start(cluster, ["slurmdbd", "-D"], "slurmdbd.out")
+
+    def registered() -> bool:  # the cluster row slurmctld reports to (sacctmgr needs slurmdbd up)
+        out = cluster.cmd(["sacctmgr", "-i", "add", "cluster", "medsam2test"], check=False)
+        return out.returncode == 0 or "already exists" in out.stdout + out.stderr
+
+    _until(registered, "slurmdbd", proc, cluster.root / "slurmdbd.log", timeout=180)
+
+
 def _wait_idle(cluster: SlurmCluster, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     state = ""
@@ -193,12 +264,18 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         (root / sub).mkdir()
     host = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"
-    conf.write_text(slurm_conf(root, host, getpass.getuser(), (_free_port(), _free_port())))
+    user, dbd_port, db_port = getpass.getuser(), _free_port(), _free_port()
+    conf.write_text(slurm_conf(root, host, user, (_free_port(), _free_port()), dbd_port))
+    dbd_conf = root / "slurmdbd.conf"  # found beside slurm.conf; slurmdbd wants it private
+    dbd_conf.write_text(slurmdbd_conf(root, host, user, dbd_port, db_port))
+    dbd_conf.chmod(0o600)
     (root / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null\n")
     cluster = SlurmCluster(root=root, conf=conf)
     previous = os.environ.get("SLURM_CONF")
     try:
         _start_munge(cluster)
+        _start_mariadb(cluster, db_port)
+        _start_slurmdbd(cluster)
         _start(cluster, ["slurmctld", "-D", "-c", "-f", str(conf)], "slurmctld.out")
         _start(cluster, ["slurmd", "-D", "-f", str(conf)], "slurmd.out")
         _wait_idle(cluster)

@@ -9,9 +9,12 @@ launcher's host-side wrapper performs it (medsam2_hpc.hpc.requeue).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from io import StringIO
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +25,21 @@ from ..test_apptainer_image import shared_copy, shared_umask, write_study
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
 
 
+def _python_in_image(folder: Path) -> int:
+    """The pid of the job's python inside the container (argv[0] /usr/bin/python, running submitit)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (os.path.basename(argv[0]).startswith(b"python") and b"submitit.core._submit" in argv
+                and str(folder).encode() in argv[-2]):
+            return int(proc.name)
+    raise AssertionError(f"no python of {folder} running")
+
+
 def test_array_task_in_the_image_requeues_from_inside_and_resumes(
-        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
-    monkeypatch.delenv("PYTHONPATH", raising=False)  # the job imports the image's package, not ours
+        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
     hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
                "amp": "none"}
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
@@ -40,7 +55,10 @@ def test_array_task_in_the_image_requeues_from_inside_and_resumes(
         assert time.monotonic() < deadline and info.get("JobState") in ("PENDING", "RUNNING"), info
         time.sleep(0.5)
     assert not task.run_dir.metrics_json.exists()
-    slurm_cluster.cmd(["scancel", "--signal=USR2", job])  # what Slurm sends before a time limit
+    # What Slurm sends before a time limit, to the python in the image only: `scancel --signal=USR2`
+    # reaches every process of the step, squashfuse (which serves the image to an unprivileged
+    # Apptainer) included, and that one dies of it, taking the python with it (SIGBUS).
+    os.kill(_python_in_image(study.study_dir / ".submitit"), signal.SIGUSR2)
     info = slurm_cluster.wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=420)
     logs = "".join(p.read_text(errors="replace") for p in sorted(study.study_dir.glob(".submitit/*/*_log.*")))
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, logs[-3000:])

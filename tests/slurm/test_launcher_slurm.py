@@ -33,7 +33,7 @@ def _jobs_yaml(tmp: Path, data: Path) -> Path:
     path = tmp / "jobs.yaml"
     path.write_text(
         "output_root: runs\nexecutor: slurm\ncontainer: {runtime: none}\n"
-        "profiles:\n  cpu: {cpus: 1, mem: 1G, time: 10, array_parallelism: 2, signal_delay_s: 30}\n"
+        "profiles:\n  cpu: {cpus: 1, mem: 3G, time: 10, array_parallelism: 2, signal_delay_s: 30}\n"
         "defaults: {profile: cpu}\n"
         "studies:\n  arr:\n    experiments:\n"
         f"      - {{name: good, model: resnet, variants: [resnet18], dataset: btcv, data_path: {data},"
@@ -116,7 +116,7 @@ def test_submitit_task_checkpoints_on_usr2_requeues_and_resumes(slurm_cluster, b
     hparams = {**HPARAMS, "epochs": 4}
     (tmp_path / "jobs.yaml").write_text(
         "output_root: runs\nexecutor: slurm\ncontainer: {runtime: none}\n"
-        "profiles:\n  cpu: {cpus: 1, mem: 1G, time: 10, signal_delay_s: 30, max_requeues: 2}\n"
+        "profiles:\n  cpu: {cpus: 1, mem: 3G, time: 10, signal_delay_s: 30, max_requeues: 2}\n"
         "defaults: {profile: cpu}\nstudies:\n  pre:\n    experiments:\n"
         f"      - {{model: resnet, variants: [resnet18], dataset: btcv, data_path: {btcv_slices},"
         f" seeds: [0], hparams: {json.dumps(hparams)}}}\n")
@@ -158,7 +158,7 @@ def test_time_limit_requeues_until_max_requeues_then_fails(slurm_cluster, tmp_pa
     (tmp_path / "data").mkdir()
     (tmp_path / "jobs.yaml").write_text(
         "output_root: runs\nexecutor: slurm\ncontainer: {runtime: none}\n"
-        "profiles:\n  cpu: {cpus: 1, mem: 1G, time: 2, signal_delay_s: 30, max_requeues: 1}\n"
+        "profiles:\n  cpu: {cpus: 1, mem: 3G, time: 2, signal_delay_s: 30, max_requeues: 1}\n"
         "defaults: {profile: cpu}\nstudies:\n  limit:\n    experiments:\n"
         "      - {model: resnet, variants: [resnet18], dataset: refuge, data_path: data, seeds: [0],"
         " hparams: {epochs: 1000, epoch_s: 1}}\n")

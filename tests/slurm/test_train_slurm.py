@@ -27,7 +27,7 @@ REQUEUE_TIMEOUT = 300
 
 def _submit(cluster, tmp: Path, data: Path, *, epochs: int, image_size: int = 64) -> str:
     return cluster.sbatch([
-        f"--chdir={tmp}", "--time=15", "--cpus-per-task=1", "--mem=2G", f"--output={tmp}/job.out",
+        f"--chdir={tmp}", "--time=15", "--cpus-per-task=1", "--mem=3G", f"--output={tmp}/job.out",
         f"--export=ALL,MEDSAM2_ROOT={REPO},MEDSAM2_PYTHON={sys.executable},OMP_NUM_THREADS=1",
         str(SCRIPT), "resnet", "--variant", "resnet18", "--dataset", "btcv", "--data-path", str(data),
         "--output-root", str(tmp / "runs"), "--study", "sbatch", "--epochs", str(epochs),

@@ -27,6 +27,7 @@ from medsam2_hpc.data import btcv, decode_first
 from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.precheck import once
 from medsam2_hpc.registry import dataset_kind, load_entry
 from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 
@@ -137,7 +138,15 @@ class BaselineData:
 
 def check_data(task: Any, classes: list[str] | None = None, split_file: str | None = None) -> None:
     """Pre-flight before anything is written: layout found, no split empty, and the first item of
-    each split decoded (a corrupt file fails now, not after the run directory is made)."""
+    each split decoded (a corrupt file fails now, not after the run directory is made).
+
+    Once per dataset (not per task) while a study is checked before queueing.
+    """
+    key = ("baseline-data", task.dataset, task.data_path, tuple(classes or ()), split_file)
+    once(key, lambda: _check_data(task, classes, split_file))
+
+
+def _check_data(task: Any, classes: list[str] | None, split_file: str | None) -> None:
     kind = dataset_kind(task.dataset)
     load = load_entry(kind.loader)
     if kind.volumetric:

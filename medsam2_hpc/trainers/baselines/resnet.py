@@ -43,6 +43,7 @@ from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import make_loss
 from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.baselines.data import Predict, check_data, load_data
 from medsam2_hpc.trainers.baselines.resnet_net import VARIANTS, build_network
@@ -92,7 +93,7 @@ def check(task: Task) -> None:
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
     check_resumable(task.run_dir)
-    make_loss(cfg.loss, cfg.pos_weight)
+    once(("loss", cfg.loss, cfg.pos_weight), lambda: make_loss(cfg.loss, cfg.pos_weight) and None)
     check_data(task, cfg.classes, cfg.split_file)
 
 

@@ -9,6 +9,7 @@ score is <= 0 by a constant, which cuts the gradient of a freshly initialised he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.losses import MultimaskLoss, make_loss
 from medsam2_hpc.models.sam2 import (
     build_sam2_model,
     config_for_variant,
@@ -26,11 +28,12 @@ from medsam2_hpc.models.sam2 import (
     load_sam2_weights,
     resolve_config,
 )
+from medsam2_hpc.precheck import once
 from medsam2_hpc.task import Task
 
 __all__ = ["Sam2Config", "Features", "sam2_config_name", "checkpoint_path", "build_model", "check_model",
-           "tokens_to_map", "normalize", "encode", "point_prompts", "decode", "upsample", "optimizer_for",
-           "load_weights_from"]
+           "tokens_to_map", "normalize", "encode", "point_prompts", "decode", "best_mask", "upsample",
+           "optimizer_for", "load_weights_from"]
 
 # SAM2 was trained on ImageNet-normalised RGB (sam2.utils.transforms.SAM2Transforms)
 _MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +48,13 @@ class Sam2Config:
     image_size (model input side, multiple of 32), val_freq (validate every N epochs),
     num_workers (DataLoader), amp (bf16|fp16|none; CUDA only), device (auto|cpu|cuda|cuda:N|N),
     vis (overlay PNGs every N batches; 0 = off), train_vis (also for training batches),
-    loss (bce|dicefocal), pos_weight (positive weight of the loss),
+    loss (bce|dicefocal|sam2: Meta's 20 x focal + Dice), pos_weight (positive weight of bce and
+    dicefocal), multimask_loss (SAM2Train's: the mask loss on every proposed mask, the lowest
+    back-propagated, and an L1 loss on the IoU head's estimates; false = only the mask the IoU
+    head picked, which leaves that head untrained), iou_weight (of the IoU loss; Meta's 1),
+    obj_score_weight (BCE on SAM2's "object here" logit; Meta's 1), box_jitter (box prompts'
+    noise as a fraction of the box size, SAM2Train's 0.1; 0 = exact boxes), box_jitter_px (its
+    bound in pixels of a 1024 px image, SAM2Train's 20, scaled with the image),
     sam_config (default: from the task variant), sam_ckpt (default checkpoints/<Meta's file>;
     'none' = random weights, smoke tests only), pretrain (our fine-tuned checkpoint to start from),
     trainable (decoder|decoder+memory|all-but-encoder|all), compat_view (also expose
@@ -67,8 +76,13 @@ class Sam2Config:
     device: str = "auto"
     vis: int = 0
     train_vis: bool = False
-    loss: Literal["bce", "dicefocal"] = "bce"
+    loss: Literal["bce", "dicefocal", "sam2"] = "bce"
     pos_weight: float = 2.0
+    multimask_loss: bool = True
+    iou_weight: float = 1.0
+    obj_score_weight: float = 1.0
+    box_jitter: float = 0.1
+    box_jitter_px: float = 20.0
     sam_config: str | None = None
     sam_ckpt: str | None = None
     pretrain: str | None = None
@@ -87,6 +101,21 @@ class Sam2Config:
                 raise InputError(f"hparams.{key}: {getattr(self, key)} must be >= 0")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise InputError("hparams: lr must be > 0, weight_decay and grad_clip >= 0")
+        for key in ("iou_weight", "obj_score_weight", "box_jitter", "box_jitter_px"):
+            value = getattr(self, key)
+            if not 0 <= value < math.inf:
+                raise InputError(f"hparams.{key}: {value} must be a finite number >= 0")
+        if self.box_jitter >= 0.5:
+            raise InputError(f"hparams.box_jitter: {self.box_jitter} must be < 0.5 (corners would cross)")
+
+    def train_loss(self) -> MultimaskLoss:
+        """SAM2Train's loss over the chosen mask loss, with this config's weights."""
+        return MultimaskLoss(make_loss(self.loss, pos_weight=self.pos_weight), multimask=self.multimask_loss,
+                             iou_weight=self.iou_weight, obj_weight=self.obj_score_weight)
+
+    def jitter_px(self, side: int) -> float:
+        """``box_jitter_px`` for a box drawn on an image ``side`` pixels wide."""
+        return self.box_jitter_px * side / 1024
 
 
 @dataclass
@@ -135,10 +164,14 @@ def build_model(task: Task, cfg: Sam2Config, device: torch.device | str = "cpu")
 
 def check_model(task: Task, cfg: Sam2Config) -> None:
     """Build once on the CPU so a wrong config/checkpoint fails before anything is written
-    (an unreadable ``pretrain`` file first, before a model is built for nothing)."""
-    if cfg.pretrain:
-        load_checkpoint(cfg.pretrain, what="pretrain")
-    build_model(task, cfg, "cpu")
+    (an unreadable ``pretrain`` file first, before a model is built for nothing); once per config,
+    checkpoint and size while a study is checked before queueing."""
+    def build() -> None:
+        if cfg.pretrain:
+            load_checkpoint(cfg.pretrain, what="pretrain")
+        build_model(task, cfg, "cpu")
+
+    once(("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size), build)
 
 
 def load_weights_from(model: torch.nn.Module, path: Path) -> None:
@@ -162,12 +195,14 @@ def encode(model: torch.nn.Module, images: torch.Tensor) -> Features:
     return Features(list(tokens), list(pos), list(sizes))
 
 
-def point_prompts(masks: torch.Tensor, kind: str, rng: np.random.Generator, image_size: int
+def point_prompts(masks: torch.Tensor, kind: str, rng: np.random.Generator, image_size: int,
+                  jitter: float = 0.0, jitter_max_px: float = math.inf
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompts from truth masks [N,O,O]: coords [N,P,2] as (x, y) input pixels, labels [N,P], present [N].
 
-    A click is one positive point; a box is SAM's two corner points (labels 2 and 3). A mask
-    with no foreground gets padding points (label -1) and ``present`` False.
+    A click is one positive point; a box is SAM's two corner points (labels 2 and 3), moved by
+    ``jitter`` (bounded by ``jitter_max_px`` mask pixels) as SAM2Train does. A mask with no
+    foreground gets padding points (label -1) and ``present`` False.
     """
     from medsam2_hpc.data.prompts import make_prompt
 
@@ -178,7 +213,8 @@ def point_prompts(masks: torch.Tensor, kind: str, rng: np.random.Generator, imag
     present = torch.zeros(n, dtype=torch.bool)
     scale = image_size / out
     for i in range(n):
-        prompt = make_prompt(masks[i].bool().cpu().numpy(), kind, rng)
+        prompt = make_prompt(masks[i].bool().cpu().numpy(), kind, rng, jitter=jitter,
+                             jitter_max_px=jitter_max_px)
         if not prompt.present:
             continue
         present[i] = True
@@ -196,14 +232,22 @@ def point_prompts(masks: torch.Tensor, kind: str, rng: np.random.Generator, imag
 
 def decode(model: torch.nn.Module, embed: torch.Tensor, high_res: list[torch.Tensor],
            coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One mask per prompt: (low-res logits [N,1,S/4,S/4], IoU estimate [N,1], object score [N,1])."""
+    """Every mask SAM2 proposes for each prompt: (low-res logits [N,M,S/4,S/4], IoU estimates [N,M],
+    object score [N,1]); M = 3 for a single click and 1 for a box, by SAM2's own rule
+    (``_use_multimask``), as SAM2Train prompts its single images."""
     sparse, dense = model.sam_prompt_encoder(points=(coords.to(embed.device), labels.to(embed.device)),
                                              boxes=None, masks=None)
     low, iou, _, obj = model.sam_mask_decoder(
         image_embeddings=embed, image_pe=model.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-        repeat_image=False, high_res_features=high_res)
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+        multimask_output=model._use_multimask(True, {"point_labels": labels}), repeat_image=False,
+        high_res_features=high_res)
     return low.float(), iou.float(), obj.float()
+
+
+def best_mask(masks: torch.Tensor, ious: torch.Tensor) -> torch.Tensor:
+    """The mask [N,1,H,W] with the highest IoU estimate among [N,M,H,W], as SAM2 picks it."""
+    return masks[torch.arange(masks.shape[0], device=masks.device), ious.argmax(1)][:, None]
 
 
 def upsample(logits: torch.Tensor, size: int) -> torch.Tensor:

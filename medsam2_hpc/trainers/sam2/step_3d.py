@@ -9,19 +9,30 @@ on the device in a few vectorised ops: ``torch.unique`` and numpy prompts over a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import SlicePrompt, object_prompts, prompt_from_mask
+from medsam2_hpc.losses import MultimaskLoss
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 
-__all__ = ["clip_organs", "clip_prompts", "clip_loss", "param_groups"]
+__all__ = ["BoxJitter", "clip_organs", "clip_prompts", "clip_loss", "param_groups"]
 
 _DECODER = ("sam_mask_decoder.", "sam_prompt_encoder.")
+
+
+@dataclass(frozen=True)
+class BoxJitter:
+    """SAM2Train's box noise (``sam2.modeling.sam2_utils.sample_box_points``): each corner
+    coordinate moves by U(-1, 1) x min(``fraction`` x box width (height), ``max_px``), then is
+    clamped to the image. Meta's defaults (0.1, 20 px at 1024 px); ``fraction`` 0 = exact boxes."""
+
+    fraction: float = 0.0
+    max_px: float = 20.0
 
 
 def clip_organs(label: torch.Tensor) -> list[int]:
@@ -30,15 +41,21 @@ def clip_organs(label: torch.Tensor) -> list[int]:
     return (torch.nonzero(counts[1:]).flatten() + 1).tolist()
 
 
+def prompt_slices(num_frames: int, prompt_freq: int) -> list[int]:
+    """The conditioning slices of a clip: 0, f, 2f, ..."""
+    return list(range(0, num_frames, max(1, prompt_freq)))
+
+
 def clip_prompts(label: torch.Tensor, organs: Sequence[int], kind: str, prompt_freq: int,
-                 rng: np.random.Generator, device: torch.device) -> dict[int, ObjectPrompts]:
+                 rng: np.random.Generator, device: torch.device, jitter: BoxJitter = BoxJitter()
+                 ) -> dict[int, ObjectPrompts]:
     """Ground-truth prompts on slices 0, f, 2f, ... of a clip ``label`` (T, S, S) at model size.
 
     The same prompts as :func:`~medsam2_hpc.inference.predict.prompt_from_mask` + ``object_prompts`` slice
-    by slice (tests hold them equal): an absent organ gets an empty mask, a box its inclusive
-    pixel bounds as corner points (labels 2, 3), a mask itself.
+    by slice without jitter (tests hold them equal): an absent organ gets an empty mask, a box its
+    inclusive pixel bounds as corner points (labels 2, 3), moved by ``jitter``, a mask itself.
     """
-    slices = list(range(0, label.shape[0], max(1, prompt_freq)))
+    slices = prompt_slices(label.shape[0], prompt_freq)
     if kind == "click":  # random interior points: numpy, but only inside each organ's box
         lab = label[slices].cpu().numpy()
         return {t: object_prompts([_click(lab[i] == o, rng) for o in organs], lab.shape[1:], lab.shape[-1],
@@ -50,7 +67,7 @@ def clip_prompts(label: torch.Tensor, organs: Sequence[int], kind: str, prompt_f
         return {t: ObjectPrompts(on, masks[i, :, None].float()) for i, t in enumerate(slices)}
     if kind != "bbox":
         raise InputError(f"prompt {kind!r}: sam2-3d needs bbox, click or mask")
-    return _box_prompts(masks, slices)
+    return _box_prompts(masks, slices, jitter, rng)
 
 
 def _first_true(a: torch.Tensor) -> torch.Tensor:
@@ -58,14 +75,20 @@ def _first_true(a: torch.Tensor) -> torch.Tensor:
     return a.to(torch.uint8).argmax(dim=-1)
 
 
-def _box_prompts(masks: torch.Tensor, slices: list[int]) -> dict[int, ObjectPrompts]:
+def _box_prompts(masks: torch.Tensor, slices: list[int], jitter: BoxJitter,
+                 rng: np.random.Generator) -> dict[int, ObjectPrompts]:
     """Box prompts of organ masks (P, K, S, S) on ``slices``; one sync for "which are present"."""
     size, device = masks.shape[-1], masks.device
     rows, cols = masks.any(dim=3), masks.any(dim=2)  # (P, K, S)
     present = rows.any(dim=2)
     low = torch.stack([_first_true(cols), _first_true(rows)], -1)
     high = size - 1 - torch.stack([_first_true(cols.flip(-1)), _first_true(rows.flip(-1))], -1)
-    corners = torch.stack([low, high], 2).float() * present[..., None, None]  # (P, K, 2, 2) as (x, y)
+    corners = torch.stack([low, high], 2).float()  # (P, K, 2, 2) as (x, y)
+    if jitter.fraction > 0:
+        reach = ((high - low).float() * jitter.fraction).clamp(max=jitter.max_px)  # (P, K, 2) as (dx, dy)
+        noise = torch.from_numpy(rng.uniform(-1.0, 1.0, corners.shape)).float().to(device)
+        corners = (corners + noise * reach[..., None, :]).clamp(0, size - 1)
+    corners = corners * present[..., None, None]
     labels = torch.tensor([2, 3], dtype=torch.int32, device=device).expand(*present.shape, 2)
     labels = torch.where(present[..., None], labels, torch.full_like(labels, -1))
     empty = torch.zeros(masks.shape[1], 1, size, size, device=device)
@@ -92,38 +115,38 @@ def _click(mask: np.ndarray, rng: np.random.Generator) -> SlicePrompt:
 
 
 def clip_loss(propagator: VideoPropagator, clip: dict[str, Any], kind: str, prompt_freq: int,
-              loss_fn: torch.nn.Module, rng: np.random.Generator, device: torch.device, *,
-              obj_score_weight: float = 1.0) -> dict[str, torch.Tensor] | None:
-    """Loss of one clip ``{"image": (T,3,S,S), "label": (T,S,S)}``; None when it holds no organ.
+              loss_fn: MultimaskLoss, rng: np.random.Generator, device: torch.device, *,
+              prompted_only: bool = True, jitter: BoxJitter = BoxJitter()) -> dict[str, torch.Tensor] | None:
+    """Loss of one clip ``{"image": (T,3,S,S), "label": (T,S,S)}``; None when it has no organ to train.
 
-    Mask loss over every (slice, organ) the decoder produced (not the prompt masks SAM2 passes
-    through unchanged), plus BCE on SAM2's object-score logit against "organ on this slice".
+    The organs are the clip's objects: with ``prompted_only`` (SAM2Train) only those present on
+    a conditioning slice, since one seen only on tracked slices would get nothing but empty
+    prompts and a positive target. ``loss_fn`` scores every (slice, organ) the decoder produced
+    (not the prompt masks SAM2 passes through unchanged), all its proposed masks and IoU
+    estimates, and SAM2's object-score logit against "organ on this slice".
     """
     label = clip["label"].to(device, non_blocking=True)
-    organs = clip_organs(label)
+    frames = label.shape[0]
+    organs = clip_organs(label[prompt_slices(frames, prompt_freq)] if prompted_only else label)
     if not organs:
         return None
-    frames, k = label.shape[0], len(organs)
-    prompts = clip_prompts(label, organs, kind, prompt_freq, rng, device)
+    k = len(organs)
+    prompts = clip_prompts(label, organs, kind, prompt_freq, rng, device, jitter)
     feats = propagator.encode(clip["image"].to(device, non_blocking=True))
     ids = torch.tensor(organs, device=device).view(1, k, 1, 1)
-    logits: list[torch.Tensor] = [torch.empty(0)] * frames
-    scores: list[torch.Tensor] = [torch.empty(0)] * frames
-    keep: list[torch.Tensor] = [torch.empty(0)] * frames
+    outs: list[Any] = [None] * frames
     for t, out in propagator.propagate(feats, prompts, frames, k):
-        logits[t], scores[t] = out.high_res[:, 0].float(), out.object_score[:, 0].float()
-        keep[t] = out.from_decoder
-    sel = torch.stack(keep)  # (T, K)
-    zero = torch.zeros((), device=device)
+        outs[t] = out
+    sel = torch.stack([o.from_decoder for o in outs])  # (T, K)
     if not bool(sel.any()):
-        return {"loss": zero, "mask": zero, "obj": zero}
-    pred = torch.stack(logits)[sel][:, None]
-    truth = (label[:, None] == ids)[sel][:, None].float()
-    mask_loss = loss_fn(pred, truth)
-    present = truth.flatten(1).any(1).float()
-    obj_loss = F.binary_cross_entropy_with_logits(torch.stack(scores)[sel], present)
-    total = mask_loss + obj_score_weight * obj_loss
-    return {"loss": total, "mask": mask_loss.detach(), "obj": obj_loss.detach()}
+        zero = torch.zeros((), device=device)
+        return {"loss": zero, "mask": zero, "iou": zero, "obj": zero}
+    width = max(o.multimasks.shape[1] for o in outs)  # 1 on box-prompted slices, 3 where SAM2 proposes 3
+    masks = torch.stack([o.multimasks.float().expand(-1, width, -1, -1) for o in outs])[sel]
+    ious = torch.stack([o.ious.float().expand(-1, width) for o in outs])[sel]
+    scores = torch.stack([o.object_score[:, 0].float() for o in outs])[sel]
+    truth = (label[:, None] == ids)[sel]
+    return loss_fn(masks, ious, scores, truth)
 
 
 def param_groups(model: torch.nn.Module, lr: float, memory_lr: float, encoder_lr: float

@@ -33,13 +33,15 @@ from medsam2_hpc.engine import (
 from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.losses import make_loss
+from medsam2_hpc.losses import MultimaskLoss
 from medsam2_hpc.models.sam2 import set_trainable
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
     Sam2Config,
+    best_mask,
     build_model,
     check_model,
     decode,
@@ -52,7 +54,7 @@ from medsam2_hpc.trainers.sam2.common import (
 from medsam2_hpc.trainers.sam2.memory_bank import MemoryBank
 from medsam2_hpc.trainers.sam2.vis import mask_png, overlay_png
 
-__all__ = ["Sam2Config2D", "config", "check", "train", "Prompted", "Predictor", "evaluate"]
+__all__ = ["Sam2Config2D", "config", "check", "train", "Prompted", "Proposals", "Predictor", "evaluate"]
 
 
 @dataclass(kw_only=True)
@@ -89,8 +91,12 @@ def check(task: Task) -> None:
     """Hyper-parameters, data layout and model/checkpoint fit, before anything is written."""
     cfg = config(task)
     check_resumable(task.run_dir)
-    train, test = _datasets(task, cfg)
-    decode_first({"train": train, "test": test}, task.data_path)
+
+    def decode() -> None:
+        train, test = _datasets(task, cfg)
+        decode_first({"train": train, "test": test}, task.data_path)
+
+    once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ())), decode)
     pick_device(cfg.device)
     check_model(task, cfg)
 
@@ -105,8 +111,10 @@ class Prompted(Dataset):
 
     EVAL_EPOCH = 2**31 - 1  # every evaluation uses the same prompts
 
-    def __init__(self, base: Dataset, kind: str, image_size: int, seed: int, epoch: int) -> None:
+    def __init__(self, base: Dataset, kind: str, image_size: int, seed: int, epoch: int,
+                 jitter: tuple[float, float] = (0.0, 0.0)) -> None:
         self.base, self.kind, self.image_size, self.seed, self.epoch = base, kind, image_size, seed, epoch
+        self.jitter = jitter  # (fraction, bound in mask pixels) of box noise; training only
         self.classes = base.classes
 
     def __len__(self) -> int:
@@ -116,8 +124,18 @@ class Prompted(Dataset):
         item = dict(self.base[index])
         rng = np.random.default_rng([self.seed, self.epoch, index])
         item["coords"], item["labels"], item["present"] = point_prompts(item["mask"], self.kind, rng,
-                                                                        self.image_size)
+                                                                        self.image_size, *self.jitter)
         return item
+
+
+@dataclass
+class Proposals:
+    """Every mask SAM2 proposed for each (image, class) prompt of a batch, flattened to N = B*C."""
+
+    masks: torch.Tensor  # [N, M, S/4, S/4] low-res logits (M = 3 for a click, 1 for a box)
+    ious: torch.Tensor  # [N, M] the IoU head's estimates
+    obj: torch.Tensor  # [N, 1] object-score logits
+    present: torch.Tensor  # [B, C] the class is in the image (it got a prompt)
 
 
 class Predictor:
@@ -131,19 +149,25 @@ class Predictor:
     def reset(self) -> None:
         self.bank = MemoryBank(self.cfg.memory_bank_size, self.n_classes)
 
-    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B,C,O,O] at out_size, present [B,C]) for a batch of :class:`Prompted` items."""
-        b, c = batch["present"].shape
+    def propose(self, batch: dict[str, Any]) -> Proposals:
+        """Every proposed mask (what the loss sees); the memory bank keeps the one SAM2 picks."""
+        c = batch["present"].shape[1]
         coords, labels = batch["coords"].flatten(0, 1), batch["labels"].flatten(0, 1)
         with autocast(self.device, self.cfg.amp):
             feats = encode(self.model, batch["image"].to(self.device, non_blocking=True)).repeat(c)
             embed = self.bank.condition(self.model, feats, c)
-            low, _, obj = decode(self.model, embed, feats.high_res, coords, labels)
-        logits = resize_scores(low, self.cfg.out_size)
+            low, ious, obj = decode(self.model, embed, feats.high_res, coords, labels)
         if self.cfg.memory_bank_size:
             with autocast(self.device, self.cfg.amp):
-                self.bank.add(self.model, feats, upsample(low, self.cfg.image_size), obj, c)
-        return logits.view(b, c, *logits.shape[-2:]), batch["present"].to(self.device)
+                self.bank.add(self.model, feats, upsample(best_mask(low, ious), self.cfg.image_size), obj, c)
+        return Proposals(low, ious, obj, batch["present"].to(self.device))
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B,C,O,O] at out_size of the mask SAM2 picks, present [B,C]) for a batch."""
+        p = self.propose(batch)
+        b, c = p.present.shape
+        logits = resize_scores(best_mask(p.masks, p.ious), self.cfg.out_size)
+        return logits.view(b, c, *logits.shape[-2:]), p.present
 
 
 @torch.no_grad()
@@ -188,30 +212,35 @@ def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter],
         loop.optimizer.step()
 
 
-def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_fn: torch.nn.Module,
+def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_fn: MultimaskLoss,
                  scheduler: Any, cfg: Sam2Config2D, task: Task, epoch: int) -> dict[str, float]:
     model = predictor.model
     model.train()
     predictor.reset()
-    prompted = Prompted(dataset, task.prompt, cfg.image_size, task.seed, epoch)
+    prompted = Prompted(dataset, task.prompt, cfg.image_size, task.seed, epoch,
+                        jitter=(cfg.box_jitter, cfg.jitter_px(cfg.out_size)))
     loader = DataLoader(prompted, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     total, steps = 0.0, 0
     for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}")):
         masks = batch["mask"]
-        logits, present = predictor(batch)
-        if not present.any():
+        prop = predictor.propose(batch)
+        keep = prop.present.flatten()
+        if not keep.any():
             continue
         with autocast(predictor.device, cfg.amp):
-            loss = loss_fn(logits[present][:, None], masks.to(logits.device)[present][:, None])
-        _step(loop, loss, params, cfg.grad_clip)
+            parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep], prop.obj[keep, 0],
+                            masks.flatten(0, 1).to(predictor.device)[keep])
+        _step(loop, parts["loss"], params, cfg.grad_clip)
         scheduler.step()
-        total, steps = total + float(loss.detach()), steps + 1
+        total, steps = total + float(parts["loss"].detach()), steps + 1
         if cfg.train_vis and cfg.vis and i % cfg.vis == 0:
-            pred = metrics.probs_to_mask(logits.detach()).cpu()
+            first = slice(0, masks.shape[1])  # the first image's classes
+            logits = upsample(best_mask(prop.masks[first], prop.ious[first]), cfg.out_size)
+            pred = metrics.probs_to_mask(logits.detach()[:, 0]).cpu()
             overlay_png(loop.run.vis / f"train_e{epoch + 1}_{batch['name'][0]}.png", batch["image"][0],
-                        masks[0].bool(), pred[0])
+                        masks[0].bool(), pred)
         loop.check_stop()
     return {"loss": total / steps if steps else math.nan}
 
@@ -236,7 +265,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     predictor = Predictor(model, cfg, len(train_ds.classes), device)
     val_prompted, test_prompted = (Prompted(data[split], task.prompt, cfg.image_size, task.seed,
                                             Prompted.EVAL_EPOCH) for split in ("val", "test"))
-    loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
+    loss_fn = cfg.train_loss()
     eval_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     reset_peak_memory(device)
 

@@ -37,10 +37,10 @@ from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
-from medsam2_hpc.losses import make_loss
 from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
+from medsam2_hpc.precheck import once
 from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.sam2.common import (
@@ -50,7 +50,7 @@ from medsam2_hpc.trainers.sam2.common import (
     load_weights_from,
     sam2_config_name,
 )
-from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
+from medsam2_hpc.trainers.sam2.step_3d import BoxJitter, clip_loss, param_groups
 
 __all__ = ["Sam2Config3D", "config", "check", "train", "validate_volumes"]
 
@@ -62,8 +62,9 @@ class Sam2Config3D(Sam2Config):
     video_length (slices per training clip), prompt_freq (prompt every k-th slice),
     lr (mask decoder + prompt encoder), memory_lr (memory attention, memory encoder, object
     pointers and memory embeddings; the reference hard-codes 1e-8), encoder_lr (only with
-    trainable=all), obj_score_weight (BCE on SAM2's "object on this slice" logit: without it a
-    head that says "absent" gets no mask gradient), max_cond_frames (prompted slices each
+    trainable=all), prompted_only (train only the organs present on a conditioning slice of the
+    clip, as SAM2Train does: one seen only on tracked slices would get nothing but empty prompts
+    and a positive target), max_cond_frames (prompted slices each
     slice attends to, closest first; -1 = all), clips_per_epoch (0 = every clip),
     activation_checkpointing (recompute each slice's per-object activations in the backward
     pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
@@ -77,7 +78,7 @@ class Sam2Config3D(Sam2Config):
     prompt_freq: int = 2
     memory_lr: float = 1e-5
     encoder_lr: float = 1e-5
-    obj_score_weight: float = 1.0
+    prompted_only: bool = True
     max_cond_frames: int = 4
     clips_per_epoch: int = 0
     activation_checkpointing: bool = True
@@ -91,8 +92,8 @@ class Sam2Config3D(Sam2Config):
                 raise InputError(f"hparams.{key}: {getattr(self, key)} must be >= 1")
         if self.max_cond_frames != -1 and self.max_cond_frames < 2:
             raise InputError(f"hparams.max_cond_frames: {self.max_cond_frames} must be -1 or >= 2")
-        if self.clips_per_epoch < 0 or self.obj_score_weight < 0:
-            raise InputError("hparams: clips_per_epoch and obj_score_weight must be >= 0")
+        if self.clips_per_epoch < 0:
+            raise InputError(f"hparams.clips_per_epoch: {self.clips_per_epoch} must be >= 0")
         if not (self.memory_lr > 0 and self.encoder_lr > 0):
             raise InputError("hparams: memory_lr and encoder_lr must be > 0")
 
@@ -105,8 +106,10 @@ def check(task: Task) -> None:
     """Hyper-parameters, data layout and checkpoints; writes nothing (runner.check did the prompt)."""
     cfg = config(task)
     check_resumable(task.run_dir)
-    decode_first(training_volumes(task.data_path, cfg.split_file), task.data_path)
+    once(("btcv-volumes", task.data_path, cfg.split_file),
+         lambda: decode_first(training_volumes(task.data_path, cfg.split_file), task.data_path))
     check_model(task, cfg)
+
 
 
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
@@ -127,13 +130,14 @@ def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips,
                  task: Task, epoch: int, device: torch.device) -> dict[str, float]:
     model = propagator.model
     model.train()
-    loss_fn = make_loss(cfg.loss, pos_weight=cfg.pos_weight)
+    loss_fn = cfg.train_loss()
+    jitter = BoxJitter(cfg.box_jitter, cfg.jitter_px(cfg.image_size))
     gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
     loader = DataLoader(clips, batch_size=1, shuffle=True, generator=gen, num_workers=cfg.num_workers,
                         collate_fn=_first, pin_memory=device.type == "cuda")
     n = min(len(clips), cfg.clips_per_epoch or len(clips))
     rng = np.random.default_rng([task.seed, epoch])
-    totals, count, pending = {"loss": 0.0, "mask": 0.0, "obj": 0.0}, 0, 0
+    totals, count, pending = {"loss": 0.0, "mask": 0.0, "iou": 0.0, "obj": 0.0}, 0, 0
     trainable = [p for p in model.parameters() if p.requires_grad]
     loop.optimizer.zero_grad(set_to_none=True)
     for i, clip in enumerate(progress(loader, f"epoch {epoch + 1}", total=n)):
@@ -141,8 +145,8 @@ def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips,
             break
         with autocast(device, cfg.amp):
             parts = clip_loss(propagator, clip, task.prompt, cfg.prompt_freq, loss_fn, rng, device,
-                              obj_score_weight=cfg.obj_score_weight)
-        if parts is None:  # no organ in this clip
+                              prompted_only=cfg.prompted_only, jitter=jitter)
+        if parts is None:  # no organ to train in this clip
             continue
         (parts["loss"] / cfg.batch_size).backward()
         pending += 1
@@ -202,7 +206,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
         params_m=count_params_m(model), peak_gpu_mem_gb=peak,
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
-        video_length=cfg.video_length, trainable=cfg.trainable)
+        video_length=cfg.video_length, trainable=cfg.trainable, postprocess=propagator.postprocess)
 
 
 class _PredictionWriter:
