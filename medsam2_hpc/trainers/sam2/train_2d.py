@@ -93,10 +93,10 @@ def check(task: Task) -> None:
     check_resumable(task.run_dir)
 
     def decode() -> None:
-        train, test = _datasets(task, cfg)
-        decode_first({"train": train, "test": test}, task.data_path)
+        decode_first(_datasets(task, cfg), task.data_path)
 
-    once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ())), decode)
+    once(("refuge-data", task.data_path, cfg.image_size, cfg.out_size, tuple(cfg.classes or ()),
+          cfg.split_file), decode)
     pick_device(cfg.device)
     check_model(task, cfg)
 
