@@ -144,7 +144,7 @@ def test_submitit_task_checkpoints_on_usr2_requeues_and_resumes(slurm_cluster, b
     assert epochs == sorted(set(epochs)) and epochs[-1] == 4 and len(epochs) < 5, logs[-3000:]
 
 
-def test_time_limit_requeues_until_max_requeues_then_fails(slurm_cluster, tmp_path):
+def test_time_limit_requeues_until_max_requeues_then_fails(slurm_cluster, tmp_path, monkeypatch):
     """Slurm's own pre-timeout USR2, twice: the first attempt is requeued and left 'preempted',
     the second exhausts max_requeues (1) and ends 'failed' with the time limit as its reason.
 
@@ -153,7 +153,10 @@ def test_time_limit_requeues_until_max_requeues_then_fails(slurm_cluster, tmp_pa
     the CPU. A 2-minute limit with a 30 s warning: Slurm checks limits every 30 s and may signal
     up to a minute early, so USR2 arrives 60-90 s into an attempt, long after the handlers exist.
     """
-    from tests.test_launcher import run_tiny  # the job imports it too (PYTHONPATH: tests/conftest.py)
+    from medsam2_hpc import registry
+    from tests.test_launcher import _tiny, run_tiny  # the job imports it too (PYTHONPATH: tests/conftest.py)
+
+    monkeypatch.setitem(registry.MODEL_KINDS, "resnet", _tiny("resnet"))  # submit's checks see it too
 
     (tmp_path / "data").mkdir()
     (tmp_path / "jobs.yaml").write_text(
