@@ -189,3 +189,16 @@ def test_unlabelled_policy_and_bad_test_list(tmp_path: Path) -> None:
     (root / "Test/mask/img0003/2.npy").unlink()
     with pytest.raises(InputError, match="img0003/2.npy: mask missing"):
         BTCVVolumes(root, "test", labels="optional")
+
+
+def test_corrupt_image_after_ultralytics_patched_pil(tmp_path: Path) -> None:
+    """Ultralytics replaces PIL's Image.open on import (YOLO runs, and this test session): a
+    corrupt JPEG must still be one line naming the file, not ModuleNotFoundError: pi_heif."""
+    import ultralytics.utils.patches  # noqa: F401  the patch applies on import
+
+    from medsam2_hpc.data.images import read_image
+
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match=r"x\.jpg: corrupt or unreadable image"):
+        read_image(bad, "RGB")

@@ -6,6 +6,7 @@ JPEG deep in a dataset stops a run with the path instead of a PIL traceback.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,17 @@ from ..errors import InputError
 __all__ = ["read_image", "read_npy", "resize_image", "resize_mask", "resize_labels"]
 
 
+def _pil_open():
+    """PIL's own ``Image.open``. Importing Ultralytics replaces it with a wrapper that, on a file
+    PIL cannot identify, tries to install a HEIF plugin (online), so a corrupt JPEG would end
+    as ``ModuleNotFoundError: pi_heif`` instead of one line naming the file."""
+    return getattr(sys.modules.get("ultralytics.utils.patches"), "_image_open", Image.open)
+
+
 def read_image(path: Path, mode: str) -> np.ndarray:
     """Decode ``path`` fully in PIL ``mode`` ("RGB" or "L") as uint8."""
     try:
-        with Image.open(path) as img:
+        with _pil_open()(path) as img:
             img.load()
             return np.array(img.convert(mode))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
