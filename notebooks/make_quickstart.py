@@ -278,7 +278,9 @@ medsam2-hpc status jobs.yaml              # per-task state
 medsam2-hpc collect runs/main             # tables, plots, MODEL_COMPARISON.md
 ```
 
-The dry run of the default study:"""),
+`submit` checks every task before anything is queued (data, hyper-parameters, checkpoints), so
+the main study's dry run needs the real data in `data/`. Here it runs on a small study over the
+data generated above (`max_array_size` set, so it asks no cluster for its MaxArraySize):"""),
 
     ("hpc", "code", """\
 from medsam2_hpc import spec
@@ -286,10 +288,23 @@ from medsam2_hpc import spec
 demo = spec.load(REPO / "jobs.yaml", study="demo")
 print(f"study 'demo' of jobs.yaml: {len(demo.tasks)} tasks:",
       ", ".join(f"{t.model}/{t.variant}" for t in demo.tasks))
-dry = subprocess.run([sys.executable, "-m", "medsam2_hpc.cli", "submit", "jobs.yaml", "--study", "main",
-                      "--dry-run"], cwd=REPO, capture_output=True, text=True, check=True)
+(OUT / "jobs.yaml").write_text(f\"\"\"\\
+output_root: {OUT / 'runs'}
+executor: slurm
+container: {{runtime: none}}
+profiles:
+  gpu: {{gpus: 1, cpus: 8, mem: 32G, time: 240, max_array_size: 1000}}
+defaults: {{profile: gpu, seeds: [0, 1]}}
+studies:
+  quick:
+    experiments:
+      - {{model: resnet, variants: [resnet18, resnet50], dataset: refuge, data_path: {REFUGE}}}
+      - {{model: resnet, variants: [resnet18], dataset: btcv, data_path: {BTCV}}}
+\"\"\")
+dry = subprocess.run([sys.executable, "-m", "medsam2_hpc.cli", "submit", str(OUT / "jobs.yaml"), "--dry-run"],
+                     cwd=OUT, capture_output=True, text=True, check=True)
 lines = dry.stdout.splitlines()
-print("$ medsam2-hpc submit jobs.yaml --study main --dry-run")
+print("$ medsam2-hpc submit jobs.yaml --dry-run")
 print("\\n".join(lines[:48]), f"\\n... ({len(lines) - 48} more lines)" if len(lines) > 48 else "")"""),
 
     ("next-md", "md", """\

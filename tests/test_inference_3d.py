@@ -136,11 +136,13 @@ def _mni_btcv(root):
     hu = data / max(float(data.max()), 1.0) * 425.0 - 175.0  # into the CT window the loader applies
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    nib.save(nib.Nifti1Image(hu, t1.affine), root / "imagesTr" / "img0001.nii.gz")
-    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine),
-             root / "labelsTr" / "label0001.nii.gz")
-    entry = [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"}]
-    (root / "dataset_0.json").write_text(json.dumps({"training": entry, "validation": entry}))
+    entries = []
+    for case in ("0001", "0002", "0003"):  # train, val (carved from training) and test: one volume each
+        nib.save(nib.Nifti1Image(hu, t1.affine), root / "imagesTr" / f"img{case}.nii.gz")
+        nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), mask.affine),
+                 root / "labelsTr" / f"label{case}.nii.gz")
+        entries.append({"image": f"imagesTr/img{case}.nii.gz", "label": f"labelsTr/label{case}.nii.gz"})
+    (root / "dataset_0.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:]}))
     return root
 
 
@@ -152,14 +154,14 @@ def test_mni152_trains_one_step_and_predicts(tmp_path):
                 hparams={"epochs": 1, "image_size": SIZE, "sam_ckpt": "none", "num_workers": 0,
                          "video_length": 2, "clips_per_epoch": 1, "prompt_freq": 8, "hd95": False})
     metrics = run_task(task)
-    assert validate_metrics(metrics) == [] and metrics["per_case"]["img0001"]
+    assert validate_metrics(metrics) == [] and list(metrics["per_case"]) == ["img0003"]
     out = tmp_path / "infer"
     args = _args(task.run_dir.best_ckpt, data, out, "-prompt_freq", "8", "-no_hd95")
     args.remove("-sam_config")
     args.remove("sam2_hiera_t")  # our checkpoint knows its config
     assert main(args) == 0
-    written = nib.load(str(out / "img0001.nii.gz"))
-    source = nib.load(str(data / "imagesTr" / "img0001.nii.gz"))
+    written = nib.load(str(out / "img0003.nii.gz"))
+    source = nib.load(str(data / "imagesTr" / "img0003.nii.gz"))
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
     assert json.loads((out / "metrics.json").read_text())["checkpoint_kind"] == "ours"

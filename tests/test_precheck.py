@@ -82,8 +82,8 @@ def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirat
                                                        monkeypatch):
     calls: list[str] = []
     real = baseline_data._check_data
-    monkeypatch.setattr(baseline_data, "_check_data", lambda task, classes: (calls.append(task.data_path),
-                                                                              real(task, classes))[1])
+    monkeypatch.setattr(baseline_data, "_check_data", lambda task, *rest: (calls.append(task.data_path),
+                                                                             real(task, *rest))[1])
     sweep = "sweep: {lr: [0.1, 0.01, 0.001]}, seeds: [0, 1]"
     path = _jobs(tmp_path, refuge_multirater, [
         f"model: resnet, variants: [resnet18, resnet34], dataset: refuge, hparams: {GOOD}, {sweep}",

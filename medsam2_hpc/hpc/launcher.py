@@ -370,8 +370,8 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
     study = launch.study
     print(f"study {study.name}: {len(study.tasks)} tasks, {launch.n_to_run} to submit, "
           f"{len(launch.skipped)} skipped; executor {launch.executor}; output {study.study_dir}", file=out)
-    if launch.executor == "slurm":
-        size, source = max_array_size()
+    if launch.executor == "slurm" and any(study.profiles[n].max_array_size is None for n in launch.to_run):
+        size, source = max_array_size()  # asked only where a profile leaves it to the cluster
         print(f"MaxArraySize {size} ({source}); a profile's max_array_size overrides it", file=out)
     print(f"{'#':>4}  {'task_id':<48} {'profile':<10} {'action'}", file=out)
     for i, task in enumerate(study.tasks):
