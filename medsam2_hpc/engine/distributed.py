@@ -166,7 +166,8 @@ def _buckets(params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Paramet
     bucket: list[torch.nn.Parameter] = []
     size = 0
     for p in params:
-        if bucket and (size + p.numel() > _BUCKET or (p.dtype, p.device) != (bucket[0].dtype, bucket[0].device)):
+        if bucket and (size + p.numel() > _BUCKET or (p.dtype, p.device) != (bucket[0].dtype,
+                                                                               bucket[0].device)):
             yield bucket
             bucket, size = [], 0
         bucket.append(p)

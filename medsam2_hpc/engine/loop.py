@@ -13,6 +13,7 @@ to score (``select: best|last``) and says whether validation ever chose them.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -210,7 +211,7 @@ class TrainLoop:
                 is_best = False
                 self.state.last_score = math.nan
                 if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch + 1 == cfg.epochs:
-                    val = on_main(lambda: validate(epoch))  # rank 0 scores, every rank learns it
+                    val = on_main(functools.partial(validate, epoch))  # rank 0 scores, all ranks learn it
                     scalars.update({f"val/{k}": float(v) for k, v in val.items()})
                     score = float(val.get(cfg.monitor, math.nan))
                     self.state.last_score = score
