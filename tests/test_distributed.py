@@ -50,7 +50,7 @@ def _launch(out: Path, world: int = 2, stop_at: str = "") -> list[int]:
 
 
 def _worker(out: Path) -> int:
-    """One rank: seeded differently per rank so only DDP's broadcast can make the ranks agree."""
+    """One rank: seeded differently per rank so only the engine's broadcast can make the ranks agree."""
     from torch.utils.data import TensorDataset
 
     from medsam2_hpc.engine import LoopConfig, TrainLoop

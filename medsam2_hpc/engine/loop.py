@@ -105,7 +105,7 @@ class TrainLoop:
         }
 
     def save(self, is_best: bool) -> None:
-        """Rank 0 writes; under DDP the other ranks hold identical weights."""
+        """Rank 0 writes; on a multi-GPU task the other ranks hold identical weights."""
         if not is_main_process():
             return
         payload = self.payload()
@@ -193,7 +193,7 @@ class TrainLoop:
     def check_stop(self) -> None:
         """Call between batches: leaves the epoch when Slurm asked the job to stop.
 
-        Under DDP every rank must call it equally often: all ranks stop together.
+        On a multi-GPU task every rank must call it equally often: all ranks stop together.
         """
         if any_process(stop_requested()):
             raise StopRequested("stop requested by signal; resume from last.pt")
