@@ -47,29 +47,23 @@ def _check_two_ranks(tmp_path: Path, argv: list[str]) -> dict:
     return json.loads(metrics.read_text())
 
 
-@pytest.mark.slow
-def test_sam2_2d_trains_one_model_on_two_ranks(refuge_challenge, tmp_path):
-    metrics = _check_two_ranks(tmp_path, ["--model", "sam2-2d", "--dataset", "refuge", "--data-path",
-                                          str(refuge_challenge), "--prompt", "bbox", *SAM2,
-                                          "--set", "out_size=128", "--set", "memory_bank_size=2"])
-    assert metrics["model"] == "sam2-2d" and metrics["n_cases"] == 2
+KINDS = {  # model kind: (dataset fixture, train.py arguments)
+    "sam2-2d": ("refuge_challenge", ["--dataset", "refuge", "--prompt", "bbox", *SAM2, "--set", "out_size=128",
+                                     "--set", "memory_bank_size=2"]),
+    "sam2-3d": ("btcv_slices", ["--dataset", "btcv", "--prompt", "bbox", *SAM2, "--set", "video_length=2",
+                                "--set", "clips_per_epoch=4"]),  # clips sharded over the ranks
+    "resnet": ("btcv_slices", ["--variant", "resnet18", "--dataset", "btcv", "--epochs", "1", "--batch-size",
+                               "8", "--image-size", "64", "--set", "num_workers=0", "--set", "amp=none"]),
+}
 
 
 @pytest.mark.slow
-def test_sam2_3d_shards_clips_over_two_ranks(btcv_slices, tmp_path):
-    metrics = _check_two_ranks(tmp_path, ["--model", "sam2-3d", "--dataset", "btcv", "--data-path",
-                                          str(btcv_slices), "--prompt", "bbox", *SAM2,
-                                          "--set", "video_length=2", "--set", "clips_per_epoch=4"])
-    assert metrics["model"] == "sam2-3d" and metrics["n_cases"] == 2
-
-
-@pytest.mark.slow
-def test_resnet_trains_one_model_on_two_ranks(btcv_slices, tmp_path):
-    metrics = _check_two_ranks(tmp_path, ["--model", "resnet", "--variant", "resnet18", "--dataset", "btcv",
-                                          "--data-path", str(btcv_slices), "--epochs", "1", "--batch-size",
-                                          "8", "--image-size", "64", "--set", "num_workers=0",
-                                          "--set", "amp=none"])
-    assert metrics["model"] == "resnet"
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kind_trains_one_model_on_two_ranks(kind, request, tmp_path):
+    fixture, args = KINDS[kind]
+    data = request.getfixturevalue(fixture)
+    metrics = _check_two_ranks(tmp_path, ["--model", kind, "--data-path", str(data), *args])
+    assert metrics["model"] == kind and metrics["n_cases"] == 2
 
 
 def test_yolo_on_two_gpus_is_refused_before_queueing(tmp_path, capsys):
@@ -80,8 +74,9 @@ def test_yolo_on_two_gpus_is_refused_before_queueing(tmp_path, capsys):
         "studies:\n  s:\n    experiments:\n"
         "      - {model: yolo, variants: [yolo11n-seg], dataset: refuge, data_path: data, profile: two}\n")
     before = sorted(tmp_path.rglob("*"))
-    assert cli_main(["submit", str(tmp_path / "jobs.yaml"), "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "experiments[0].profile" in err and "yolo" in err and "gpus: 2" in err, err
-    assert sorted(tmp_path.rglob("*")) == before
+    for dry in (["--dry-run"], []):
+        assert cli_main(["submit", str(tmp_path / "jobs.yaml"), *dry]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "experiments[0].profile" in err and "yolo" in err and "gpus: 2" in err, err
+        assert sorted(tmp_path.rglob("*")) == before
