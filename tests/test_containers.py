@@ -294,7 +294,7 @@ def test_exec_prefix_runs_on_the_host_for_runtime_none():
 
 def test_exec_prefix_adds_nv_only_with_gpus():
     assert "--nv" not in c.exec_prefix(_spec(), gpus=0, binds=_binds())
-    assert c.exec_prefix(_spec(), gpus=2, binds=_binds())[:3] == ["apptainer", "exec", "--nv"]
+    assert c.exec_prefix(_spec(), gpus=2, binds=_binds())[:4] == ["apptainer", "exec", "--cleanenv", "--nv"]
     assert "--nv" not in c.exec_prefix(_spec(nv=False), gpus=1, binds=_binds())
 
 

@@ -406,14 +406,16 @@ def exec_prefix(container: ContainerSpec, *, gpus: int, binds: Sequence[Bind] = 
     ``container.binds`` then ``binds`` (the launcher's data ro, output and checkpoints rw),
     deduplicated by container path. ``cache``, when given, is bound read-write and the cache
     variables point into it. ``HOME`` in ``container.env`` becomes ``--home`` (the directory
-    must exist). The host environment is kept (no --cleanenv): Slurm's and submitit's
-    variables must reach the job; PYTHONNOUSERSITE keeps ~/.local out of it.
+    must exist). ``--cleanenv``: nothing of the host environment reaches the image but these
+    ``--env`` values and, at run time, the variables the host wrapper hands over
+    (:data:`medsam2_hpc.hpc.requeue.PASS_ENV`: Slurm's, submitit's, the DDP rendezvous, the bound
+    GPUs); PYTHONNOUSERSITE keeps ~/.local out of it.
     """
     if container.runtime == "none":
         return []
     if not container.image:
         raise InputError(f"container.image: runtime {container.runtime} needs an image")
-    argv = [container.runtime, "exec"]
+    argv = [container.runtime, "exec", "--cleanenv"]
     if gpus > 0 and container.nv:
         argv.append("--nv")
     all_binds = [*container.binds, *binds]

@@ -76,10 +76,14 @@ class Backend:
         return []
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        return prefix
+        """The image runs with --cleanenv: the host wrapper hands it the job's variables (and
+        requeues from the host under Slurm, where scontrol is absent inside; hpc/requeue.py)."""
+        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
 
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
+        if argv and argv[0] == str(wrapper_path(folder)):
+            write_helpers(folder)
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
                 job_name: str) -> str:
@@ -165,14 +169,6 @@ class SlurmBackend(Backend):
                                          **self.parameters(profile, job_name))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
-
-    def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
-        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
-
-    def prepare(self, folder: Path, argv: list[str] | None) -> None:
-        if argv and argv[0] == str(wrapper_path(folder)):
-            write_helpers(folder)
 
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
         """squeue's answer; a failing squeue raises SlurmError (hpc/queue.py), never reads as empty."""
