@@ -22,7 +22,7 @@ import pytest
 
 from medsam2_hpc import __version__, spec
 from medsam2_hpc.contract import validate_metrics
-from medsam2_hpc.hpc import containers, launcher
+from medsam2_hpc.hpc import containers, image, launcher
 
 from . import real_apptainer as real_apptainer_host
 
@@ -116,4 +116,8 @@ def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
     metrics = json.loads(task.run_dir.metrics_json.read_text())
     assert validate_metrics(metrics) == [] and metrics["model"] == "resnet"
     assert metrics["container"]["image"] == str(medsam2_image)  # Apptainer's own record of the image
+    # the digest the launcher passed, and the commit the build stamped (the image's copy has no .git)
+    assert metrics["container"]["digest"] == image.read_record(medsam2_image).digest
+    revision = real_apptainer_host.image_record(medsam2_image)["revision"]
+    assert metrics["git_sha"] == (None if revision == "unknown" else revision)
     assert task.run_dir.metrics_json.stat().st_uid == apptainer_on_path.uid  # written from inside

@@ -10,6 +10,7 @@ tests/slurm.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -189,6 +190,8 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     assert f"{root}:{root}:rw" in argv and f"{tmp_path}/data:{tmp_path}/data:ro" in argv
     assert argv[argv.index("--home") + 1] == f"{root}/.cache/home"
     assert f"TORCH_HOME={root}/.cache/torch" in argv
+    # the digest of the image the job runs, for its metrics.json (hashed here, on the submitting host)
+    assert f"MEDSAM2_IMAGE_DIGEST=sha256:{hashlib.sha256(b'an image').hexdigest()}" in argv
     assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/%j"]
     plain = next(s for s in scripts if "--array" not in s)
     assert "--nv" not in plain  # profile without GPUs

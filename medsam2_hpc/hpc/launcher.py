@@ -33,6 +33,7 @@ from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg p
 
 from .. import checkpoints
 from ..atomic import write_json
+from ..contract import DIGEST_ENV
 from ..errors import InputError, SlurmError
 from ..jobenv import GPUS_ENV
 from ..options import suggest
@@ -40,6 +41,7 @@ from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
+from .image import read_record
 from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
@@ -341,7 +343,9 @@ def python_argv(study: Study, profile: Profile, tasks: Sequence[Task], backend: 
 
     cache = study.output_root / ".cache"
     ckpt = _checkpoint_dir()
-    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}), **container.env}
+    record = read_record(container.image)  # the digest metrics.json records from inside the image
+    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}),
+           **({DIGEST_ENV: record.digest} if record else {}), **container.env}
     spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0, env=env)
     prefix = exec_prefix(spec, gpus=profile.gpus, binds=_binds(study, tasks), cache=cache)
     return backend.wrap_python(prefix, folder) + ["python"]
