@@ -212,12 +212,25 @@ def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter],
         loop.optimizer.step()
 
 
-def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_fn: MultimaskLoss,
-                 scheduler: Any, cfg: Sam2Config2D, task: Task, epoch: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Epoch2D:
+    """What every 2D training epoch reads: built once in :func:`train`, passed whole to the loop."""
+
+    loop: TrainLoop
+    predictor: Predictor
+    dataset: Dataset
+    loss_fn: MultimaskLoss
+    scheduler: Any
+    cfg: Sam2Config2D
+    task: Task
+
+
+def _train_epoch(ctx: Epoch2D, epoch: int) -> dict[str, float]:
+    loop, predictor, loss_fn, cfg, task = ctx.loop, ctx.predictor, ctx.loss_fn, ctx.cfg, ctx.task
     model = predictor.model
     model.train()
     predictor.reset()
-    prompted = Prompted(dataset, task.prompt, cfg.image_size, task.seed, epoch,
+    prompted = Prompted(ctx.dataset, task.prompt, cfg.image_size, task.seed, epoch,
                         jitter=(cfg.box_jitter, cfg.jitter_px(cfg.out_size)))
     loader = DataLoader(prompted, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                         generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
@@ -233,7 +246,7 @@ def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_f
             parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep], prop.obj[keep, 0],
                             masks.flatten(0, 1).to(predictor.device)[keep])
         _step(loop, parts["loss"], params, cfg.grad_clip)
-        scheduler.step()
+        ctx.scheduler.step()
         total, steps = total + float(parts["loss"].detach()), steps + 1
         if cfg.train_vis and cfg.vis and i % cfg.vis == 0:
             first = slice(0, masks.shape[1])  # the first image's classes
@@ -274,8 +287,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                      **eval_kw)
         return {"dice": s.dice_mean, "iou": s.iou_mean}
 
-    loop.fit(lambda epoch: _train_epoch(loop, predictor, train_ds, loss_fn, scheduler, cfg, task, epoch),
-             validate)
+    epoch_ctx = Epoch2D(loop, predictor, train_ds, loss_fn, scheduler, cfg, task)
+    loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
     load_weights_from(model, chosen.path)
     t0 = time.perf_counter()

@@ -126,8 +126,21 @@ def _first(batch: list[dict]) -> dict:
     return batch[0]
 
 
-def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips, cfg: Sam2Config3D,
-                 task: Task, epoch: int, device: torch.device) -> dict[str, float]:
+@dataclass(frozen=True)
+class Epoch3D:
+    """What every 3D training epoch reads: built once in :func:`train`, passed whole to the loop."""
+
+    loop: TrainLoop
+    propagator: VideoPropagator
+    clips: BTCVClips
+    cfg: Sam2Config3D
+    task: Task
+    device: torch.device
+
+
+def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
+    loop, propagator, clips, cfg, task, device = (ctx.loop, ctx.propagator, ctx.clips, ctx.cfg, ctx.task,
+                                                  ctx.device)
     model = propagator.model
     model.train()
     loss_fn = cfg.train_loss()
@@ -192,7 +205,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         hd95 = math.nan if s.hd95_mean is None else s.hd95_mean
         return {"dice": s.dice_mean, "dice_per_slice": s.dice_mean_per_slice, "hd95": hd95}
 
-    loop.fit(lambda epoch: _train_epoch(loop, propagator, clips, cfg, task, epoch, device), validate)
+    epoch_ctx = Epoch3D(loop, propagator, clips, cfg, task, device)
+    loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
     load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
