@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 import torch
 from submitit.helpers import DelayedSubmission
 
-from medsam2_hpc import registry, runner, spec
+from medsam2_hpc import dataid, registry, runner, spec
 from medsam2_hpc.cli import main
 from medsam2_hpc.contract import build_metrics, validate_metrics
 from medsam2_hpc.engine import LoopConfig, TrainLoop
@@ -228,6 +229,25 @@ def test_debug_executor_runs_every_task_and_submitting_again_is_safe(tmp_path, t
     assert again.n_to_run == 0 and set(again.skipped.values()) == {"completed"}
     assert "nothing to submit" in out.getvalue()
     assert len(launcher.submissions(study.study_dir)) == 1
+
+
+def test_submitting_again_after_the_data_moved_skips_finished_tasks(tmp_path, tiny_trainer):
+    """Task ids follow the data directory's name and content, not where it lives (task.py)."""
+    site = tmp_path / "project" / "data"
+    site.mkdir(parents=True)
+    (site / "case0.png").write_bytes(b"an image")
+    study = make_study(tmp_path, data="project/data")
+    assert launcher.submit(study, out=StringIO()).errors == []
+    (tmp_path / "scratch").mkdir()
+    shutil.move(site, tmp_path / "scratch" / "data")
+    moved = make_study(tmp_path, data="scratch/data")
+    assert [t.task_id for t in moved.tasks] == [t.task_id for t in study.tasks]
+    again = launcher.submit(moved, out=StringIO())
+    assert again.n_to_run == 0 and set(again.skipped.values()) == {"completed"}
+    (tmp_path / "scratch" / "data" / "case1.png").write_bytes(b"another image")  # another data set
+    dataid._fingerprint.cache_clear()  # as a new process would: the walk is kept per directory and mtime
+    grown = make_study(tmp_path, data="scratch/data")
+    assert launcher.submit(grown, dry_run=True, out=StringIO()).n_to_run == 2
 
 
 def test_failed_task_is_reported_and_resubmit_failed_reruns_only_it(tmp_path, tiny_trainer, capsys):
