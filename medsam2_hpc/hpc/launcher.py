@@ -324,8 +324,9 @@ def _binds(study: Study, tasks: Iterable[Task]) -> list[Bind]:
     root = str(study.output_root)
     binds = [Bind(root, root, "rw")]
     tasks = list(tasks)
-    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS
-             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")}
+    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS  # not one baked in the image
+             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")
+             and Path(t.hparams[k]).parent != checkpoints.BAKED_DIR}
     ckpt = _checkpoint_dir()
     for path in sorted({t.data_path for t in tasks} | files | ({ckpt} if ckpt else set())):
         if not (path + os.sep).startswith(root + os.sep):
@@ -405,7 +406,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     """Everything a job would only discover after the queue wait, found before it.
 
     Runs every task's trainer ``check`` (hyper-parameters, variant, data, checkpoint) with the
-    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image.
+    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image;
+    a checkpoint baked into the image counts as found when the image's record lists it.
     All problems are reported at once, one entry per experiment and message with the first
     task id and how many more share it.
 
@@ -415,7 +417,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     from ..runner import check
 
     found: dict[tuple[str, str], list[str]] = {}
-    with shared_checks():
+    record = read_record(study.container.image) if study.container.enabled else None
+    with shared_checks(), checkpoints.image_holds(record.checkpoints if record else None):
         for task in tasks:
             try:
                 _check_device(task, study.profiles[task.profile])
