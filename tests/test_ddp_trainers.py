@@ -48,8 +48,8 @@ def _check_two_ranks(tmp_path: Path, argv: list[str]) -> dict:
 
 
 KINDS = {  # model kind: (dataset fixture, train.py arguments)
-    "sam2-2d": ("refuge_challenge", ["--dataset", "refuge", "--prompt", "bbox", *SAM2, "--set", "out_size=128",
-                                     "--set", "memory_bank_size=2"]),
+    "sam2-2d": ("refuge_challenge", ["--dataset", "refuge", "--prompt", "bbox", *SAM2,
+                                     "--set", "out_size=128", "--set", "memory_bank_size=2"]),
     "sam2-3d": ("btcv_slices", ["--dataset", "btcv", "--prompt", "bbox", *SAM2, "--set", "video_length=2",
                                 "--set", "clips_per_epoch=4"]),  # clips sharded over the ranks
     "resnet": ("btcv_slices", ["--variant", "resnet18", "--dataset", "btcv", "--epochs", "1", "--batch-size",
