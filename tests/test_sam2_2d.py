@@ -143,9 +143,9 @@ def test_resume_after_interruption_continues_at_next_epoch(refuge_challenge: Pat
                          "num_workers": 0, "sam_ckpt": "none", "memory_bank_size": 0, "loss": "dicefocal"})
     real, trained = sam2_2d._train_epoch, []
 
-    def epoch_then_signal(loop, *args):
-        trained.append(args[-1])
-        out = real(loop, *args)
+    def epoch_then_signal(ctx, epoch):
+        trained.append(epoch)
+        out = real(ctx, epoch)
         if len(trained) == 1:
             os.kill(os.getpid(), signal.SIGUSR2)
         return out
