@@ -80,3 +80,17 @@ def test_yolo_on_two_gpus_is_refused_before_queueing(tmp_path, capsys):
         assert len(err.splitlines()) == 1
         assert "experiments[0].profile" in err and "yolo" in err and "gpus: 2" in err, err
         assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_yolo_started_as_two_ranks_refuses_before_writing(refuge_challenge, tmp_path, monkeypatch):
+    """A plain sbatch with --ntasks 2 bypasses jobs.yaml: the run's own check refuses it."""
+    from medsam2_hpc import runner
+    from medsam2_hpc.errors import InputError
+    from medsam2_hpc.task import Task
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    task = Task(model="yolo", variant="yolo11n-seg", dataset="refuge", data_path=str(refuge_challenge),
+                output_root=str(tmp_path / "runs"))
+    with pytest.raises(InputError, match="yolo: trains in one process, but this job started 2"):
+        runner.run_task(task)
+    assert not (tmp_path / "runs").exists()

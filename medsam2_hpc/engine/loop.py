@@ -201,6 +201,8 @@ class TrainLoop:
     # the loop ----------------------------------------------------------------------
     def fit(self, train_epoch: Callable[[int], dict[str, float]],
             validate: Callable[[int], dict[str, float]]) -> LoopState:
+        """Train the remaining epochs. ``train_epoch`` runs on every rank; ``validate`` on rank 0
+        alone (so it holds no collective), its scores handed to every rank."""
         cfg = self.config
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
