@@ -37,7 +37,7 @@ import torch
 
 from medsam2_hpc.atomic import write_json
 from medsam2_hpc.cli.compat.common import CompatParser, nonneg_int, positive_int
-from medsam2_hpc.contract import build_metrics, checkpoint_record
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
@@ -174,12 +174,10 @@ def run(args: argparse.Namespace) -> int:
     task = Task(model="sam2-3d", variant=variant_of(config), dataset="btcv", data_path=str(args.data_path),
                 output_root=str(out), seed=args.seed, prompt=args.prompt, name="inference_3d")
     metrics = build_metrics(
-        task, split=args.split, selection_split="none", selection_cases=[], selection_dice=None,
-        checkpoint=checkpoint_record("given", None, False),
-        hparams={"prompt_freq": args.prompt_freq, "image_size": image_size}, **s.fields(),
-        epochs_completed=0, train_seconds=0.0, eval_seconds=seconds, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device), checkpoint_path=str(args.checkpoint), checkpoint_kind=kind,
-        postprocess=postprocess,
+        task, split=args.split, scores=s, selection=Selection.given(),
+        cost=RunCost(0, 0.0, seconds, count_params_m(model), peak_memory_gb(device)),
+        hparams={"prompt_freq": args.prompt_freq, "image_size": image_size},
+        checkpoint_path=str(args.checkpoint), checkpoint_kind=kind, postprocess=postprocess,
         image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
         cases=list(s.per_case), unscored_cases=unscored)
     write_json(out / "metrics.json", metrics)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsam2_hpc import metrics
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -294,10 +294,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     t0 = time.perf_counter()
     scores = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, pred_dir=run.predictions,
                       tag="test", **eval_kw)
-    return build_metrics(
-        task, split="test", selection_split="val", selection_cases=data["val"].names,
-        selection_dice=chosen.score, checkpoint=chosen.record(), hparams=asdict(cfg), **scores.fields(),
-        epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
-        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device),
-        image_size=cfg.image_size, out_size=cfg.out_size)
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data["val"].names, chosen.score, chosen.record()),
+                         image_size=cfg.image_size, out_size=cfg.out_size)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
@@ -212,13 +212,11 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     t0 = time.perf_counter()
     writer = _PredictionWriter(run, cfg.vis > 0)
     s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
-    peak = peak_memory_gb(device)
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
     return build_metrics(
-        task, split="test", selection_split="val", selection_cases=volumes["val"].cases,
-        selection_dice=chosen.score, checkpoint=chosen.record(),
-        hparams=asdict(cfg), **s.fields(), epochs_completed=loop.state.epoch,
-        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
-        params_m=count_params_m(model), peak_gpu_mem_gb=peak,
+        task, split="test", scores=s, cost=cost, hparams=asdict(cfg),
+        selection=Selection("val", volumes["val"].cases, chosen.score, chosen.record()),
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
         video_length=cfg.video_length, trainable=cfg.trainable, postprocess=propagator.postprocess)
 
