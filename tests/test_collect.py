@@ -137,6 +137,18 @@ def test_headline_numbers_equal_hand_computation(study, tmp_path) -> None:
     assert "sam2-3d" in report.headline_text() and "±" in report.headline_text()
 
 
+def test_shown_tables_name_model_kinds_by_their_registry_label(study, tmp_path) -> None:
+    """The CSV keeps the kind's name (what jobs.yaml says); Markdown shows ModelKind.label."""
+    root, _ = study
+    report = collect_study(root, tmp_path / "out", "md,csv")
+    head = report.tables["headline"]
+    assert {"sam2-3d", "resnet", "yolo"} <= set(head.data["model"])
+    shown = set(head.display["Model"])
+    assert {"sam2-3d", "ResNet", "YOLO"} <= shown and "resnet" not in shown
+    assert set(pd.read_csv(tmp_path / "out" / "tables" / "headline.csv")["model"]) == set(head.data["model"])
+    assert "ResNet" in (tmp_path / "out" / "tables" / "headline.md").read_text()
+
+
 def test_paired_test_equals_scipy(study, tmp_path) -> None:
     root, made = study
     collect_study(root, tmp_path / "out", "csv")

@@ -52,7 +52,10 @@ def make_toy(out: Path, layout: str, *, n_train: int, n_test: int, size: int = 1
 
 
 class ToyImages(torch.utils.data.Dataset):
-    """The 2D loader interface of the registry: items {"image", "mask", "name"} and ``classes``."""
+    """The 2D loader interface of the registry: items {"image", "mask", "name"}, ``classes`` and
+    ``hd95_unit``."""
+
+    hd95_unit = "px"
 
     def __init__(self, root: str, split: str, image_size: int = 16, out_size: int = 16,
                  classes: list[str] | None = None) -> None:
@@ -88,8 +91,9 @@ def train(task: Task, run: RunDir) -> dict:
     inside = np.mean([it["image"][0][it["mask"][0]].mean().item() for it in train_items])
     outside = np.mean([it["image"][0][~it["mask"][0]].mean().item() for it in train_items])
     threshold = (inside + outside) / 2
-    scorer = Scorer("px", hd95=False)
-    for it in load(task.data_path, "test"):
+    test = load(task.data_path, "test")
+    scorer = Scorer(test.hd95_unit, hd95=False)
+    for it in test:
         scorer.add(it["name"], it["image"][:1] > threshold, it["mask"], TOY_DATA.classes)
     return build_metrics(task, split="test", scores=scorer.summary(), cost=RunCost(1, 0.1, 0.1, 1e-6),
                          selection=Selection("none", [], None, checkpoint_record("last", 1, False)),

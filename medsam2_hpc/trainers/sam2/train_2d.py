@@ -173,13 +173,13 @@ class Predictor:
 @torch.no_grad()
 def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
              vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
-    """Scores per case and class (scoring.py, HD95 in px) on thresholded probabilities;
-    deterministic for given weights."""
+    """Scores per case and class (scoring.py, HD95 in the dataset's unit) on thresholded
+    probabilities; deterministic for given weights."""
     predictor.model.eval()
     predictor.reset()
     classes = dataset.classes
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    scorer = Scorer("px", hd95=predictor.cfg.hd95)
+    scorer = Scorer(dataset.base.hd95_unit, hd95=predictor.cfg.hd95)
     for i, batch in enumerate(progress(loader, desc=f"{tag}")):
         logits, present = predictor(batch)
         pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]

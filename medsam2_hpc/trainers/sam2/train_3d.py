@@ -36,7 +36,7 @@ from medsam2_hpc.engine import (
 from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.inference.predict import evaluate, protocol
+from medsam2_hpc.inference.predict import EvalSettings, evaluate, protocol
 from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
@@ -115,9 +115,9 @@ def check(task: Task) -> None:
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
                      device: torch.device, **kwargs: Any) -> Scores:
     """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of inference/predict.py)."""
-    result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
-                      image_size=cfg.image_size, device=device, amp=cfg.amp, unit=volumes.hd95_unit,
-                      seed=task.seed, hd95=cfg.hd95, **kwargs)
+    settings = EvalSettings(task.prompt, cfg.prompt_freq, cfg.image_size, device, cfg.amp, volumes.hd95_unit,
+                            task.seed, cfg.hd95)
+    result = evaluate(propagator, volumes, settings, **kwargs)
     return result.summary()
 
 
