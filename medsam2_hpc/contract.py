@@ -10,12 +10,17 @@ held-out score from one picked on the cases it reports: ``selection_split`` and
 there, null when not measured in Dice), ``checkpoint`` ({select: best|last, epoch,
 validated}: a run that never validated says so), ``hd95_unit`` (mm | px) and ``hparams``
 (the resolved hyper-parameters, so sweep points stay apart).
+
+Provenance: ``git_sha`` (inside the image: the commit ``container build`` stamped) and
+``container`` ({image, digest}: the image Apptainer ran and its ``sha256:`` digest, which the
+launcher computed on the submitting host; null outside a container).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -32,10 +37,13 @@ from .task import PROMPTS, Task
 if TYPE_CHECKING:  # scoring needs torch; the collector reads metrics without it
     from .scoring import Scores
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "HD95_UNITS", "SELECT", "checkpoint_record", "Selection",
-           "RunCost", "build_metrics", "validate_metrics", "git_sha"]
+__all__ = ["SCHEMA_VERSION", "GIT_SHA_ENV", "DIGEST_ENV", "REQUIRED_KEYS", "HD95_UNITS", "SELECT",
+           "checkpoint_record", "Selection", "RunCost", "build_metrics", "validate_metrics", "git_sha"]
 
 SCHEMA_VERSION = 2
+GIT_SHA_ENV = "MEDSAM2_GIT_SHA"
+DIGEST_ENV = "MEDSAM2_IMAGE_DIGEST"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 HD95_UNITS = ("mm", "px")
 SELECT = ("best", "last", "given")  # given: weights from outside the run (inference)
 REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
@@ -84,9 +92,10 @@ def _clean(value: Any) -> Any:
 
 
 def git_sha() -> str | None:
-    """The commit of the installed source tree, or MEDSAM2_GIT_SHA (set in the image)."""
-    if os.environ.get("MEDSAM2_GIT_SHA"):
-        return os.environ["MEDSAM2_GIT_SHA"]
+    """The commit the image was built from (``MEDSAM2_GIT_SHA``, stamped by ``container build``:
+    the image's copy has no .git), else the commit of the source tree, else None."""
+    if os.environ.get(GIT_SHA_ENV):
+        return os.environ[GIT_SHA_ENV]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -98,11 +107,12 @@ def git_sha() -> str | None:
 
 
 def container_info() -> dict[str, Any] | None:
-    """Image path (and digest when the launcher knows it) when running inside Apptainer."""
+    """Image path (Apptainer's own record) and digest (``MEDSAM2_IMAGE_DIGEST``, passed by the
+    launcher: hpc/image.py) when running inside Apptainer or Singularity."""
     image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
     if not image:
         return None
-    return {"image": image, "digest": os.environ.get("MEDSAM2_IMAGE_DIGEST")}
+    return {"image": image, "digest": os.environ.get(DIGEST_ENV) or None}
 
 
 def checkpoint_record(select: str, epoch: int | None, validated: bool) -> dict[str, Any]:
@@ -251,6 +261,8 @@ def validate_metrics(data: Any) -> list[str]:
         problems.append("selection_cases should be a list of case ids (strings)")
     if "checkpoint" in ok:
         problems += _checkpoint_problems(ok["checkpoint"])
+    if isinstance(ok.get("container"), dict):
+        problems += _container_problems(ok["container"])
     d = ok.get("dice_mean")
     if d is not None and not 0.0 <= d <= 1.0:
         problems.append(f"dice_mean {d} is outside [0, 1]")
@@ -273,4 +285,15 @@ def _checkpoint_problems(ckpt: dict[str, Any]) -> list[str]:
         problems.append(f"checkpoint.epoch should be int or null, got {type(epoch).__name__}")
     if not isinstance(ckpt.get("validated"), bool):
         problems.append("checkpoint.validated should be true or false")
+    return problems
+
+
+def _container_problems(container: dict[str, Any]) -> list[str]:
+    """``container``: {image: path, digest: "sha256:<64 hex>" or null (not known at launch)}."""
+    problems = []
+    if not isinstance(container.get("image"), str):
+        problems.append("container.image should be the image path")
+    digest = container.get("digest")
+    if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        problems.append(f"container.digest {digest!r} is not 'sha256:' and 64 hex digits, or null")
     return problems

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+from medsam2_hpc import contract
 from medsam2_hpc.contract import (
     REQUIRED_KEYS,
     RunCost,
@@ -83,6 +90,30 @@ def test_validator_accepts_the_edges_of_the_dice_range():
     metrics["per_case"] = {"a": {"spleen": 0, "liver": 1.0}, "b": {"spleen": 0.0, "liver": None}, "c": {}}
     metrics["per_class"] = {"spleen": 1, "liver": None}
     assert validate_metrics(metrics) == []
+
+
+def test_provenance_inside_an_image_comes_from_what_the_build_and_the_launcher_passed(monkeypatch):
+    monkeypatch.setenv("MEDSAM2_GIT_SHA", "0123abc")
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/m.sif")
+    monkeypatch.setenv("MEDSAM2_IMAGE_DIGEST", "sha256:" + "ab" * 32)
+    metrics = _metrics(dice_mean_per_slice=0.6)
+    assert metrics["git_sha"] == "0123abc"
+    assert metrics["container"] == {"image": "/images/m.sif", "digest": "sha256:" + "ab" * 32}
+    assert validate_metrics(metrics) == []
+    assert validate_metrics(dict(metrics, container={"image": "/images/m.sif", "digest": "md5:1"})) == [
+        "container.digest 'md5:1' is not 'sha256:' and 64 hex digits, or null"]
+
+
+def test_git_sha_without_a_checkout_is_the_stamped_one_or_null(tmp_path):
+    """The image's copy of the package has no .git: MEDSAM2_GIT_SHA, else null (never a guess)."""
+    shutil.copytree(Path(contract.__file__).parent, tmp_path / "medsam2_hpc",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = [sys.executable, "-c", "from medsam2_hpc.contract import git_sha; print(git_sha())"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDSAM2_GIT_SHA", "GIT_DIR")}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = partial(subprocess.run, probe, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert run(env={**env, "MEDSAM2_GIT_SHA": "0123abc"}).stdout.strip() == "0123abc"
+    assert run(env=env).stdout.strip() == "None"
 
 
 def test_extra_keys_cannot_overwrite_built_ones():

@@ -33,6 +33,7 @@ from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg p
 
 from .. import checkpoints
 from ..atomic import write_json
+from ..contract import DIGEST_ENV
 from ..errors import InputError, SlurmError
 from ..jobenv import GPUS_ENV
 from ..options import suggest
@@ -40,6 +41,7 @@ from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
+from .image import read_record
 from .queue import queued
 from .requeue import TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
@@ -76,10 +78,14 @@ class Backend:
         return []
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        return prefix
+        """The image runs with --cleanenv: the host wrapper hands it the job's variables (and
+        requeues from the host under Slurm, where scontrol is absent inside; hpc/requeue.py)."""
+        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
 
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
+        if argv and argv[0] == str(wrapper_path(folder)):
+            write_helpers(folder)
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
                 job_name: str) -> str:
@@ -165,14 +171,6 @@ class SlurmBackend(Backend):
                                          **self.parameters(profile, job_name))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
-
-    def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
-        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
-
-    def prepare(self, folder: Path, argv: list[str] | None) -> None:
-        if argv and argv[0] == str(wrapper_path(folder)):
-            write_helpers(folder)
 
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
         """squeue's answer; a failing squeue raises SlurmError (hpc/queue.py), never reads as empty."""
@@ -326,8 +324,9 @@ def _binds(study: Study, tasks: Iterable[Task]) -> list[Bind]:
     root = str(study.output_root)
     binds = [Bind(root, root, "rw")]
     tasks = list(tasks)
-    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS
-             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")}
+    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS  # not one baked in the image
+             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")
+             and Path(t.hparams[k]).parent != checkpoints.BAKED_DIR}
     ckpt = _checkpoint_dir()
     for path in sorted({t.data_path for t in tasks} | files | ({ckpt} if ckpt else set())):
         if not (path + os.sep).startswith(root + os.sep):
@@ -345,7 +344,9 @@ def python_argv(study: Study, profile: Profile, tasks: Sequence[Task], backend: 
 
     cache = study.output_root / ".cache"
     ckpt = _checkpoint_dir()
-    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}), **container.env}
+    record = read_record(container.image)  # the digest metrics.json records from inside the image
+    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}),
+           **({DIGEST_ENV: record.digest} if record else {}), **container.env}
     spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0, env=env)
     prefix = exec_prefix(spec, gpus=profile.gpus, binds=_binds(study, tasks), cache=cache)
     return backend.wrap_python(prefix, folder) + ["python"]
@@ -405,7 +406,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     """Everything a job would only discover after the queue wait, found before it.
 
     Runs every task's trainer ``check`` (hyper-parameters, variant, data, checkpoint) with the
-    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image.
+    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image;
+    a checkpoint baked into the image counts as found when the image's record lists it.
     All problems are reported at once, one entry per experiment and message with the first
     task id and how many more share it.
 
@@ -415,7 +417,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     from ..runner import check
 
     found: dict[tuple[str, str], list[str]] = {}
-    with shared_checks():
+    record = read_record(study.container.image) if study.container.enabled else None
+    with shared_checks(), checkpoints.image_holds(record.checkpoints if record else None):
         for task in tasks:
             try:
                 _check_device(task, study.profiles[task.profile])

@@ -29,6 +29,12 @@ scontrol is, performs the requeue. The wrapper ignores ``USR2``/``TERM`` itself:
 every process of the step, so the python inside receives the signal directly. Both scripts are
 written into the study's submitit folder (shared storage, bound into the container) at
 submission; a job whose python runs on the host (runtime ``none``) needs neither.
+
+The image runs under ``exec --cleanenv`` (a host ``PYTHONPATH`` must not reach the image's
+python), so values known at submission go in as ``--env`` (hpc/containers.py) and the wrapper
+hands over, at run time, exactly the host variables of :data:`PASS_ENV` (as ``APPTAINERENV_*``,
+which --cleanenv keeps). Under submitit's local executor the wrapper does only that and then
+becomes the runtime (``exec``), so the executor's signals reach it.
 """
 
 from __future__ import annotations
@@ -48,21 +54,32 @@ from ..engine.stop import clear_stop, request_stop, stop_requested
 from ..jobenv import job_identity
 from ..task import RunDir, Task
 
-__all__ = ["TaskCall", "TIME_LIMIT_REASON", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV",
-           "wrapper_path", "write_helpers"]
+__all__ = ["TaskCall", "TIME_LIMIT_REASON", "PASS_ENV", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV",
+           "SHIM_ENV", "wrapper_path", "write_helpers"]
 
 MARKER_ENV = "MEDSAM2_REQUEUE_MARKER"
 SHIM_ENV = "MEDSAM2_REQUEUE_SHIM"
 
+# What a job reads from its host environment (submitit's and JobIdentity's SLURM_* and SUBMITIT_*,
+# the DDP rendezvous, the GPUs Slurm bound, the launcher's MEDSAM2_GPUS, NCCL's site settings):
+# ``apptainer exec --cleanenv`` drops everything else, a host PYTHONPATH or LD_LIBRARY_PATH included.
+PASS_ENV = ("SLURM_*", "SUBMITIT_*", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "NCCL_*", "MEDSAM2_GPUS")
+
 HOST_WRAPPER = r"""#!/bin/bash
 # medsam2-hpc host-side wrapper (written by medsam2_hpc.hpc.requeue): runs one job step's
-# containerised python and performs the requeue it asked for, since scontrol exists only here.
+# containerised python ("$@" = apptainer|singularity exec --cleanenv ...) with the host variables
+# the job reads, and performs the requeue it asked for, since scontrol exists only here.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+case "$(basename "$1")" in singularity) prefix=SINGULARITYENV_;; *) prefix=APPTAINERENV_;; esac
+for name in $(compgen -e); do
+    case "$name" in @PASS_ENV@) export "$prefix$name=${!name}";; esac
+done
+# submitit's local executor signals this process and requeues by itself: become the runtime
+[ "${SUBMITIT_EXECUTOR:-}" = slurm ] || exec "$@"
 marker="$here/requeue.${SLURM_JOB_ID:-nojob}.${SLURM_PROCID:-0}"
 rm -f "$marker"
-for prefix in "" APPTAINERENV_ SINGULARITYENV_; do
-    export "${prefix}MEDSAM2_REQUEUE_MARKER=$marker" "${prefix}MEDSAM2_REQUEUE_SHIM=$here/shim"
-done
+export "${prefix}MEDSAM2_REQUEUE_MARKER=$marker" "${prefix}MEDSAM2_REQUEUE_SHIM=$here/shim"
 # Slurm signals every process of the step, the python inside included: survive, do not forward.
 trap ':' USR2 TERM CONT
 "$@" &
@@ -77,7 +94,7 @@ if [ -s "$marker" ]; then
     scontrol requeue "$job" || exit $?
 fi
 exit "$rc"
-"""
+""".replace("@PASS_ENV@", "|".join(PASS_ENV))
 
 SCONTROL_SHIM = r"""#!/bin/sh
 # Stand-in for scontrol inside the container (written by medsam2_hpc.hpc.requeue): records
