@@ -108,3 +108,22 @@ def test_bf16_autocast_stays_within_bf16_tolerance() -> None:
     err_meta = (out_meta - reference).abs().max()
     err_ours = (out_ours - reference).abs().max()
     assert err_ours <= 2 * err_meta + 1e-2  # no worse than Meta's own path in bf16
+
+
+def test_attention_microbenchmark_runs_tiny_on_the_cpu(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "attention.json"
+    assert bench.main(["--tiny", "--seconds", "0.1", "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["cases"]) == {name for name, *_ in bench.CASES} and len(record["cases"]) == 8
+    for case in record["cases"].values():
+        assert case["backend"] in {"math", "cpu_flash"} and case["runs"] >= 2 and case["ms_per_fwd_bwd"] > 0
+    # the CPU's fused kernel takes equal head dims without dropout: Meta's 256-wide values
+    assert record["cases"]["cross_v256_p0.0"]["backend"] == "cpu_flash"
