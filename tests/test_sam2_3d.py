@@ -17,7 +17,7 @@ from medsam2_hpc.data import synthetic
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes
 from medsam2_hpc.engine.benchmark import count_flops
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.inference.predict import evaluate
+from medsam2_hpc.inference.predict import EvalSettings, evaluate
 from medsam2_hpc.losses import MultimaskLoss, make_loss
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
@@ -79,8 +79,8 @@ def test_overfitting_one_volume_raises_dice(tmp_path):
     loss_fn, rng, cpu = MultimaskLoss(make_loss("bce")), np.random.default_rng(0), torch.device("cpu")
 
     def dice() -> float:
-        result = evaluate(prop, volumes, kind="bbox", prompt_freq=4, image_size=SIZE, device=cpu, amp="none",
-                          unit=volumes.hd95_unit, hd95=False)
+        settings = EvalSettings("bbox", 4, SIZE, cpu, "none", volumes.hd95_unit, hd95=False)
+        result = evaluate(prop, volumes, settings)
         return result.summary().dice_mean
 
     before = dice()

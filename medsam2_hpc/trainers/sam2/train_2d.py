@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsam2_hpc import metrics
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -174,13 +174,13 @@ class Predictor:
 @torch.no_grad()
 def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
              vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
-    """Scores per case and class (scoring.py, HD95 in px) on thresholded probabilities;
-    deterministic for given weights."""
+    """Scores per case and class (scoring.py, HD95 in the dataset's unit) on thresholded
+    probabilities; deterministic for given weights."""
     predictor.model.eval()
     predictor.reset()
     classes = dataset.classes
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    scorer = Scorer("px", hd95=predictor.cfg.hd95)
+    scorer = Scorer(dataset.base.hd95_unit, hd95=predictor.cfg.hd95)
     for i, batch in enumerate(progress(loader, desc=f"{tag}")):
         logits, present = predictor(batch)
         pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]
@@ -282,10 +282,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                         pred_dir=run.predictions, tag="test", **eval_kw)
 
     scores = on_main(score)  # on rank 0, in one pass: the memory bank sees the images in order
-    return build_metrics(
-        task, split="test", selection_split="val", selection_cases=data["val"].names,
-        selection_dice=chosen.score, checkpoint=chosen.record(), hparams=asdict(cfg), **scores.fields(),
-        epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
-        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device),
-        image_size=cfg.image_size, out_size=cfg.out_size)
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data["val"].names, chosen.score, chosen.record()),
+                         image_size=cfg.image_size, out_size=cfg.out_size)
