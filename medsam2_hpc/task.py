@@ -103,7 +103,7 @@ class Task:
         return {k: "<data>/" + v[len(data):] if isinstance(v, str) and v.startswith(data) else v
                 for k, v in self.hparams.items()}
 
-    @property
+    @functools.cached_property
     def run_dir(self) -> RunDir:
         return RunDir(Path(self.output_root) / self.study / self.task_id)
 

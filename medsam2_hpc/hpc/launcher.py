@@ -41,9 +41,9 @@ from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
+from .batch import element_python, submit_array
 from .image import read_record
 from .queue import queued
-from .requeue import TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
 __all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "check_tasks",
@@ -73,6 +73,11 @@ class Backend:
         """One array per profile; executors without arrays throttle by waves instead."""
         return [tasks]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """Submit one wave: submitit's ``map_array``."""
+        return executor.map_array(call, tasks)
+
     def after_submit(self, jobs: Sequence[Any]) -> list[str]:
         """Return error summaries of finished jobs (backends that wait); Slurm returns at once."""
         return []
@@ -80,10 +85,14 @@ class Backend:
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         """The image runs with --cleanenv: the host wrapper hands it the job's variables (and
         requeues from the host under Slurm, where scontrol is absent inside; hpc/requeue.py)."""
+        from .requeue import wrapper_path  # requeue imports torch (engine); status and cancel do not need it
+
         return [str(wrapper_path(folder)), *prefix] if prefix else prefix
 
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
+        from .requeue import wrapper_path, write_helpers
+
         if argv and argv[0] == str(wrapper_path(folder)):
             write_helpers(folder)
 
@@ -160,14 +169,22 @@ class SlurmBackend(Backend):
         step = profile.max_array_size or max_array_size()[0]
         return [tasks[i:i + step] for i in range(0, len(tasks), step)]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """One batch file per array; each element writes its own pickle (hpc/batch.py)."""
+        return submit_array(executor, call, tasks)
+
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
                 job_name: str) -> str:
         """One sbatch script per array the submission needs (MaxArraySize)."""
         waves = self.waves(list(tasks), profile)
         scripts = []
+        python, entry = command.split(" -u -m submitit.core._submit ", 1)
+        batch = element_python(python, folder.parent / "batch-<id>.bin")  # named when the array is submitted
         for i, wave in enumerate(waves):
             count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
-            script = _make_sbatch_string(command=command, folder=folder, map_count=count,
+            line = f"{batch} -u -m submitit.core._submit {entry}" if count else command
+            script = _make_sbatch_string(command=line, folder=folder, map_count=count,
                                          **self.parameters(profile, job_name))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
@@ -498,6 +515,8 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
         (study.output_root / ".cache" / "home").mkdir(parents=True, exist_ok=True)  # --home must exist
+    from .requeue import TaskCall
+
     call = TaskCall(fn)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
@@ -506,7 +525,7 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
         ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
         for wave in backend.waves(tasks, profile):
-            jobs = ex.map_array(call, wave)
+            jobs = backend.map_array(ex, call, wave)
             array = _record(study, backend.name, name, jobs, wave)
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)
