@@ -39,7 +39,8 @@ class ModelKind:
         variants: the sizes it builds; ``default_variant`` is what a bare ``train.py --model`` trains.
         datasets: the datasets its trainer reads; the first is ``train.py``'s default.
         prompts: the prompt kinds it takes, the first being the default; empty: it takes none.
-        multi_gpu: a multi-GPU profile runs it as one DDP process per GPU.
+        multi_gpu: a multi-GPU profile runs it as one process per GPU that trains one model (its
+            trainer uses the engine's TrainLoop.step and epoch_loader); False: such a profile is refused.
         baseline: the paired tests compare every other model with the best baseline of a dataset.
         label: its name in table captions and help texts (default: ``name``).
     """

@@ -180,8 +180,10 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     gpu = next(s for s in scripts if "--array" in s)
     for line in ("#SBATCH --array=0-2%2", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=16G",
                  "#SBATCH --time=120", "#SBATCH --partition=gpu", "#SBATCH --mail-type=END",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --signal=USR2@90"):
-        assert line in gpu
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --signal=B:USR2@90",
+                 "export MEDSAM2_SIGNAL_DELAY_S=90"):
+        assert line in gpu  # in the image, the host wrapper sends the pre-timeout signal (hpc/requeue.py)
+    assert "--signal=USR2@" not in gpu and "trap '' USR2" in gpu
     command = gpu.strip().splitlines()[-1]
     argv = shlex.split(command)
     root = str(tmp_path / "out dir")

@@ -64,19 +64,34 @@ def _cpu_attention_backward_flops(grad_out: Any, query: Any, key: Any, value: An
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _conv_backward_flops(grad_out: Any, x: Any, w: Any, _bias: Any, _stride: Any, _padding: Any,
+                         _dilation: Any, transposed: bool, _output_padding: Any, _groups: int,
+                         output_mask: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """A convolution's backward: each gradient asked for (input, weight) costs one forward.
+
+    PyTorch's own formula counts the weight gradient as a dense convolution whatever ``groups``
+    is: a depthwise conv's (groups = channels) came out ``channels`` times too large.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    return (int(output_mask[0]) + int(output_mask[1])) * conv_flop_count(x, w, grad_out, transposed)
+
+
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn`` once under PyTorch's FLOP counter; return (its result, FLOPs it ran).
 
     Matmuls, convolutions and fused attention, forward and backward (recomputation included):
     dividing by measured seconds tells how close a step runs to the device's peak. PyTorch
-    counts the GPU's attention kernels but not the CPU's; those are added here.
+    counts the GPU's attention kernels but not the CPU's; those are added here, and grouped
+    convolutions' backward is counted by :func:`_conv_backward_flops` (PyTorch's ignores groups).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
     counter = FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops})
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+        aten.convolution_backward: _conv_backward_flops})
     with counter:
         result = fn()
     return result, counter.get_total_flops()

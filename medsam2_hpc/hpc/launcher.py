@@ -66,7 +66,8 @@ class Backend:
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         raise NotImplementedError
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
+        """The executor's parameters; ``contained``: python runs in the container, under the wrapper."""
         return {}
 
     def waves(self, tasks: list[Task], profile: Profile) -> list[list[Task]]:
@@ -97,7 +98,7 @@ class Backend:
             write_helpers(folder)
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
-                job_name: str) -> str:
+                job_name: str, *, contained: bool = False) -> str:
         """What a dry run prints for one profile's submission."""
         waves = len(self.waves(list(tasks), profile))
         return (f"# {self.name} executor: {len(tasks)} process(es) in {waves} wave(s), "
@@ -139,7 +140,15 @@ class SlurmBackend(Backend):
                              "use --executor local, or --dry-run to see the scripts")
         return submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python)
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
+        from .requeue import SIGNAL_ENV  # requeue imports torch (engine); status and cancel do not need it
+
+        setup = [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup)
+        sbatch = dict(profile.sbatch)
+        if contained:  # the wrapper sends the pre-timeout USR2, sparing squashfuse (hpc/requeue.py)
+            sbatch.setdefault("signal", f"B:USR2@{profile.signal_delay_s}")
+            setup += ["trap '' USR2  # the batch shell survives the signal; the step's wrapper sends it",
+                      f"export {SIGNAL_ENV}={profile.signal_delay_s}"]
         params: dict[str, Any] = {
             "job_name": job_name,
             "partition": profile.partition,
@@ -155,8 +164,8 @@ class SlurmBackend(Backend):
             "array_parallelism": profile.array_parallelism,
             "signal_delay_s": profile.signal_delay_s,
             # device auto must not fall back to the CPU silently where GPUs were asked for
-            "setup": [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup) or None,
-            "additional_parameters": dict(profile.sbatch) or None,
+            "setup": setup or None,
+            "additional_parameters": sbatch or None,
             # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
         }
@@ -175,7 +184,7 @@ class SlurmBackend(Backend):
         return submit_array(executor, call, tasks)
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
-                job_name: str) -> str:
+                job_name: str, *, contained: bool = False) -> str:
         """One sbatch script per array the submission needs (MaxArraySize)."""
         waves = self.waves(list(tasks), profile)
         scripts = []
@@ -185,7 +194,7 @@ class SlurmBackend(Backend):
             count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
             line = f"{batch} -u -m submitit.core._submit {entry}" if count else command
             script = _make_sbatch_string(command=line, folder=folder, map_count=count,
-                                         **self.parameters(profile, job_name))
+                                         **self.parameters(profile, job_name, contained=contained))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
 
@@ -236,7 +245,7 @@ class LocalBackend(Backend):
             raise InputError(f"profiles.{profile.name}.nodes: the local executor runs on one node")
         return submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python)
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
         params = {"timeout_min": profile.time_min, "gpus_per_node": profile.gpus,
                   "tasks_per_node": profile.ntasks_per_node, "signal_delay_s": profile.signal_delay_s}
         return {**params, "setup": list(profile.setup)} if profile.setup else params
@@ -403,7 +412,8 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
         print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
-        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks)), file=out)
+        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks),
+                              contained=argv is not None), file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +533,8 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
-        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
+        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
+                                                  contained=argv is not None))
         for wave in backend.waves(tasks, profile):
             jobs = backend.map_array(ex, call, wave)
             array = _record(study, backend.name, name, jobs, wave)

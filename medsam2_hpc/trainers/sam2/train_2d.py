@@ -31,6 +31,7 @@ from medsam2_hpc.engine import (
     seed_everything,
 )
 from medsam2_hpc.engine.checkpoint import check_resumable
+from medsam2_hpc.engine.distributed import any_process, epoch_loader, is_main_process, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import MultimaskLoss
@@ -194,24 +195,6 @@ def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_wo
     return scorer.summary()
 
 
-def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float) -> None:
-    """Backward, clip, update; the fp16 scaler unscales before clipping so the norm is real."""
-    loop.optimizer.zero_grad(set_to_none=True)
-    scaler = loop.scaler
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(loop.optimizer)
-    else:
-        loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    if scaler is not None:
-        scaler.step(loop.optimizer)
-        scaler.update()
-    else:
-        loop.optimizer.step()
-
-
 @dataclass(frozen=True)
 class Epoch2D:
     """What every 2D training epoch reads: built once in :func:`train`, passed whole to the loop."""
@@ -232,23 +215,24 @@ def _train_epoch(ctx: Epoch2D, epoch: int) -> dict[str, float]:
     predictor.reset()
     prompted = Prompted(ctx.dataset, task.prompt, cfg.image_size, task.seed, epoch,
                         jitter=(cfg.box_jitter, cfg.jitter_px(cfg.out_size)))
-    loader = DataLoader(prompted, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
+    loader = epoch_loader(prompted, epoch=epoch, seed=task.seed, batch_size=cfg.batch_size,
+                          num_workers=cfg.num_workers)  # this rank's shard
     total, steps = 0.0, 0
     for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}")):
         masks = batch["mask"]
         prop = predictor.propose(batch)
         keep = prop.present.flatten()
-        if not keep.any():
-            continue
-        with autocast(predictor.device, cfg.amp):
-            parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep], prop.obj[keep, 0],
-                            masks.flatten(0, 1).to(predictor.device)[keep])
-        _step(loop, parts["loss"], params, cfg.grad_clip)
-        ctx.scheduler.step()
-        total, steps = total + float(parts["loss"].detach()), steps + 1
-        if cfg.train_vis and cfg.vis and i % cfg.vis == 0:
+        has = bool(keep.any())  # some class is in some image of the batch
+        if has:
+            with autocast(predictor.device, cfg.amp):
+                parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep],
+                                prop.obj[keep, 0], masks.flatten(0, 1).to(predictor.device)[keep])
+            loop.backward(parts["loss"])
+            total, steps = total + float(parts["loss"].detach()), steps + 1
+        if any_process(has):  # every rank steps together (zero gradients where it had none)
+            loop.step(cfg.grad_clip)
+            ctx.scheduler.step()
+        if has and is_main_process() and cfg.train_vis and cfg.vis and i % cfg.vis == 0:
             first = slice(0, masks.shape[1])  # the first image's classes
             logits = upsample(best_mask(prop.masks[first], prop.ious[first]), cfg.out_size)
             pred = metrics.probs_to_mask(logits.detach()[:, 0]).cpu()
@@ -267,7 +251,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
     optimizer = optimizer_for(model, cfg)
-    steps = cfg.epochs * math.ceil(len(train_ds) / cfg.batch_size)
+    steps = cfg.epochs * math.ceil(shard_size(len(train_ds)) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1),
                                                            eta_min=cfg.lr * 0.01)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
@@ -290,10 +274,14 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     epoch_ctx = Epoch2D(loop, predictor, train_ds, loss_fn, scheduler, cfg, task)
     loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
-    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
-    scores = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, pred_dir=run.predictions,
-                      tag="test", **eval_kw)
+
+    def score() -> Scores:
+        load_weights_from(model, chosen.path)
+        return evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis,
+                        pred_dir=run.predictions, tag="test", **eval_kw)
+
+    scores = on_main(score)  # on rank 0, in one pass: the memory bank sees the images in order
     return build_metrics(
         task, split="test", selection_split="val", selection_cases=data["val"].names,
         selection_dice=chosen.score, checkpoint=chosen.record(), hparams=asdict(cfg), **scores.fields(),

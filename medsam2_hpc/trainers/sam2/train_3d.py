@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from medsam2_hpc.contract import build_metrics
 from medsam2_hpc.data import decode_first
@@ -34,6 +33,7 @@ from medsam2_hpc.engine import (
     progress,
 )
 from medsam2_hpc.engine.checkpoint import check_resumable
+from medsam2_hpc.engine.distributed import any_process, epoch_loader, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import evaluate, protocol
@@ -145,13 +145,12 @@ def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
     model.train()
     loss_fn = cfg.train_loss()
     jitter = BoxJitter(cfg.box_jitter, cfg.jitter_px(cfg.image_size))
-    gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
-    loader = DataLoader(clips, batch_size=1, shuffle=True, generator=gen, num_workers=cfg.num_workers,
-                        collate_fn=_first, pin_memory=device.type == "cuda")
-    n = min(len(clips), cfg.clips_per_epoch or len(clips))
+    loader = epoch_loader(clips, epoch=epoch, seed=task.seed, batch_size=1, num_workers=cfg.num_workers,
+                          collate_fn=_first, pin_memory=device.type == "cuda")  # this rank's clips
+    n = shard_size(min(len(clips), cfg.clips_per_epoch or len(clips)))
     rng = np.random.default_rng([task.seed, epoch])
-    totals, count, pending = {"loss": 0.0, "mask": 0.0, "iou": 0.0, "obj": 0.0}, 0, 0
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    totals, count = {"loss": 0.0, "mask": 0.0, "iou": 0.0, "obj": 0.0}, 0
+    pending = 0  # clips since the last step that trained on some rank: all ranks step together
     loop.optimizer.zero_grad(set_to_none=True)
     for i, clip in enumerate(progress(loader, f"epoch {epoch + 1}", total=n)):
         if i >= n:
@@ -159,23 +158,18 @@ def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
         with autocast(device, cfg.amp):
             parts = clip_loss(propagator, clip, task.prompt, cfg.prompt_freq, loss_fn, rng, device,
                               prompted_only=cfg.prompted_only, jitter=jitter)
-        if parts is None:  # no organ to train in this clip
-            continue
-        (parts["loss"] / cfg.batch_size).backward()
-        pending += 1
-        for key in totals:
-            totals[key] += float(parts[key].detach())
-        count += 1
+        if parts is not None:  # None: no organ to train in this clip
+            loop.backward(parts["loss"] / cfg.batch_size)
+            for key in totals:
+                totals[key] += float(parts[key].detach())
+            count += 1
+        pending += any_process(parts is not None)
         if pending == cfg.batch_size:
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            loop.optimizer.step()
-            loop.optimizer.zero_grad(set_to_none=True)
+            loop.step(cfg.grad_clip)
             pending = 0
         loop.check_stop()
     if pending:
-        loop.optimizer.step()
-        loop.optimizer.zero_grad(set_to_none=True)
+        loop.step(cfg.grad_clip)
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
@@ -208,10 +202,14 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     epoch_ctx = Epoch3D(loop, propagator, clips, cfg, task, device)
     loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
-    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
-    writer = _PredictionWriter(run, cfg.vis > 0)
-    s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
+
+    def score() -> Scores:
+        load_weights_from(model, chosen.path)
+        return validate_volumes(propagator, volumes["test"], task, cfg, device,
+                                on_case=_PredictionWriter(run, cfg.vis > 0))
+
+    s = on_main(score)  # rank 0 scores and writes; every rank returns the same metrics
     peak = peak_memory_gb(device)
     return build_metrics(
         task, split="test", selection_split="val", selection_cases=volumes["val"].cases,
