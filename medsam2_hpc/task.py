@@ -186,10 +186,10 @@ class RunDir:
 
     # status.json -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        if not self.status_json.exists():
-            return {"state": "pending", "attempts": 0}
-        try:
+        try:  # one open, no stat first: status reads 10,000 of these
             return read_json(self.status_json)
+        except (FileNotFoundError, NotADirectoryError):
+            return {"state": "pending", "attempts": 0}
         except (OSError, ValueError):
             return {"state": "unknown", "attempts": 0}
 
