@@ -390,3 +390,36 @@ def test_attention_kernel_choice_keeps_predictions():
             torch.testing.assert_close(out[t].high_res, reference[t].high_res, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="attention 'cudnnn'"):
         VideoPropagator(model, attention="cudnnn")
+
+
+@pytest.mark.parametrize("kind", ["bbox", "click", "mask"])
+def test_training_step_makes_no_host_sync(kind):
+    """From the host-side plan (organs, prompts) on, the step never waits for the device.
+
+    HostSyncDetector (tests/host_syncs.py) records scalar reads, data-dependent shapes, copies to
+    the host and blocking uploads; forward, backward and the checkpoint's recompute run under it.
+    """
+    from medsam2_hpc.trainers.sam2.step_3d import clip_prompts, prompt_slices, propagated_loss
+    from tests.host_syncs import HostSyncDetector
+
+    clip = {"image": torch.rand(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)),
+            "label": torch.from_numpy(_label_clip()).long()}
+    model = _tiny_model()
+    set_trainable(model, "decoder+memory")
+    model.train()
+    propagator = VideoPropagator(model, checkpoint=True)
+    organs = clip_organs(clip["label"][prompt_slices(6, 2)])
+    prompts = clip_prompts(clip["label"], organs, kind, 2, np.random.default_rng(0), torch.device("cpu"))
+    assert any(p.use_mask.any() for p in prompts.values()) or kind == "mask"  # absent organs too
+    with HostSyncDetector() as syncs:
+        parts = propagated_loss(propagator, clip, organs, prompts, MultimaskLoss(make_loss("bce")),
+                                torch.device("cpu"))
+        parts["loss"].backward()
+    assert syncs.events == []
+    assert torch.isfinite(parts["loss"])
+    assert model.memory_attention.layers[0].self_attn.q_proj.weight.grad is not None
+    with HostSyncDetector() as syncs:  # and it sees the kinds of calls it is there for
+        x = torch.arange(4.0)
+        bool(x.any()), x[x > 1], x.tolist()
+    assert [call for call, _ in syncs.events] == ["aten._local_scalar_dense.default", "aten.index.Tensor",
+                                                  "tolist"]

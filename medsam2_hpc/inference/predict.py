@@ -100,9 +100,8 @@ def object_prompts(specs: list[SlicePrompt], hw: tuple[int, int], image_size: in
         # pixel centres of the slice -> pixel units of the model input
         scale = torch.tensor([s / w, s / h])
         coords = (coords + 0.5) * scale - 0.5
-    return ObjectPrompts(use_mask.to(device), None if masks is None else masks.to(device),
-                         None if coords is None else coords.to(device),
-                         None if labels is None else labels.to(device))
+    return ObjectPrompts(use_mask, None if masks is None else masks.to(device, non_blocking=True),
+                         None if coords is None else coords.to(device, non_blocking=True), labels)
 
 
 def resize_volume(image: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
