@@ -57,7 +57,7 @@ class WeightedBCE(MaskLoss):
         self.pos_weight = float(pos_weight)
 
     def per_mask(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
+        weight = torch.full((), self.pos_weight, device=logits.device, dtype=logits.dtype)  # no host copy
         loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight,
                                                   reduction="none")
         return loss.flatten(2).mean(-1)
@@ -139,19 +139,26 @@ class MultimaskLoss(nn.Module):
         self.iou_weight, self.obj_weight = float(iou_weight), float(obj_weight)
 
     def forward(self, masks: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """masks (N, M, H, W) logits, ious (N, M) estimates, obj_logits (N,), target (N, H, W) in {0, 1}."""
+                target: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """masks (N, M, H, W) logits, ious (N, M) estimates, obj_logits (N,), target (N, H, W) in {0, 1}.
+
+        ``weight`` (N,) in {0, 1}: scores only the rows with weight 1, as if the others were left
+        out (selecting them instead would make the host wait for the device to count them).
+        """
         target = target.to(masks.dtype)[:, None].expand_as(masks)
         present = target[:, 0].flatten(1).any(1).to(masks.dtype)
-        n, rows = masks.shape[0], torch.arange(masks.shape[0], device=masks.device)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        weight = torch.ones_like(present) if weight is None else weight.to(masks.dtype)
+        n = weight.sum().clamp(min=1)
         per_mask = self.mask_loss.per_mask(masks, target)
         l1 = (ious.to(masks.dtype) - mask_iou(masks, target)).abs()
         if self.multimask:
             mask_term, iou_term = per_mask[rows, per_mask.argmin(1)], l1.mean(1)
         else:
             mask_term, iou_term = per_mask[rows, ious.argmax(1)], torch.zeros_like(present)
-        mask_loss = (mask_term * present).sum() / n
-        iou_loss = (iou_term * present).sum() / n
-        obj_loss = F.binary_cross_entropy_with_logits(obj_logits.to(masks.dtype), present)
+        mask_loss = (mask_term * present * weight).sum() / n
+        iou_loss = (iou_term * present * weight).sum() / n
+        obj_loss = (F.binary_cross_entropy_with_logits(obj_logits.to(masks.dtype), present, reduction="none")
+                    * weight).sum() / n
         total = mask_loss + self.iou_weight * iou_loss + self.obj_weight * obj_loss
         return {"loss": total, "mask": mask_loss.detach(), "iou": iou_loss.detach(), "obj": obj_loss.detach()}

@@ -99,6 +99,7 @@ def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
     study = write_study(tmp_path, medsam2_image, data, executor="local", hparams=HPARAMS)
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
+    monkeypatch.chdir(study.output_root)  # the job starts here: the container's user must read it
     argv = launcher.python_argv(study, study.profiles["cpu"], study.tasks, launcher.LocalBackend(),
                                 study.study_dir / ".submitit")
     assert argv[1:4] == ["apptainer", "exec", "--cleanenv"] and argv[-2:] == [str(medsam2_image), "python"]

@@ -29,12 +29,13 @@ from submitit.helpers import DelayedSubmission
 
 from medsam2_hpc import dataid, registry, runner, spec
 from medsam2_hpc.cli import main
-from medsam2_hpc.contract import build_metrics, validate_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics, validate_metrics
 from medsam2_hpc.engine import LoopConfig, TrainLoop
 from medsam2_hpc.engine.stop import clear_stop
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.hpc import containers, launcher
 from medsam2_hpc.hpc.requeue import TIME_LIMIT_REASON, TaskCall, write_helpers
+from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import RunDir, Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,11 +79,9 @@ def train(task: Task, run: RunDir) -> dict:
 
     state = loop.fit(train_epoch, lambda epoch: {"dice": 0.5})
     _log(run, "evaluate")
-    return build_metrics(task, split="test", dice_mean=0.5, per_class={"cup": 0.5},
-                         per_case={"case0": {"cup": 0.5}}, epochs_completed=state.epoch,
-                         train_seconds=state.train_seconds, eval_seconds=0.0, params_m=3e-6,
-                         selection_split="val", selection_cases=["val0"], selection_dice=0.5,
-                         checkpoint=loop.selected().record(), hd95_unit="px", hparams={})
+    return build_metrics(task, split="test", scores=Scores(0.5, {"cup": 0.5}, {"case0": {"cup": 0.5}}, "px"),
+                         cost=RunCost(state.epoch, state.train_seconds, 0.0, 3e-6), hparams={},
+                         selection=Selection("val", ["val0"], 0.5, loop.selected().record()))
 
 
 def run_tiny(task: Task) -> dict:

@@ -44,7 +44,7 @@ def _wrapper_child(folder: Path) -> int:
 
 
 def test_array_task_in_the_image_requeues_from_inside_and_resumes(
-        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
+        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
     hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
                "amp": "none"}
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
@@ -52,6 +52,7 @@ def test_array_task_in_the_image_requeues_from_inside_and_resumes(
                         profile="{cpus: 1, mem: 2G, time: 10, signal_delay_s: 30, max_requeues: 2}")
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
+    monkeypatch.chdir(study.output_root)  # the job starts here: the container's user must read it
     with shared_umask():  # sbatch passes the umask on to the job
         job = launcher.submit(study, out=StringIO()).job_ids[0]
     deadline = time.monotonic() + 300

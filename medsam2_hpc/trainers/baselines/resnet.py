@@ -18,7 +18,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.engine import (
     LoopConfig,
     TrainLoop,
@@ -154,14 +154,11 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         return data.evaluate(predict, run.predictions, batch_size=cfg.batch_size, hd95=cfg.hd95)
 
     scores = on_main(score)
-    return build_metrics(
-        task, split="test", selection_split="val",
-        selection_cases=data.selection_cases, selection_dice=chosen.score, checkpoint=chosen.record(),
-        hparams=asdict(cfg), **scores.fields(), epochs_completed=loop.state.epoch,
-        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
-        params_m=count_params_m(model), peak_gpu_mem_gb=peak_memory_gb(device),
-        image_size=cfg.image_size,
-    )
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data.selection_cases, chosen.score, chosen.record()),
+                         image_size=cfg.image_size)
 
 
 def make_predictor(model: nn.Module, device: torch.device, amp: str, multilabel: bool) -> Predict:

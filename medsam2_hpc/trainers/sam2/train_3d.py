@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
@@ -36,7 +36,7 @@ from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.distributed import any_process, epoch_loader, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.inference.predict import evaluate, protocol
+from medsam2_hpc.inference.predict import EvalSettings, evaluate, protocol
 from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
@@ -118,9 +118,9 @@ def check(task: Task) -> None:
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
                      device: torch.device, **kwargs: Any) -> Scores:
     """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of inference/predict.py)."""
-    result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
-                      image_size=cfg.image_size, device=device, amp=cfg.amp, unit=volumes.hd95_unit,
-                      seed=task.seed, hd95=cfg.hd95, **kwargs)
+    settings = EvalSettings(task.prompt, cfg.prompt_freq, cfg.image_size, device, cfg.amp, volumes.hd95_unit,
+                            task.seed, cfg.hd95)
+    result = evaluate(propagator, volumes, settings, **kwargs)
     return result.summary()
 
 
@@ -214,13 +214,11 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                                 on_case=_PredictionWriter(run, cfg.vis > 0))
 
     s = on_main(score)  # rank 0 scores and writes; every rank returns the same metrics
-    peak = peak_memory_gb(device)
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
     return build_metrics(
-        task, split="test", selection_split="val", selection_cases=volumes["val"].cases,
-        selection_dice=chosen.score, checkpoint=chosen.record(),
-        hparams=asdict(cfg), **s.fields(), epochs_completed=loop.state.epoch,
-        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
-        params_m=count_params_m(model), peak_gpu_mem_gb=peak,
+        task, split="test", scores=s, cost=cost, hparams=asdict(cfg),
+        selection=Selection("val", volumes["val"].cases, chosen.score, chosen.record()),
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
         video_length=cfg.video_length, trainable=cfg.trainable, postprocess=propagator.postprocess)
 
