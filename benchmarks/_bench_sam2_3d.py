@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="3D: after the timing, profile one more run and write the op table here")
     p.add_argument("--attention", default="default", choices=["default", "cudnn"],
                    help="3D: fused attention kernel tried first (sam2_video.ATTENTION)")
+    p.add_argument("--compile", action="store_true",
+                   help="3D: torch.compile the memory attention and encoder (dynamic shapes); pair it with "
+                   "--warmup >= 1 so the compilation stays out of the timing")
 
 
 def synthetic_volume(frames: int, organs: int, size: int, rng: np.random.Generator
@@ -81,7 +84,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     trainable = set_trainable(model, args.trainable)
     model.train()
     propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
-                                 attention=args.attention)
+                                 attention=args.attention, compile=args.compile)
     optimizer = adamw(model, 1e-4, 1e-5, 1e-5)  # as the trainer's
     loss_fn = MultimaskLoss(make_loss("bce"))
     rng = np.random.default_rng(0)
@@ -105,7 +108,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     work = _work_figures(step, device, args.profile, 1)  # after the timing: the counters slow the step
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
-            "keep_attention": args.keep_attention, "attention": args.attention,
+            "keep_attention": args.keep_attention, "attention": args.attention, "compile": args.compile,
             "steps": args.steps,
             "warmup": args.warmup,
             "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
@@ -123,7 +126,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     frames = args.frames or 100
     model = _model(args, device).eval()
-    propagator = VideoPropagator(model, attention=args.attention)
+    propagator = VideoPropagator(model, attention=args.attention, compile=args.compile)
     image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
     mid = frames // 2
     prompts = {}
@@ -145,7 +148,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
         sync(device)
         encode_seconds = time.perf_counter() - t1
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
-            "runs": args.steps, "warmup": args.warmup, "attention": args.attention,
+            "runs": args.steps, "warmup": args.warmup, "attention": args.attention, "compile": args.compile,
             "amp": args.amp if device.type == "cuda" else "none",
             "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
             "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),

@@ -22,14 +22,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceFocalLoss
 from torch import nn
 
 from .errors import InputError
 from .options import look_up
 
-__all__ = ["LOSSES", "MaskLoss", "WeightedBCE", "DiceFocal", "Sam2MaskLoss", "MultimaskLoss", "make_loss",
-           "mask_iou"]
+__all__ = ["LOSSES", "MaskLoss", "WeightedBCE", "DiceFocal", "Sam2MaskLoss", "MultimaskLoss", "check_loss",
+           "make_loss", "mask_iou"]
 
 LOSSES = ("bce", "dicefocal", "sam2")
 
@@ -67,6 +66,8 @@ class DiceFocal(MaskLoss):
     """MONAI's DiceFocalLoss (sigmoid, gamma 2), Dice per mask plus the mask's mean focal term."""
 
     def __init__(self, pos_weight: float) -> None:
+        from monai.losses import DiceFocalLoss  # imported when built: submit's checks need no MONAI
+
         super().__init__()
         self.loss = DiceFocalLoss(sigmoid=True, alpha=pos_weight / (1.0 + pos_weight), gamma=2.0,
                                   reduction="none")
@@ -92,12 +93,17 @@ class Sam2MaskLoss(MaskLoss):
         return self.FOCAL_WEIGHT * focal + self.DICE_WEIGHT * dice
 
 
-def make_loss(name: str, pos_weight: float = 2.0) -> MaskLoss:
-    """The loss called ``name`` (one of :data:`LOSSES`); InputError names a bad name or weight."""
+def check_loss(name: str, pos_weight: float = 2.0) -> None:
+    """What :func:`make_loss` would refuse, without building the loss (trainers' checks)."""
     look_up(name, LOSSES, "loss")
     if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float)) \
             or not 0 < pos_weight < math.inf:
         raise InputError(f"pos_weight: {pos_weight!r} must be a number > 0")
+
+
+def make_loss(name: str, pos_weight: float = 2.0) -> MaskLoss:
+    """The loss called ``name`` (one of :data:`LOSSES`); InputError names a bad name or weight."""
+    check_loss(name, pos_weight)
     if name == "bce":
         return WeightedBCE(pos_weight)
     if name == "dicefocal":

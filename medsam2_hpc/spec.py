@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
-from .inputs import MAX_TASKS, NAME, control_chars, read_yaml
+from .inputs import MAX_TASKS, NAME, compose_yaml, control_chars, read_yaml
 from .options import suggest
 from .registry import dataset_names, model_kind, model_names
 from .task import PROMPTS, Task
@@ -669,7 +669,7 @@ def _choose(flag: str | None, default: Any, names: list[str], chk: _Checker) -> 
 
 def _read(path: Path) -> tuple[Any, dict, list]:
     text, data = read_yaml(path)
-    node = yaml.compose(text, Loader=yaml.SafeLoader)  # parsed above: this cannot fail
+    node = compose_yaml(text)
     dupes: list = []
     lines = _line_map(node, (), {}, dupes)
     return data, lines, dupes

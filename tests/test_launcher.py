@@ -195,6 +195,8 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     # the digest of the image the job runs, for its metrics.json (hashed here, on the submitting host)
     assert f"MEDSAM2_IMAGE_DIGEST=sha256:{hashlib.sha256(b'an image').hexdigest()}" in argv
     assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/%j"]
+    # an array's elements write their own submitit pickles from one batch file (hpc/batch.py)
+    assert argv[-9:-5] == ["python", "-m", "medsam2_hpc.hpc.batch", f"{root}/s/.submitit/batch-<id>.bin"]
     plain = next(s for s in scripts if "--array" not in s)
     assert "--nv" not in plain  # profile without GPUs
     assert not (tmp_path / "out dir").exists()

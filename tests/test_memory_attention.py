@@ -127,3 +127,21 @@ def test_attention_microbenchmark_runs_tiny_on_the_cpu(tmp_path) -> None:
         assert case["backend"] in {"math", "cpu_flash"} and case["runs"] >= 2 and case["ms_per_fwd_bwd"] > 0
     # the CPU's fused kernel takes equal head dims without dropout: Meta's 256-wide values
     assert record["cases"]["cross_v256_p0.0"]["backend"] == "cpu_flash"
+
+
+def test_compile_flag_compiles_in_place_keeping_checkpoint_keys() -> None:
+    """Wiring only: compiling and running takes minutes on this CPU (compiled == eager to 2.4e-7 on a
+    5-slice 64 px volume, checked by hand), so the benchmark's --compile times it on a GPU."""
+    from medsam2_hpc.models.sam2_video import VideoPropagator
+    from medsam2_hpc.options import config_from_dict
+    from medsam2_hpc.trainers.sam2.train_3d import Sam2Config3D
+
+    _, model = _models()
+    keys = model.state_dict().keys()
+    VideoPropagator(model)
+    assert model.memory_attention._compiled_call_impl is None
+    VideoPropagator(model, compile=True)
+    assert model.memory_attention._compiled_call_impl is not None
+    assert model.memory_encoder._compiled_call_impl is not None
+    assert model.state_dict().keys() == keys
+    assert config_from_dict(Sam2Config3D, {"compile": True}, "hparams").compile is True

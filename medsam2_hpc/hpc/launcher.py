@@ -41,9 +41,9 @@ from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
+from .batch import element_python, submit_array
 from .image import read_record
 from .queue import queued
-from .requeue import SIGNAL_ENV, TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
 __all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "check_tasks",
@@ -74,6 +74,11 @@ class Backend:
         """One array per profile; executors without arrays throttle by waves instead."""
         return [tasks]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """Submit one wave: submitit's ``map_array``."""
+        return executor.map_array(call, tasks)
+
     def after_submit(self, jobs: Sequence[Any]) -> list[str]:
         """Return error summaries of finished jobs (backends that wait); Slurm returns at once."""
         return []
@@ -81,10 +86,14 @@ class Backend:
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
         """The image runs with --cleanenv: the host wrapper hands it the job's variables (and
         requeues from the host under Slurm, where scontrol is absent inside; hpc/requeue.py)."""
+        from .requeue import wrapper_path  # requeue imports torch (engine); status and cancel do not need it
+
         return [str(wrapper_path(folder)), *prefix] if prefix else prefix
 
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
+        from .requeue import wrapper_path, write_helpers
+
         if argv and argv[0] == str(wrapper_path(folder)):
             write_helpers(folder)
 
@@ -132,6 +141,8 @@ class SlurmBackend(Backend):
         return submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python)
 
     def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
+        from .requeue import SIGNAL_ENV  # requeue imports torch (engine); status and cancel do not need it
+
         setup = [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup)
         sbatch = dict(profile.sbatch)
         if contained:  # the wrapper sends the pre-timeout USR2, sparing squashfuse (hpc/requeue.py)
@@ -167,14 +178,22 @@ class SlurmBackend(Backend):
         step = profile.max_array_size or max_array_size()[0]
         return [tasks[i:i + step] for i in range(0, len(tasks), step)]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """One batch file per array; each element writes its own pickle (hpc/batch.py)."""
+        return submit_array(executor, call, tasks)
+
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
                 job_name: str, *, contained: bool = False) -> str:
         """One sbatch script per array the submission needs (MaxArraySize)."""
         waves = self.waves(list(tasks), profile)
         scripts = []
+        python, entry = command.split(" -u -m submitit.core._submit ", 1)
+        batch = element_python(python, folder.parent / "batch-<id>.bin")  # named when the array is submitted
         for i, wave in enumerate(waves):
             count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
-            script = _make_sbatch_string(command=command, folder=folder, map_count=count,
+            line = f"{batch} -u -m submitit.core._submit {entry}" if count else command
+            script = _make_sbatch_string(command=line, folder=folder, map_count=count,
                                          **self.parameters(profile, job_name, contained=contained))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
@@ -506,6 +525,8 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
         (study.output_root / ".cache" / "home").mkdir(parents=True, exist_ok=True)  # --home must exist
+    from .requeue import TaskCall
+
     call = TaskCall(fn)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
@@ -515,7 +536,7 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
                                                   contained=argv is not None))
         for wave in backend.waves(tasks, profile):
-            jobs = ex.map_array(call, wave)
+            jobs = backend.map_array(ex, call, wave)
             array = _record(study, backend.name, name, jobs, wave)
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)

@@ -178,11 +178,15 @@ class VideoPropagator:
             memory is encoded from its (filled) low-res output resized to the input, as
             ``SAM2VideoPredictor`` does (for a mask prompt that is the mask after a round trip
             through the low resolution; SAM2Train, and so training, uses the mask itself).
+        compile: compile the memory attention and memory encoder with ``torch.compile(dynamic=
+            True)`` in place (parameters and checkpoints unchanged; the memory count varies by
+            slice, ``dynamic`` keeps it from recompiling). Off by default: the first slices pay
+            the compilation, and no GPU measurement has shown the gain yet.
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
                  checkpoint: bool = False, keep_attention: bool = True, attention: str = "default",
-                 postprocess: str = "none") -> None:
+                 postprocess: str = "none", compile: bool = False) -> None:
         if max_cond_frames != -1 and max_cond_frames < 2:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
@@ -195,6 +199,9 @@ class VideoPropagator:
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
         _share_expanded_rows(model)
+        if compile:
+            model.memory_attention.compile(dynamic=True)
+            model.memory_encoder.compile(dynamic=True)
 
     # image features -------------------------------------------------------------------
     def encode(self, images: Tensor, *, chunk: int = 8) -> list[FrameFeatures]:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 
 from medsam2_hpc.contract import RunCost, Selection, build_metrics
@@ -34,9 +33,8 @@ from medsam2_hpc.engine.checkpoint import check_resumable
 from medsam2_hpc.engine.distributed import epoch_loader, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.losses import make_loss
+from medsam2_hpc.losses import check_loss, make_loss
 from medsam2_hpc.options import config_from_dict, look_up
-from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.baselines.data import Predict, check_data, load_data
 from medsam2_hpc.trainers.baselines.resnet_net import VARIANTS, build_network
@@ -86,7 +84,7 @@ def check(task: Task) -> None:
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
     check_resumable(task.run_dir)
-    once(("loss", cfg.loss, cfg.pos_weight), lambda: make_loss(cfg.loss, cfg.pos_weight) and None)
+    check_loss(cfg.loss, cfg.pos_weight)
     check_data(task, cfg.classes, cfg.split_file)
 
 
@@ -94,6 +92,8 @@ class _Criterion(nn.Module):
     """Multi-label loss on [B,C,H,W] masks (REFUGE) or Dice+CE on [B,H,W] label maps (BTCV)."""
 
     def __init__(self, multilabel: bool, cfg: ResNetConfig) -> None:
+        from monai.losses import DiceCELoss  # MONAI imports in seconds: built here, not where submit checks
+
         super().__init__()
         self.multilabel = multilabel
         self.loss = make_loss(cfg.loss, cfg.pos_weight) if multilabel else DiceCELoss(to_onehot_y=True,

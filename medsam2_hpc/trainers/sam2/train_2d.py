@@ -172,15 +172,17 @@ class Predictor:
 
 
 @torch.no_grad()
-def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
-             vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
+def evaluate(predictor: Predictor, dataset: Prompted, *, vis_dir: Any = None, pred_dir: Any = None,
+             tag: str = "val") -> Scores:
     """Scores per case and class (scoring.py, HD95 in the dataset's unit) on thresholded
-    probabilities; deterministic for given weights."""
+    probabilities; deterministic for given weights. Batch size, workers, HD95 and the overlay
+    cadence (every ``vis``-th batch, into ``vis_dir``) come from the predictor's config."""
+    cfg = predictor.cfg
     predictor.model.eval()
     predictor.reset()
     classes = dataset.classes
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    scorer = Scorer(dataset.base.hd95_unit, hd95=predictor.cfg.hd95)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    scorer = Scorer(dataset.base.hd95_unit, hd95=cfg.hd95)
     for i, batch in enumerate(progress(loader, desc=f"{tag}")):
         logits, present = predictor(batch)
         pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]
@@ -190,7 +192,7 @@ def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_wo
             if pred_dir is not None:
                 for j, cls in enumerate(classes):
                     mask_png(pred_dir / f"{name}_{cls}.png", pred[k, j])
-            if vis_every and vis_dir is not None and i % vis_every == 0:
+            if cfg.vis and vis_dir is not None and i % cfg.vis == 0:
                 overlay_png(vis_dir / f"{tag}_{name}.png", batch["image"][k], truth[k], pred[k])
     return scorer.summary()
 
@@ -263,12 +265,10 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     val_prompted, test_prompted = (Prompted(data[split], task.prompt, cfg.image_size, task.seed,
                                             Prompted.EVAL_EPOCH) for split in ("val", "test"))
     loss_fn = cfg.train_loss()
-    eval_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     reset_peak_memory(device)
 
     def validate(epoch: int) -> dict[str, float]:
-        s = evaluate(predictor, val_prompted, vis_dir=run.vis, vis_every=cfg.vis, tag=f"val_e{epoch + 1}",
-                     **eval_kw)
+        s = evaluate(predictor, val_prompted, vis_dir=run.vis, tag=f"val_e{epoch + 1}")
         return {"dice": s.dice_mean, "iou": s.iou_mean}
 
     epoch_ctx = Epoch2D(loop, predictor, train_ds, loss_fn, scheduler, cfg, task)
@@ -278,8 +278,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
 
     def score() -> Scores:
         load_weights_from(model, chosen.path)
-        return evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis,
-                        pred_dir=run.predictions, tag="test", **eval_kw)
+        return evaluate(predictor, test_prompted, vis_dir=run.vis, pred_dir=run.predictions, tag="test")
 
     scores = on_main(score)  # on rank 0, in one pass: the memory bank sees the images in order
     cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,

@@ -70,7 +70,9 @@ class Sam2Config3D(Sam2Config):
     pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
     checkpoint_keeps_attention (with it, keep the attention kernels' outputs instead of
     recomputing them: fewer FLOPs for more memory, see ``sam2_video._save_seeded_ops``),
-    attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
+    attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``),
+    compile (torch.compile the memory attention and memory encoder, ``dynamic=True``; off by
+    default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes).
     """
 
     trainable: TrainableParts = "decoder+memory"
@@ -84,6 +86,7 @@ class Sam2Config3D(Sam2Config):
     activation_checkpointing: bool = True
     checkpoint_keeps_attention: bool = True
     attention: Literal["default", "cudnn"] = "default"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -183,7 +186,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     set_trainable(model, cfg.trainable)
     propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames,
                                  checkpoint=cfg.activation_checkpointing,
-                                 keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention)
+                                 keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention,
+                                 compile=cfg.compile)
     optimizer = adamw(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr, cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select,
