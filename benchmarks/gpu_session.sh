@@ -20,7 +20,8 @@ bench() {  # bench NAME SCRIPT FLAGS...
   timeout "${BENCH_TIMEOUT:-170}" "$py" "benchmarks/$script" "$@" --out "$out/$name.json" \
     > "$out/$name.log" 2>&1
   echo "$name: exit $? $(tr -d '\n' < "$out/$name.json" 2>/dev/null \
-    | grep -o '"[a-z_]*per_s": [0-9.]*\|"peak_mem_gb": [0-9.]*\|"achieved_tflops": [0-9.]*' | tr '\n' ' ')"
+    | grep -o '"[a-z_]*per_s": [0-9.]*\|"peak_mem_gb": [0-9.]*\|"achieved_tflops": [0-9.]*\|"[a-z_]*_per_step": [0-9.]*' \
+    | tr '\n' ' ')"
 }
 common=(--config sam2_hiera_s --image-size 1024 --amp bf16 --organs 13)
 for att in ${ATTENTIONS:-default}; do  # ATTENTIONS="default cudnn" also tries cuDNN's fused attention
