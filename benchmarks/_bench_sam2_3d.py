@@ -7,10 +7,13 @@ Both time the code that trains and predicts (``trainers/sam2/step_3d.clip_loss``
 ``infer.predict_volume``) on synthetic slices: K disc-shaped organs at fixed places in every
 slice, random pixels (speed does not depend on them). ``train3d`` reports slices/s of whole
 optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice volume with one
-box per organ on the middle slice, and the encoder's share of the time. Both count the FLOPs
-of one run (``tflop_per_run``, by PyTorch's FLOP counter, after the timing) and report the rate
-achieved (``achieved_tflops``): far below the GPU's peak means kernels or overheads, not
-arithmetic, set the speed. ``--profile FILE`` adds PyTorch's profiler table of one more run.
+box per organ on the middle slice, and the encoder's share of the time. After the timing, one
+more run counts the FLOPs (``tflop_per_run``, by PyTorch's FLOP counter with grouped
+convolutions corrected) and the aten ops (``aten_ops_per_step``: per training step, or per slice
+of the volume) and gives the rate achieved (``achieved_tflops``); another runs under the
+profiler for the host's time (``host_seconds_per_step``: CPU self time of every op, per step or
+slice). Far below the GPU's peak, with host seconds near the step's, means the host's issuing
+of ops, not arithmetic, sets the speed. ``--profile FILE`` also writes the profiler's table.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.engine.benchmark import count_flops, memory_figures, profile_ops, sync, timed
+from medsam2_hpc.engine.benchmark import OpCounter, count_flops, memory_figures, profile_ops, sync, timed
 
 __all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
 
@@ -41,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="3D: after the timing, profile one more run and write the op table here")
     p.add_argument("--attention", default="default", choices=["default", "cudnn"],
                    help="3D: fused attention kernel tried first (sam2_video.ATTENTION)")
+    p.add_argument("--compile", action="store_true",
+                   help="3D: torch.compile the memory attention and encoder (dynamic shapes); pair it with "
+                   "--warmup >= 1 so the compilation stays out of the timing")
 
 
 def synthetic_volume(frames: int, organs: int, size: int, rng: np.random.Generator
@@ -78,7 +84,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     trainable = set_trainable(model, args.trainable)
     model.train()
     propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
-                                 attention=args.attention)
+                                 attention=args.attention, compile=args.compile)
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
     loss_fn = MultimaskLoss(make_loss("bce"))
     rng = np.random.default_rng(0)
@@ -99,17 +105,16 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
         return float(parts["loss"].detach())
 
     seconds, losses = timed(step, args.steps, args.warmup, device)
-    _, flops = count_flops(step)  # after the timing: the counter slows the step it watches
-    top = profile_ops(step, device, args.profile) if args.profile else None
+    work = _work_figures(step, device, args.profile, 1)  # after the timing: the counters slow the step
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
-            "keep_attention": args.keep_attention, "attention": args.attention,
+            "keep_attention": args.keep_attention, "attention": args.attention, "compile": args.compile,
             "steps": args.steps,
             "warmup": args.warmup,
             "amp": args.amp if device.type == "cuda" else "none", "trainable": args.trainable,
             "trainable_m": trainable / 1e6, "seconds": seconds, "step_seconds": seconds / args.steps,
             "slices_per_s": frames * args.steps / seconds, "final_loss": losses[-1],
-            **_compute_figures(flops, seconds / args.steps), "profile_top": top, **memory_figures(device)}
+            **_compute_figures(work.pop("flops"), seconds / args.steps), **work, **memory_figures(device)}
 
 
 def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     frames = args.frames or 100
     model = _model(args, device).eval()
-    propagator = VideoPropagator(model, attention=args.attention)
+    propagator = VideoPropagator(model, attention=args.attention, compile=args.compile)
     image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
     mid = frames // 2
     prompts = {}
@@ -135,8 +140,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds, preds = timed(run, args.steps, args.warmup, device)
     seconds, pred = seconds / args.steps, preds[-1]
-    _, flops = count_flops(run)
-    top = profile_ops(run, device, args.profile) if args.profile else None
+    work = _work_figures(run, device, args.profile, frames)
     with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
         t1 = time.perf_counter()
         for lo in range(0, frames, 8):
@@ -144,11 +148,20 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
         sync(device)
         encode_seconds = time.perf_counter() - t1
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
-            "runs": args.steps, "warmup": args.warmup, "attention": args.attention,
+            "runs": args.steps, "warmup": args.warmup, "attention": args.attention, "compile": args.compile,
             "amp": args.amp if device.type == "cuda" else "none",
             "seconds_per_volume": seconds, "slices_per_s": frames / seconds,
             "encode_seconds": encode_seconds, "organs_found": int(len(np.unique(pred)) - 1),
-            **_compute_figures(flops, seconds), "profile_top": top, **memory_figures(device)}
+            **_compute_figures(work.pop("flops"), seconds), **work, **memory_figures(device)}
+
+
+def _work_figures(run: Any, device: torch.device, table: Path | None, per: int) -> dict[str, Any]:
+    """FLOPs of one ``run``; its aten ops and host seconds per step (``per`` steps in a run)."""
+    with OpCounter() as ops:
+        _, flops = count_flops(run)
+    top, host = profile_ops(run, device, table)
+    return {"flops": flops, "aten_ops_per_step": ops.total / per, "host_seconds_per_step": host / per,
+            "profile_top": top if table else None}
 
 
 def _compute_figures(flops: int, seconds: float) -> dict[str, float]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU session: SAM2 3D training and inference throughput at the issue's settings
 # (Hiera-S, 1024 px, bf16, 13 organs; training with the selective recompute and with a full
-# one) and the ResNet-50 baseline (512 px, bf16), one JSON file per measurement in $OUT
+# one), the memory attention's kernel alone (bench_attention.py: issue 17's shapes, 60 s, the SDPA
+# backend that ran) and the ResNet-50 baseline (512 px, bf16), one JSON file per measurement in $OUT
 # (default bench_out), with the FLOPs achieved and, for SAM2, the profiler's op table.
 #
 #   bash benchmarks/gpu_session.sh [extra bench_sam2.py flags]
@@ -29,6 +30,10 @@ for att in ${ATTENTIONS:-default}; do  # ATTENTIONS="default cudnn" also tries c
     [[ $name == *full_recompute ]] && mode+=(--recompute-attention)
     bench "$name" bench_sam2.py "${mode[@]}" "${common[@]}" --attention "$att" --profile "$out/$name.ops.txt" "$@"
   done
+done
+for att in ${ATTENTIONS:-default}; do
+  bench "attention_$att" bench_attention.py --attention "$att" --seconds "${ATTENTION_SECONDS:-60}"
+  tr -d "\n " < "$out/attention_$att.json" 2>/dev/null | grep -o '"[a-z]*_v[0-9]*_p[0-9.]*":{[^}]*}' | sed 's/^/  /'
 done
 if [[ -z "${SKIP_BASELINES:-}" ]]; then
   base=(--variant resnet50 --image-size 512 --batch 8 --amp bf16)

@@ -7,21 +7,48 @@
 4. this checkout's ``checkpoints/``, where ``checkpoints/download_ckpts.sh`` saves them.
 
 No step depends on the working directory, so a job finds what the submitting shell found.
+On the login node the image's baked directory does not exist: ``submit`` checks inside
+:func:`image_holds` with the file names the image's build recorded (hpc/image.py), so a
+checkpoint baked into the image passes step 3 there, and one the image lacks still fails.
 Light on purpose (no torch): the launcher and the container commands import it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["ENV_VAR", "BAKED_DIR", "CHECKOUT_DIR", "search_dirs", "find_checkpoint"]
+__all__ = ["ENV_VAR", "BAKED_DIR", "CHECKOUT_DIR", "search_dirs", "find_checkpoint", "image_holds",
+           "only_in_image"]
 
 ENV_VAR = "MEDSAM2_CHECKPOINTS"
 BAKED_DIR = Path("/opt/medsam2-hpc/checkpoints")
 CHECKOUT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+# The file names baked into the image the jobs will run (None: no image, or not known).
+_IN_IMAGE: ContextVar[frozenset[str] | None] = ContextVar("medsam2_image_checkpoints", default=None)
+
+
+@contextmanager
+def image_holds(names: Iterable[str] | None) -> Iterator[None]:
+    """Within this block, :data:`BAKED_DIR` holds ``names`` (in the image, not on this host)."""
+    token = _IN_IMAGE.set(None if names is None else frozenset(names))
+    try:
+        yield
+    finally:
+        _IN_IMAGE.reset(token)
+
+
+def only_in_image(path: str | os.PathLike) -> bool:
+    """True for a baked checkpoint that the image holds and this host does not (a login node):
+    checks then trust the image's record instead of loading the file."""
+    path = Path(path)
+    names = _IN_IMAGE.get() or frozenset()
+    return path.parent == BAKED_DIR and path.name in names and not path.is_file()
 
 
 def search_dirs() -> list[Path]:
@@ -38,8 +65,10 @@ def find_checkpoint(file_name: str) -> Path:
     """
     dirs = search_dirs()
     for directory in dirs:
-        if (directory / file_name).is_file():
+        if (directory / file_name).is_file() or only_in_image(directory / file_name):
             return directory / file_name
-    raise InputError(f"hparams.sam_ckpt: no {file_name} in {', '.join(map(str, dirs))}; set sam_ckpt "
-                     f"(or -sam_ckpt), export {ENV_VAR}=<dir>, or run checkpoints/download_ckpts.sh "
-                     "(sam_ckpt: none trains from random weights)")
+    baked = _IN_IMAGE.get()
+    image = "" if baked is None else f" (the image holds {', '.join(sorted(baked)) or 'no checkpoints'})"
+    raise InputError(f"hparams.sam_ckpt: no {file_name} in {', '.join(map(str, dirs))}{image}; set sam_ckpt "
+                     f"(or -sam_ckpt), export {ENV_VAR}=<dir>, bake it (container build --with-checkpoints), "
+                     "or run checkpoints/download_ckpts.sh (sam_ckpt: none trains from random weights)")

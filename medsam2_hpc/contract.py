@@ -1,6 +1,7 @@
 """metrics.json: the one file the collector reads (ARCHITECTURE.md section 3).
 
-Trainers call :func:`build_metrics`; the collector and the tests call
+Trainers call :func:`build_metrics` with their :class:`~medsam2_hpc.scoring.Scores`, a
+:class:`Selection` and a :class:`RunCost`; the collector and the tests call
 :func:`validate_metrics`. NaN (an organ absent from a case) is written as ``null``.
 
 Schema 2 (issue 14) says where the checkpoint was chosen, so a reader can tell an honest
@@ -9,27 +10,40 @@ held-out score from one picked on the cases it reports: ``selection_split`` and
 there, null when not measured in Dice), ``checkpoint`` ({select: best|last, epoch,
 validated}: a run that never validated says so), ``hd95_unit`` (mm | px) and ``hparams``
 (the resolved hyper-parameters, so sweep points stay apart).
+
+Provenance: ``git_sha`` (inside the image: the commit ``container build`` stamped) and
+``container`` ({image, digest}: the image Apptainer ran and its ``sha256:`` digest, which the
+launcher computed on the submitting host; null outside a container).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .registry import dataset_kind, dataset_names, model_names
 from .task import PROMPTS, Task
 
-__all__ = ["SCHEMA_VERSION", "REQUIRED_KEYS", "HD95_UNITS", "SELECT", "checkpoint_record", "build_metrics",
-           "validate_metrics", "git_sha"]
+if TYPE_CHECKING:  # scoring needs torch; the collector reads metrics without it
+    from .scoring import Scores
+
+__all__ = ["SCHEMA_VERSION", "GIT_SHA_ENV", "DIGEST_ENV", "REQUIRED_KEYS", "HD95_UNITS", "SELECT",
+           "checkpoint_record", "Selection", "RunCost", "build_metrics", "validate_metrics", "git_sha"]
 
 SCHEMA_VERSION = 2
+GIT_SHA_ENV = "MEDSAM2_GIT_SHA"
+DIGEST_ENV = "MEDSAM2_IMAGE_DIGEST"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 HD95_UNITS = ("mm", "px")
 SELECT = ("best", "last", "given")  # given: weights from outside the run (inference)
 REQUIRED_KEYS: dict[str, tuple[type, ...]] = {
@@ -78,9 +92,10 @@ def _clean(value: Any) -> Any:
 
 
 def git_sha() -> str | None:
-    """The commit of the installed source tree, or MEDSAM2_GIT_SHA (set in the image)."""
-    if os.environ.get("MEDSAM2_GIT_SHA"):
-        return os.environ["MEDSAM2_GIT_SHA"]
+    """The commit the image was built from (``MEDSAM2_GIT_SHA``, stamped by ``container build``:
+    the image's copy has no .git), else the commit of the source tree, else None."""
+    if os.environ.get(GIT_SHA_ENV):
+        return os.environ[GIT_SHA_ENV]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -92,11 +107,12 @@ def git_sha() -> str | None:
 
 
 def container_info() -> dict[str, Any] | None:
-    """Image path (and digest when the launcher knows it) when running inside Apptainer."""
+    """Image path (Apptainer's own record) and digest (``MEDSAM2_IMAGE_DIGEST``, passed by the
+    launcher: hpc/image.py) when running inside Apptainer or Singularity."""
     image = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
     if not image:
         return None
-    return {"image": image, "digest": os.environ.get("MEDSAM2_IMAGE_DIGEST")}
+    return {"image": image, "digest": os.environ.get(DIGEST_ENV) or None}
 
 
 def checkpoint_record(select: str, epoch: int | None, validated: bool) -> dict[str, Any]:
@@ -104,32 +120,46 @@ def checkpoint_record(select: str, epoch: int | None, validated: bool) -> dict[s
     return {"select": select, "epoch": None if epoch is None else int(epoch), "validated": bool(validated)}
 
 
-def build_metrics(
-    task: Task,
-    *,
-    split: str,
-    selection_split: str,
-    selection_cases: list[str],
-    selection_dice: float | None,
-    checkpoint: dict[str, Any],
-    hd95_unit: str,
-    hparams: dict[str, Any],
-    dice_mean: float | None,
-    per_class: dict[str, float | None],
-    per_case: dict[str, dict[str, float | None]],
-    epochs_completed: int,
-    train_seconds: float,
-    eval_seconds: float,
-    params_m: float,
-    hd95_mean: float | None = None,
-    peak_gpu_mem_gb: float | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Assemble a contract-complete metrics dict; ``extra`` keys (e.g. dice_mean_per_slice) ride along.
+@dataclass(frozen=True)
+class Selection:
+    """Where the scored weights were chosen (schema 2): the ``split`` and its ``cases``, the
+    chosen weights' ``dice`` there (None when not measured in Dice) and the ``checkpoint`` record."""
 
-    ``hparams`` is the trainer's resolved configuration (defaults filled in), not the raw
-    ``task.hparams``; ``per_case`` keys are the scored cases of ``split``.
+    split: str
+    cases: Sequence[str]
+    dice: float | None
+    checkpoint: dict[str, Any]
+
+    @classmethod
+    def given(cls) -> Selection:
+        """Weights from outside the run (inference): nothing was selected here."""
+        return cls("none", (), None, checkpoint_record("given", None, False))
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What the run spent: epochs trained, seconds of training and scoring, model size, GPU memory."""
+
+    epochs_completed: int
+    train_seconds: float
+    eval_seconds: float
+    params_m: float
+    peak_gpu_mem_gb: float | None = None
+
+
+def build_metrics(task: Task, *, split: str, scores: Scores, selection: Selection, cost: RunCost,
+                  hparams: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Assemble a contract-complete metrics dict; ``extra`` keys (e.g. image_size) ride along.
+
+    ``scores`` are those of ``split`` (its ``per_case`` keys are the scored cases) from
+    ``scoring.Scorer.summary``; ``hparams`` is the trainer's resolved configuration (defaults
+    filled in), not the raw ``task.hparams``.
+
+    Raises:
+        ValueError: an ``extra`` key would overwrite a built one.
     """
+    fields = scores.fields()
+    per_case = fields.pop("per_case")
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "task_id": task.task_id,
@@ -140,28 +170,30 @@ def build_metrics(
         "split": split,
         "seed": int(task.seed),
         "prompt": task.prompt,
-        "dice_mean": dice_mean,
-        "per_class": per_class,
+        "dice_mean": fields.pop("dice_mean"),
+        "per_class": fields.pop("per_class"),
         "per_case": per_case,
-        "hd95_mean": hd95_mean,
+        "hd95_mean": fields.pop("hd95_mean"),
         "n_cases": len(per_case),
-        "epochs_completed": int(epochs_completed),
-        "train_seconds": float(train_seconds),
-        "eval_seconds": float(eval_seconds),
-        "peak_gpu_mem_gb": peak_gpu_mem_gb,
-        "params_m": float(params_m),
+        "epochs_completed": int(cost.epochs_completed),
+        "train_seconds": float(cost.train_seconds),
+        "eval_seconds": float(cost.eval_seconds),
+        "peak_gpu_mem_gb": cost.peak_gpu_mem_gb,
+        "params_m": float(cost.params_m),
         "git_sha": git_sha(),
         "container": container_info(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "selection_split": selection_split,
-        "selection_cases": sorted(str(c) for c in selection_cases),
-        "selection_dice": selection_dice,
-        "hd95_unit": hd95_unit,
+        "selection_split": selection.split,
+        "selection_cases": sorted(str(c) for c in selection.cases),
+        "selection_dice": selection.dice,
+        "hd95_unit": fields.pop("hd95_unit"),
         "hparams": hparams,
-        "checkpoint": checkpoint,
-        **extra,
+        "checkpoint": selection.checkpoint,
     }
-    return _clean(metrics)
+    clash = sorted(set(extra) & (set(metrics) | set(fields)))
+    if clash:
+        raise ValueError(f"build_metrics: extra keys {clash} would overwrite built ones")
+    return _clean({**metrics, **fields, **extra})
 
 
 _SCORE_TYPES = frozenset((float, int, type(None)))  # None: a class absent from the case
@@ -229,6 +261,8 @@ def validate_metrics(data: Any) -> list[str]:
         problems.append("selection_cases should be a list of case ids (strings)")
     if "checkpoint" in ok:
         problems += _checkpoint_problems(ok["checkpoint"])
+    if isinstance(ok.get("container"), dict):
+        problems += _container_problems(ok["container"])
     d = ok.get("dice_mean")
     if d is not None and not 0.0 <= d <= 1.0:
         problems.append(f"dice_mean {d} is outside [0, 1]")
@@ -251,4 +285,15 @@ def _checkpoint_problems(ckpt: dict[str, Any]) -> list[str]:
         problems.append(f"checkpoint.epoch should be int or null, got {type(epoch).__name__}")
     if not isinstance(ckpt.get("validated"), bool):
         problems.append("checkpoint.validated should be true or false")
+    return problems
+
+
+def _container_problems(container: dict[str, Any]) -> list[str]:
+    """``container``: {image: path, digest: "sha256:<64 hex>" or null (not known at launch)}."""
+    problems = []
+    if not isinstance(container.get("image"), str):
+        problems.append("container.image should be the image path")
+    digest = container.get("digest")
+    if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        problems.append(f"container.digest {digest!r} is not 'sha256:' and 64 hex digits, or null")
     return problems

@@ -22,14 +22,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceFocalLoss
 from torch import nn
 
 from .errors import InputError
 from .options import look_up
 
-__all__ = ["LOSSES", "MaskLoss", "WeightedBCE", "DiceFocal", "Sam2MaskLoss", "MultimaskLoss", "make_loss",
-           "mask_iou"]
+__all__ = ["LOSSES", "MaskLoss", "WeightedBCE", "DiceFocal", "Sam2MaskLoss", "MultimaskLoss", "check_loss",
+           "make_loss", "mask_iou"]
 
 LOSSES = ("bce", "dicefocal", "sam2")
 
@@ -57,7 +56,7 @@ class WeightedBCE(MaskLoss):
         self.pos_weight = float(pos_weight)
 
     def per_mask(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = torch.tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
+        weight = torch.full((), self.pos_weight, device=logits.device, dtype=logits.dtype)  # no host copy
         loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=weight,
                                                   reduction="none")
         return loss.flatten(2).mean(-1)
@@ -67,6 +66,8 @@ class DiceFocal(MaskLoss):
     """MONAI's DiceFocalLoss (sigmoid, gamma 2), Dice per mask plus the mask's mean focal term."""
 
     def __init__(self, pos_weight: float) -> None:
+        from monai.losses import DiceFocalLoss  # imported when built: submit's checks need no MONAI
+
         super().__init__()
         self.loss = DiceFocalLoss(sigmoid=True, alpha=pos_weight / (1.0 + pos_weight), gamma=2.0,
                                   reduction="none")
@@ -92,12 +93,17 @@ class Sam2MaskLoss(MaskLoss):
         return self.FOCAL_WEIGHT * focal + self.DICE_WEIGHT * dice
 
 
-def make_loss(name: str, pos_weight: float = 2.0) -> MaskLoss:
-    """The loss called ``name`` (one of :data:`LOSSES`); InputError names a bad name or weight."""
+def check_loss(name: str, pos_weight: float = 2.0) -> None:
+    """What :func:`make_loss` would refuse, without building the loss (trainers' checks)."""
     look_up(name, LOSSES, "loss")
     if isinstance(pos_weight, bool) or not isinstance(pos_weight, (int, float)) \
             or not 0 < pos_weight < math.inf:
         raise InputError(f"pos_weight: {pos_weight!r} must be a number > 0")
+
+
+def make_loss(name: str, pos_weight: float = 2.0) -> MaskLoss:
+    """The loss called ``name`` (one of :data:`LOSSES`); InputError names a bad name or weight."""
+    check_loss(name, pos_weight)
     if name == "bce":
         return WeightedBCE(pos_weight)
     if name == "dicefocal":
@@ -139,19 +145,26 @@ class MultimaskLoss(nn.Module):
         self.iou_weight, self.obj_weight = float(iou_weight), float(obj_weight)
 
     def forward(self, masks: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor,
-                target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """masks (N, M, H, W) logits, ious (N, M) estimates, obj_logits (N,), target (N, H, W) in {0, 1}."""
+                target: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """masks (N, M, H, W) logits, ious (N, M) estimates, obj_logits (N,), target (N, H, W) in {0, 1}.
+
+        ``weight`` (N,) in {0, 1}: scores only the rows with weight 1, as if the others were left
+        out (selecting them instead would make the host wait for the device to count them).
+        """
         target = target.to(masks.dtype)[:, None].expand_as(masks)
         present = target[:, 0].flatten(1).any(1).to(masks.dtype)
-        n, rows = masks.shape[0], torch.arange(masks.shape[0], device=masks.device)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        weight = torch.ones_like(present) if weight is None else weight.to(masks.dtype)
+        n = weight.sum().clamp(min=1)
         per_mask = self.mask_loss.per_mask(masks, target)
         l1 = (ious.to(masks.dtype) - mask_iou(masks, target)).abs()
         if self.multimask:
             mask_term, iou_term = per_mask[rows, per_mask.argmin(1)], l1.mean(1)
         else:
             mask_term, iou_term = per_mask[rows, ious.argmax(1)], torch.zeros_like(present)
-        mask_loss = (mask_term * present).sum() / n
-        iou_loss = (iou_term * present).sum() / n
-        obj_loss = F.binary_cross_entropy_with_logits(obj_logits.to(masks.dtype), present)
+        mask_loss = (mask_term * present * weight).sum() / n
+        iou_loss = (iou_term * present * weight).sum() / n
+        obj_loss = (F.binary_cross_entropy_with_logits(obj_logits.to(masks.dtype), present, reduction="none")
+                    * weight).sum() / n
         total = mask_loss + self.iou_weight * iou_loss + self.obj_weight * obj_loss
         return {"loss": total, "mask": mask_loss.detach(), "iou": iou_loss.detach(), "obj": obj_loss.detach()}

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 
 __all__ = ["probs_to_mask", "dice", "iou", "hd95", "per_slice_dice", "summarise"]
 
@@ -60,11 +59,15 @@ def _overlap(fn: Any, pred: Array, truth: Array) -> float:
 
 def dice(pred: Array, truth: Array) -> float:
     """Dice of two binary masks of any shape: NaN when both are empty, 0 when only truth is."""
+    from monai.metrics import compute_dice  # MONAI imports in seconds: not where submit only checks
+
     return _overlap(compute_dice, pred, truth)
 
 
 def iou(pred: Array, truth: Array) -> float:
     """Intersection over union, with the same empty-case rules as :func:`dice`."""
+    from monai.metrics import compute_iou
+
     return _overlap(compute_iou, pred, truth)
 
 
@@ -74,6 +77,8 @@ def hd95(pred: Array, truth: Array, spacing: Sequence[float] | float | None = No
     if not p.any() or not t.any():
         return math.nan
     spacing = [float(s) for s in spacing] if isinstance(spacing, Sequence) else spacing
+    from monai.metrics import compute_hausdorff_distance
+
     with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated internal argument
         warnings.simplefilter("ignore", FutureWarning)
         out = compute_hausdorff_distance(p.float(), t.float(), include_background=True, percentile=95,
@@ -91,6 +96,8 @@ def per_slice_dice(pred: Array, truth: Array) -> float:
     keep = t.flatten(1).any(1)
     if not keep.any():
         return math.nan
+    from monai.metrics import compute_dice
+
     scores = compute_dice(p[keep][:, None].float(), t[keep][:, None].float(), include_background=True,
                           ignore_empty=False)
     return float(scores.mean())

@@ -39,9 +39,11 @@ class ModelKind:
         variants: the sizes it builds; ``default_variant`` is what a bare ``train.py --model`` trains.
         datasets: the datasets its trainer reads; the first is ``train.py``'s default.
         prompts: the prompt kinds it takes, the first being the default; empty: it takes none.
-        multi_gpu: a multi-GPU profile runs it as one DDP process per GPU.
+        multi_gpu: a multi-GPU profile runs it as one process per GPU that trains one model (its
+            trainer uses the engine's TrainLoop.step and epoch_loader); False: such a profile is refused.
         baseline: the paired tests compare every other model with the best baseline of a dataset.
-        label: its name in table captions and help texts (default: ``name``).
+        label: its name in the shown tables and figures (``report.labels.model_label``; the CSV
+            keeps ``name``), default ``name``.
     """
 
     name: str
@@ -87,16 +89,18 @@ class DatasetKind:
         default_path: ``train.py``'s default ``--data-path``.
         loader: ``module:callable``. 2D: ``(root, split, image_size, out_size, classes)`` -> a torch
             Dataset of ``{"image", "mask", "name"}`` with ``.classes`` (``RefugeDataset``); volumetric:
-            ``(root)`` -> ``{"train", "val", "test": volumes}`` (``btcv.training_volumes``).
+            ``(root)`` -> ``{"train", "val", "test": volumes}`` (``btcv.training_volumes``). Either
+            has ``.hd95_unit`` (mm | px): the unit depends on the files read (BTCV: mm for NIfTI,
+            px for the slices layout), so the loaded data says it, not this entry.
         layouts: the on-disk layouts its loader reads; the first is ``data synth``'s default.
         synthetic: ``module:function(out, layout, *, n_train, n_test, size, seed, **kw) -> root``
             writing small learnable data in a real layout (the demo and the tests use it).
         demo: keyword arguments of ``synthetic`` for the demo study.
         summary: ``module:function(path, **options) -> dict``: decode every file, for ``data check``.
-        splits: the splits its loader knows, in order (train first, the scored split last).
+        splits: the splits its loader knows, in order (train first, the scored split last); the
+            baselines' pre-flight decodes the first item of each.
         volumetric: 3D volumes: Dice per case and class over the whole volume, with the per-slice
             mean stored beside it as ``dice_mean_per_slice``.
-        hd95_unit: ``mm`` (voxel spacing known) or ``px``.
         sections: the collector's tables for it (names in ``report.tables.SECTIONS``).
     """
 
@@ -110,12 +114,11 @@ class DatasetKind:
     splits: tuple[str, ...] = ("train", "test")
     demo: Mapping[str, Any] = field(default_factory=dict)
     volumetric: bool = False
-    hd95_unit: str = "px"
     sections: tuple[str, ...] = ("per_class",)
 
     def __post_init__(self) -> None:
-        if self.hd95_unit not in ("mm", "px") or not self.layouts or not self.classes:
-            raise ValueError(f"dataset {self.name}: needs classes and layouts; hd95_unit is mm or px")
+        if not self.layouts or not self.classes:
+            raise ValueError(f"dataset {self.name}: needs classes and layouts")
 
 
 # Filled by register_*; read them through model_kind()/model_names() and their dataset twins,

@@ -14,10 +14,12 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from .engine.distributed import joined
 from .engine.stop import StopRequested, stop_requested
+from .errors import InputError
 from .jobenv import job_identity
 from .registry import model_kind
-from .task import Task
+from .task import RunDir, Task
 
 __all__ = ["trainer_for", "check", "run_task", "run_in_foreground"]
 
@@ -29,7 +31,12 @@ def trainer_for(model: str) -> ModuleType:
 def check(task: Task) -> ModuleType:
     """Everything that can be checked before a file is written: the model kind's dataset and prompt,
     then the trainer's own ``check`` (hyper-parameters, data, checkpoints). Returns the trainer."""
-    model_kind(task.model).check(task)
+    kind = model_kind(task.model)
+    kind.check(task)
+    world = job_identity().world_size
+    if world > 1 and not kind.multi_gpu:
+        raise InputError(f"model {task.model}: trains in one process, but this job started {world} "
+                         "(RANK/WORLD_SIZE or SLURM_NTASKS); use a profile with gpus: 1")
     trainer = trainer_for(task.model)
     trainer.check(task)
     return trainer
@@ -48,9 +55,14 @@ def run_task(task: Task, on_start: Callable[[Task], None] | None = None) -> dict
     if done is not None and run.status().get("state") == "completed":
         return done
     trainer = check(task)
-    if job_identity().global_rank != 0:
-        # Multi-GPU task (DDP): the other ranks train beside rank 0, which owns the run's files.
-        return trainer.train(task, run)
+    with joined() as ident:  # the ranks of a multi-GPU task train together (engine/distributed.py)
+        if ident.global_rank != 0:  # rank 0 owns the run's files
+            return trainer.train(task, run)
+        return _train_as_owner(task, run, trainer, on_start)
+
+
+def _train_as_owner(task: Task, run: RunDir, trainer: ModuleType,
+                    on_start: Callable[[Task], None] | None) -> dict[str, Any]:
     run.prepare(task)
     run.mark_running()
     if on_start is not None:

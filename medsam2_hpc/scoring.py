@@ -44,20 +44,24 @@ def resize_scores(scores: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
 
 @dataclass
 class Scores:
-    """Summary of a set of cases, in the shape metrics.json wants (see :meth:`fields`)."""
+    """Summary of a set of cases, in the shape metrics.json wants (see :meth:`fields`).
+
+    :meth:`Scorer.summary` fills every field; the defaults let a hand-made summary (a test's
+    fixture, a toy trainer) name only Dice and the HD95 unit."""
 
     dice_mean: float
     per_class: dict[str, float]
     per_case: dict[str, dict[str, float]]
-    iou_mean: float
-    hd95_mean: float | None
-    per_class_hd95: dict[str, float]
     hd95_unit: str
+    hd95_mean: float | None = None
+    iou_mean: float = math.nan
+    per_class_hd95: dict[str, float] = field(default_factory=dict)
     dice_mean_per_slice: float | None = None
     per_class_per_slice: dict[str, float] = field(default_factory=dict)
 
     def fields(self) -> dict[str, Any]:
-        """Keyword arguments for ``contract.build_metrics`` (the per-slice pair only for volumes)."""
+        """The metrics.json entries of these scores (the per-slice pair only for volumes);
+        ``contract.build_metrics`` places them."""
         out: dict[str, Any] = {
             "dice_mean": _finite(self.dice_mean), "per_class": self.per_class, "per_case": self.per_case,
             "hd95_mean": self.hd95_mean, "hd95_unit": self.hd95_unit, "per_class_hd95": self.per_class_hd95,
@@ -123,8 +127,9 @@ class Scorer:
         per_class, dice_mean = metrics.summarise(self.kept("dice"))
         _, iou_mean = metrics.summarise(self.kept("iou"))
         per_class_hd95, hd95_mean = metrics.summarise(self.kept("hd95"))
-        scores = Scores(dice_mean, per_class, self.kept("dice"), iou_mean,
-                        _finite(hd95_mean) if self.hd95 else None, per_class_hd95, self.unit)
+        scores = Scores(dice_mean, per_class, self.kept("dice"), self.unit,
+                        hd95_mean=_finite(hd95_mean) if self.hd95 else None, iou_mean=iou_mean,
+                        per_class_hd95=per_class_hd95)
         if self.per_slice:
             scores.per_class_per_slice, scores.dice_mean_per_slice = metrics.summarise(self.kept("per_slice"))
         return scores

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
-from .inputs import MAX_TASKS, NAME, control_chars, read_yaml
+from .inputs import MAX_TASKS, NAME, compose_yaml, control_chars, read_yaml
 from .options import suggest
 from .registry import dataset_names, model_kind, model_names
 from .task import PROMPTS, Task
@@ -511,6 +511,8 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
         where = (*path, "profile") if "profile" in d else path
         chk.add(where, f"profile {profile!r} is not defined under profiles"
                        f"{suggest(str(profile), profiles) or ' (' + ', '.join(profiles) + ')'}")
+    elif kind is not None and not kind.multi_gpu:
+        _single_process(kind.name, profiles[profile], (*path, "profile") if "profile" in d else path, chk)
     if None in (model, dataset, data_path) or not variants or not seeds:
         return []
     count = len(variants) * len(seeds) * math.prod(len(v) for v in sweep.values())
@@ -537,6 +539,15 @@ def _experiment(raw: Any, path: tuple, chk: _Checker, *, base: Path, defaults: d
         chk.add(path, str(exc))
         return []
     return tasks
+
+
+def _single_process(model: str, profile: Profile, path: tuple, chk: _Checker) -> None:
+    """A kind without multi-GPU support (registry ``multi_gpu``) would train one copy per GPU."""
+    world = profile.nodes * profile.ntasks_per_node
+    if profile.gpus > 1 or world > 1:
+        asked = f"gpus: {profile.gpus}" if profile.gpus > 1 else f"{world} processes"
+        chk.add(path, f"{model} trains on one GPU in one process, but profile {profile.name!r} asks for "
+                      f"{asked}; use a profile with gpus: 1")
 
 
 def _path_hparams(hparams: dict, path: tuple, chk: _Checker, base: Path) -> dict:
@@ -658,7 +669,7 @@ def _choose(flag: str | None, default: Any, names: list[str], chk: _Checker) -> 
 
 def _read(path: Path) -> tuple[Any, dict, list]:
     text, data = read_yaml(path)
-    node = yaml.compose(text, Loader=yaml.SafeLoader)  # parsed above: this cannot fail
+    node = compose_yaml(text)
     dupes: list = []
     lines = _line_map(node, (), {}, dupes)
     return data, lines, dupes

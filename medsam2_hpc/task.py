@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .atomic import read_json, write_json, write_text
+from .dataid import data_identity
 from .errors import InputError
 from .inputs import check_hparams, check_seed, check_text, parse_yaml, safe_name
 from .jobenv import job_identity
@@ -81,20 +82,28 @@ class Task:
     def task_id(self) -> str:
         """Readable and deterministic: the same task always maps to the same directory.
 
-        64 bits of SHA-256: the chance that two of 10^7 tasks share an id is below 10^-5 (and
-        ``RunDir.claim`` refuses a directory that holds another task anyway). Computed once per
-        task: submit and status look it up for thousands of tasks."""
+        The data directory enters by its name and content (:func:`medsam2_hpc.dataid.data_identity`),
+        not its location, and so do hparams that name files inside it: a data set moved to
+        scratch keeps its runs. 64 bits of SHA-256: the chance that two of 10^7 tasks share an id
+        is below 10^-5 (and ``RunDir.claim`` refuses a directory that holds another task anyway).
+        Computed once per task: submit and status look it up for thousands of tasks."""
         if self.name:
             return self.name
         key = json.dumps(
-            [self.model, self.variant, self.dataset, os.fspath(self.data_path), self.prompt,
-             self.seed, self.hparams],
+            [self.model, self.variant, self.dataset, *data_identity(self.data_path), self.prompt, self.seed,
+             self._portable_hparams()],
             sort_keys=True, default=str,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return f"{self.model}_{self.variant}_{self.dataset}_s{self.seed}_{digest}"
 
-    @property
+    def _portable_hparams(self) -> dict[str, Any]:
+        """hparams with a file inside the data directory (a split file) named relative to it."""
+        data = os.path.abspath(os.fspath(self.data_path)) + os.sep
+        return {k: "<data>/" + v[len(data):] if isinstance(v, str) and v.startswith(data) else v
+                for k, v in self.hparams.items()}
+
+    @functools.cached_property
     def run_dir(self) -> RunDir:
         return RunDir(Path(self.output_root) / self.study / self.task_id)
 
@@ -128,11 +137,13 @@ class Task:
         return cls.from_dict(parse_yaml(text, str(path)) or {}, source=str(path))
 
     def identity(self) -> dict[str, Any]:
-        """What makes two tasks the same run (where it is written and how it is launched aside)."""
+        """What makes two tasks the same run (where it is written, how it is launched and where
+        its data directory lives aside: its name stays, its content is in the id)."""
         out = self.to_dict()
         for key in ("output_root", "profile", "study", "name"):
             out.pop(key)
-        out["data_path"] = os.path.normpath(os.fspath(self.data_path))
+        out["data_path"] = os.path.basename(os.path.abspath(os.fspath(self.data_path)))
+        out["hparams"] = self._portable_hparams()
         return out
 
 
@@ -175,10 +186,10 @@ class RunDir:
 
     # status.json -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        if not self.status_json.exists():
-            return {"state": "pending", "attempts": 0}
-        try:
+        try:  # one open, no stat first: status reads 10,000 of these
             return read_json(self.status_json)
+        except (FileNotFoundError, NotADirectoryError):
+            return {"state": "pending", "attempts": 0}
         except (OSError, ValueError):
             return {"state": "unknown", "attempts": 0}
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsam2_hpc.hpc.containers import git_revision
+from medsam2_hpc.hpc.image import record_path
 
 CACHE = Path(os.environ.get("MEDSAM2_TEST_CACHE", "/var/cache/medsam2-hpc-tests"))
 USER = "medsam2-apptainer"
@@ -303,9 +304,11 @@ def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
         record = {"build_seconds": round(seconds, 1), "size_bytes": partial.stat().st_size,
                   "flags": list(BUILD_FLAGS), "revision": revision, "log": str(log)}
         image.with_suffix(".json").write_text(json.dumps(record, indent=1))
+        record_path(partial).rename(record_path(image))  # the build's own record: digest, checkpoints
         partial.rename(image)
         for old in image.parent.glob("medsam2-*.sif"):
             if old != image:
                 old.unlink()
                 old.with_suffix(".json").unlink(missing_ok=True)
+                record_path(old).unlink(missing_ok=True)
         return record

@@ -22,7 +22,7 @@ import pytest
 
 from medsam2_hpc import __version__, spec
 from medsam2_hpc.contract import validate_metrics
-from medsam2_hpc.hpc import containers, launcher
+from medsam2_hpc.hpc import containers, image, launcher
 
 from . import real_apptainer as real_apptainer_host
 
@@ -94,14 +94,22 @@ HPARAMS = {"epochs": 1, "image_size": 64, "batch_size": 2, "num_workers": 0, "de
 
 
 def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
-        medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
+        medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
     study = write_study(tmp_path, medsam2_image, data, executor="local", hparams=HPARAMS)
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
+    monkeypatch.chdir(study.output_root)  # the job starts here: the container's user must read it
     argv = launcher.python_argv(study, study.profiles["cpu"], study.tasks, launcher.LocalBackend(),
                                 study.study_dir / ".submitit")
-    assert argv[:2] == ["apptainer", "exec"] and argv[-2:] == [str(medsam2_image), "python"]
+    assert argv[1:4] == ["apptainer", "exec", "--cleanenv"] and argv[-2:] == [str(medsam2_image), "python"]
+    # a host PYTHONPATH must not reach the image (exec --cleanenv): this one, on a path bound into
+    # the image, would break the import
+    leak = study.output_root / "host-site" / "medsam2_hpc"
+    leak.mkdir(parents=True)
+    (leak / "__init__.py").write_text("raise ImportError('the host PYTHONPATH reached the image')\n")
+    apptainer_on_path.share(leak.parent)
+    monkeypatch.setenv("PYTHONPATH", str(leak.parent))
     with shared_umask():
         launch = launcher.submit(study, out=StringIO())
     logs = "".join(p.read_text(errors="replace") for p in study.study_dir.glob(".submitit/**/*_log.*"))
@@ -109,4 +117,8 @@ def test_image_runs_a_resnet_task_as_the_launcher_renders_it(
     metrics = json.loads(task.run_dir.metrics_json.read_text())
     assert validate_metrics(metrics) == [] and metrics["model"] == "resnet"
     assert metrics["container"]["image"] == str(medsam2_image)  # Apptainer's own record of the image
+    # the digest the launcher passed, and the commit the build stamped (the image's copy has no .git)
+    assert metrics["container"]["digest"] == image.read_record(medsam2_image).digest
+    revision = real_apptainer_host.image_record(medsam2_image)["revision"]
+    assert metrics["git_sha"] == (None if revision == "unknown" else revision)
     assert task.run_dir.metrics_json.stat().st_uid == apptainer_on_path.uid  # written from inside

@@ -16,9 +16,10 @@ import yaml
 from scipy.stats import wilcoxon
 
 from medsam2_hpc import cli
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.report import collect_study
+from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import RunDir, Task
 
 ORGANS = ("spleen", "right kidney", "liver")
@@ -49,9 +50,9 @@ def _write_run(study: Path, model: str, variant: str, dataset: str, seed: int, l
     hparams = {"lr": 1e-4, "epochs": 3} if hparams is None else hparams
     task = Task(model=model, variant=variant, dataset=dataset, data_path="/data", hparams=hparams,
                 output_root=str(study.parent), study=study.name, seed=seed, prompt=prompt)
-    extra = {"selection_split": "val", "selection_cases": VAL_CASES, "selection_dice": level,
-             "hd95_unit": "mm", "hparams": hparams,
-             "checkpoint": {"select": "best", "epoch": 2, "validated": True}, **extra}
+    selection = Selection(extra.pop("selection_split", "val"), extra.pop("selection_cases", VAL_CASES),
+                          extra.pop("selection_dice", level),
+                          extra.pop("checkpoint", {"select": "best", "epoch": 2, "validated": True}))
     run = task.run_dir.prepare(task)
     classes = ORGANS if dataset == "btcv" else ("cup", "disc")
     rng = np.random.default_rng(zlib.crc32(f"{model}{variant}{seed}".encode()))
@@ -60,10 +61,11 @@ def _write_run(study: Path, model: str, variant: str, dataset: str, seed: int, l
     if dataset == "btcv":
         extra.setdefault("dice_mean_per_slice", min(1.0, _mean(per_class.values()) + 0.05))
         extra.setdefault("per_class_per_slice", {c: min(1.0, v + 0.05) for c, v in per_class.items()})
-    metrics = build_metrics(task, split="test", dice_mean=_mean(per_class.values()), per_class=per_class,
-                            per_case=per_case, epochs_completed=3, train_seconds=3600.0 * (1 + seed),
-                            eval_seconds=10.0, params_m={"resnet": 25.6, "yolo": 27.6}.get(model, 38.9),
-                            hd95_mean=extra.pop("hd95_mean", 5.0 + seed), **extra)
+    scores = Scores(_mean(per_class.values()), per_class, per_case, extra.pop("hd95_unit", "mm"),
+                    hd95_mean=extra.pop("hd95_mean", 5.0 + seed))
+    cost = RunCost(3, 3600.0 * (1 + seed), 10.0, {"resnet": 25.6, "yolo": 27.6}.get(model, 38.9))
+    metrics = build_metrics(task, split="test", scores=scores, selection=selection, cost=cost,
+                            hparams=hparams, **extra)
     run.write_metrics(metrics)
     run.update_status(state="completed", attempts=1)
     return metrics
@@ -133,6 +135,18 @@ def test_headline_numbers_equal_hand_computation(study, tmp_path) -> None:
     yolo = head[head["model"] == "yolo"].iloc[0]
     assert yolo["n_runs"] == 1 and np.isnan(yolo["dice_std"])  # one seed: no spread
     assert "sam2-3d" in report.headline_text() and "±" in report.headline_text()
+
+
+def test_shown_tables_name_model_kinds_by_their_registry_label(study, tmp_path) -> None:
+    """The CSV keeps the kind's name (what jobs.yaml says); Markdown shows ModelKind.label."""
+    root, _ = study
+    report = collect_study(root, tmp_path / "out", "md,csv")
+    head = report.tables["headline"]
+    assert {"sam2-3d", "resnet", "yolo"} <= set(head.data["model"])
+    shown = set(head.display["Model"])
+    assert {"sam2-3d", "ResNet", "YOLO"} <= shown and "resnet" not in shown
+    assert set(pd.read_csv(tmp_path / "out" / "tables" / "headline.csv")["model"]) == set(head.data["model"])
+    assert "ResNet" in (tmp_path / "out" / "tables" / "headline.md").read_text()
 
 
 def test_paired_test_equals_scipy(study, tmp_path) -> None:
@@ -476,11 +490,11 @@ def test_delta_ci_covers_the_known_difference_and_baseline_is_chosen_on_val(tmp_
         task = Task(model=model, variant=variants[name], dataset="refuge", data_path="/data",
                     output_root=str(root.parent), study=root.name)
         per_case = {c: {"cup": float(v)} for c, v in zip(cases, values, strict=True)}
+        scores = Scores(float(values.mean()), {"cup": float(values.mean())}, per_case, "px")
+        chosen = Selection("val", ["v1", "v2"], selection[name], {"select": "best", "epoch": 1,
+                                                                   "validated": True})
         task.run_dir.prepare(task).write_metrics(build_metrics(
-            task, split="test", dice_mean=float(values.mean()), per_class={"cup": float(values.mean())},
-            per_case=per_case, epochs_completed=1, train_seconds=1.0, eval_seconds=1.0, params_m=1.0,
-            selection_split="val", selection_cases=["v1", "v2"], selection_dice=selection[name],
-            hd95_unit="px", hparams={}, checkpoint={"select": "best", "epoch": 1, "validated": True}))
+            task, split="test", scores=scores, selection=chosen, cost=RunCost(1, 1.0, 1.0, 1.0), hparams={}))
     report = collect_study(root, tmp_path / "out", "csv")
     tests = report.tables["paired_tests"].data.set_index("variant")
     assert set(tests["baseline"]) == {"resnet/resnet50/none"}

@@ -7,6 +7,7 @@ it was given) and say so in their names (``..._with_standin_apptainer``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -23,7 +24,7 @@ from medsam2_hpc import __version__
 from medsam2_hpc.cli import main
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.hpc import containers as c
-from medsam2_hpc.hpc import pipconfig
+from medsam2_hpc.hpc import image, pipconfig
 from medsam2_hpc.spec import Bind, ContainerSpec
 
 ROOT = c.REPO_ROOT
@@ -148,6 +149,33 @@ def test_render_fills_revision_and_bakes_checkpoints():
     files = c._section_body(text, "files")
     assert files[0].split() == ["checkpoints/sam2_hiera_tiny.pt",
                                 "/opt/medsam2-hpc/checkpoints/sam2_hiera_tiny.pt"]
+    # the image has no .git: metrics.json's git_sha comes from the stamped variable
+    def lines(section: str) -> list[str]:
+        return [line.strip() for line in c._section_body(text, section)]
+
+    assert "export MEDSAM2_GIT_SHA=abc123" in lines("environment")
+    assert "medsam2.checkpoints sam2_hiera_tiny.pt" in lines("labels")
+    plain = c.render(c.DEF_PATH.read_text(), revision="unknown")
+    assert "MEDSAM2_GIT_SHA" not in plain and "medsam2.checkpoints" not in plain  # null, not 'unknown'
+
+
+def test_image_record_is_a_cache_that_follows_the_image(tmp_path):
+    img = _write(tmp_path / "m.sif", "an image")
+    record = image.write_record(img, revision="abc", checkpoints=["sam2_hiera_tiny.pt"])
+    assert record == image.ImageRecord(f"sha256:{hashlib.sha256(b'an image').hexdigest()}", "abc",
+                                       ("sam2_hiera_tiny.pt",))
+    assert image.read_record(img) == record
+    copy = tmp_path / "copy" / "m.sif"  # copied with its record: hashed again, same content, same record
+    copy.parent.mkdir()
+    shutil.copyfile(img, copy)
+    shutil.copyfile(image.record_path(img), image.record_path(copy))
+    os.utime(copy, ns=(1, 1))
+    assert image.read_record(copy) == record
+    img.write_text("another image")  # rebuilt without a record: its checkpoints are not known
+    assert image.read_record(img) == image.ImageRecord(
+        f"sha256:{hashlib.sha256(b'another image').hexdigest()}", None, None)
+    assert image.read_record(tmp_path / "missing.sif") is None
+    assert image.read_record("docker://pytorch/pytorch:2.5.1") is None
 
 
 # ------------------------------------------------------------------------------ build
@@ -157,7 +185,9 @@ STANDIN = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$RECORD/argv"
 pwd > "$RECORD/cwd"
 cp "${@: -1}" "$RECORD/build.def"
-exit "${STANDIN_EXIT:-0}"
+[ "${STANDIN_EXIT:-0}" = 0 ] || exit "$STANDIN_EXIT"
+out="${@: -2:1}"
+case " $* " in *" --sandbox "*) mkdir -p "$out";; *) printf 'a built image' > "$out";; esac
 """
 
 
@@ -197,7 +227,9 @@ def test_build_runs_the_runtime_with_standin_apptainer(tmp_path, standin_apptain
     built = (standin_apptainer / "build.def").read_text()
     assert "checkpoints/sam2_hiera_tiny.pt /opt/medsam2-hpc/checkpoints/sam2_hiera_tiny.pt" in built
     assert "org.opencontainers.image.revision unknown" in built  # the copy is no git checkout
-    assert out.parent.is_dir()
+    # the record beside the image: what submit on a login node knows of it (digest, baked checkpoints)
+    assert image.read_record(out) == image.ImageRecord(
+        f"sha256:{hashlib.sha256(b'a built image').hexdigest()}", "unknown", ("sam2_hiera_tiny.pt",))
 
 
 def test_build_labels_the_git_revision_with_standin_apptainer(tmp_path, standin_apptainer):
@@ -294,7 +326,7 @@ def test_exec_prefix_runs_on_the_host_for_runtime_none():
 
 def test_exec_prefix_adds_nv_only_with_gpus():
     assert "--nv" not in c.exec_prefix(_spec(), gpus=0, binds=_binds())
-    assert c.exec_prefix(_spec(), gpus=2, binds=_binds())[:3] == ["apptainer", "exec", "--nv"]
+    assert c.exec_prefix(_spec(), gpus=2, binds=_binds())[:4] == ["apptainer", "exec", "--cleanenv", "--nv"]
     assert "--nv" not in c.exec_prefix(_spec(nv=False), gpus=1, binds=_binds())
 
 

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
 
-from medsam2_hpc.contract import REQUIRED_KEYS, build_metrics, checkpoint_record, validate_metrics
+import pytest
+
+from medsam2_hpc import contract
+from medsam2_hpc.contract import (
+    REQUIRED_KEYS,
+    RunCost,
+    Selection,
+    build_metrics,
+    checkpoint_record,
+    validate_metrics,
+)
+from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import Task
 
 
 def _metrics(**extra):
     task = Task(model="sam2-3d", variant="hiera_t", dataset="btcv", data_path="/d", study="s",
                 prompt="bbox")
+    scores = Scores(0.5, {"spleen": 0.5, "liver": float("nan")},
+                    {"img0035": {"spleen": 0.5, "liver": float("nan")}}, "mm")
     return build_metrics(
-        task, split="test", dice_mean=0.5, per_class={"spleen": 0.5, "liver": float("nan")},
-        per_case={"img0035": {"spleen": 0.5, "liver": float("nan")}}, epochs_completed=2,
-        train_seconds=1.0, eval_seconds=0.5, params_m=38.9, selection_split="val",
-        selection_cases=["img0002", "img0001"], selection_dice=0.4, hd95_unit="mm",
-        checkpoint=checkpoint_record("best", 2, True), hparams={"lr": 1e-4}, **extra,
+        task, split="test", scores=scores, cost=RunCost(2, 1.0, 0.5, 38.9), hparams={"lr": 1e-4},
+        selection=Selection("val", ["img0002", "img0001"], 0.4, checkpoint_record("best", 2, True)), **extra,
     )
 
 
@@ -74,3 +90,33 @@ def test_validator_accepts_the_edges_of_the_dice_range():
     metrics["per_case"] = {"a": {"spleen": 0, "liver": 1.0}, "b": {"spleen": 0.0, "liver": None}, "c": {}}
     metrics["per_class"] = {"spleen": 1, "liver": None}
     assert validate_metrics(metrics) == []
+
+
+def test_provenance_inside_an_image_comes_from_what_the_build_and_the_launcher_passed(monkeypatch):
+    monkeypatch.setenv("MEDSAM2_GIT_SHA", "0123abc")
+    monkeypatch.setenv("APPTAINER_CONTAINER", "/images/m.sif")
+    monkeypatch.setenv("MEDSAM2_IMAGE_DIGEST", "sha256:" + "ab" * 32)
+    metrics = _metrics(dice_mean_per_slice=0.6)
+    assert metrics["git_sha"] == "0123abc"
+    assert metrics["container"] == {"image": "/images/m.sif", "digest": "sha256:" + "ab" * 32}
+    assert validate_metrics(metrics) == []
+    assert validate_metrics(dict(metrics, container={"image": "/images/m.sif", "digest": "md5:1"})) == [
+        "container.digest 'md5:1' is not 'sha256:' and 64 hex digits, or null"]
+
+
+def test_git_sha_without_a_checkout_is_the_stamped_one_or_null(tmp_path):
+    """The image's copy of the package has no .git: MEDSAM2_GIT_SHA, else null (never a guess)."""
+    shutil.copytree(Path(contract.__file__).parent, tmp_path / "medsam2_hpc",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = [sys.executable, "-c", "from medsam2_hpc.contract import git_sha; print(git_sha())"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDSAM2_GIT_SHA", "GIT_DIR")}
+    env["PYTHONPATH"] = str(tmp_path)
+    run = partial(subprocess.run, probe, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert run(env={**env, "MEDSAM2_GIT_SHA": "0123abc"}).stdout.strip() == "0123abc"
+    assert run(env=env).stdout.strip() == "None"
+
+
+def test_extra_keys_cannot_overwrite_built_ones():
+    with pytest.raises(ValueError, match=r"\['dice_mean', 'iou_mean'\] would overwrite"):
+        _metrics(dice_mean=0.9, iou_mean=0.1)
+    assert _metrics(image_size=64)["image_size"] == 64

@@ -1,15 +1,15 @@
-"""DDP on the CPU: two gloo processes train one model through TrainLoop, ranks from SLURM_* vars.
+"""Data-parallel training on the CPU: two gloo processes train one model through TrainLoop.
 
-Each rank is a separate ``python -m tests.test_distributed`` process with the variables srun
-would set (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), as on a multi-GPU Slurm task. Each rank
-gets its own run directory, so "only rank 0 writes" is an observation rather than a guess.
+There is no GPU here, so the ranks use gloo on the CPU where a GPU job uses NCCL; the engine's
+code path is the same. Each rank is a separate ``python -m tests.test_distributed`` process with
+the variables srun would set (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), as on a multi-GPU Slurm
+task. Each rank gets its own run directory, so "only rank 0 writes" is an observation rather than
+a guess. The trainers themselves under two ranks: tests/test_ddp_trainers.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,30 +18,25 @@ import pytest
 import torch
 
 from medsam2_hpc.engine.distributed import (
+    Replicas,
     all_reduce_mean,
     cleanup,
-    dist_env,
+    epoch_loader,
     init_distributed,
     is_main_process,
-    make_sampler,
-    unwrap_model,
-    wrap_model,
+    shard_size,
 )
+from medsam2_hpc.jobenv import job_identity
+from tests.ranks import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 N_SAMPLES = 48
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(out: Path, world: int = 2, stop_at: str = "") -> list[int]:
     """Start ``world`` ranks like srun would and return their exit codes."""
-    port = str(_free_port())
+    port = str(free_port())
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")
             and not k.startswith("SLURM_")}
     procs = []
@@ -55,27 +50,23 @@ def _launch(out: Path, world: int = 2, stop_at: str = "") -> list[int]:
 
 
 def _worker(out: Path) -> int:
-    """One rank: seeded differently per rank so only DDP's broadcast can make the ranks agree."""
-    from torch.utils.data import DataLoader, TensorDataset
+    """One rank: seeded differently per rank so only the engine's broadcast can make the ranks agree."""
+    from torch.utils.data import TensorDataset
 
     from medsam2_hpc.engine import LoopConfig, TrainLoop
     from medsam2_hpc.engine.stop import StopRequested, request_stop
     from medsam2_hpc.errors import EXIT_REQUEUE
     from medsam2_hpc.task import RunDir
 
-    device = torch.device("cpu")
-    info = init_distributed(device)
-    torch.manual_seed(100 + info.rank)
+    info = init_distributed()
+    torch.manual_seed(100 + info.global_rank)
     model = torch.nn.Linear(4, 1)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    ddp = wrap_model(model, device)
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(N_SAMPLES, 4, generator=gen)
     data = TensorDataset(x, x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]), torch.arange(N_SAMPLES))
-    sampler = make_sampler(data, shuffle=True, seed=0)
-    loader = DataLoader(data, batch_size=6, sampler=sampler)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    loop = TrainLoop(RunDir(out / f"rank{info.rank}"), model=ddp, optimizer=opt,
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loop = TrainLoop(RunDir(out / f"rank{info.global_rank}"), model=model, optimizer=opt,
                      config=LoopConfig(epochs=EPOCHS))
     loop.resume(out / "rank0" / "checkpoints" / "last.pt")
     stop_at = os.environ["TEST_DDP_STOP_AT"] or "-1:-1:-1"
@@ -83,32 +74,31 @@ def _worker(out: Path) -> int:
     seen: dict[int, list[int]] = {}
 
     def train_epoch(epoch: int) -> dict[str, float]:
-        sampler.set_epoch(epoch)
         losses = []
+        loader = epoch_loader(data, epoch=epoch, seed=0, batch_size=6)
         for batch, (xb, yb, idx) in enumerate(loader):
             seen.setdefault(epoch, []).extend(idx.tolist())
-            loss = torch.nn.functional.mse_loss(ddp(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            loop.backward(loss)
+            loop.step()
             losses.append(loss.item())
-            if (info.rank, epoch, batch) == (stop_rank, stop_epoch, stop_batch):
+            if (info.global_rank, epoch, batch) == (stop_rank, stop_epoch, stop_batch):
                 request_stop()  # the signal reached this rank only
             loop.check_stop()
         return {"loss": all_reduce_mean(sum(losses) / len(losses))}
 
-    def validate(epoch: int) -> dict[str, float]:
+    def validate(epoch: int) -> dict[str, float]:  # rank 0 alone (the loop hands its result to all)
         with torch.no_grad():
-            return {"dice": -all_reduce_mean(torch.nn.functional.mse_loss(ddp(x), data.tensors[1]).item())}
+            return {"dice": -torch.nn.functional.mse_loss(model(x), data.tensors[1]).item()}
 
     try:
         state = loop.fit(train_epoch, validate)
         code = 0
     except StopRequested:
         state, code = loop.state, EXIT_REQUEUE
-    torch.save({"initial": initial, "final": unwrap_model(ddp).state_dict(), "seen": seen,
+    torch.save({"initial": initial, "final": model.state_dict(), "seen": seen,
                 "main": is_main_process(), "history": state.history, "epoch": state.epoch},
-               out / f"result{info.rank}.pt")
+               out / f"result{info.global_rank}.pt")
     cleanup()
     return code
 
@@ -144,7 +134,7 @@ def test_only_rank0_writes_checkpoint_and_tensorboard_unwrapped(full_run):
     assert any((rank0 / "logs" / "tensorboard").iterdir())
     assert not (rank1 / "checkpoints").exists() and not (rank1 / "logs").exists()
     ckpt = torch.load(rank0 / "checkpoints" / "last.pt", weights_only=True)
-    assert set(ckpt["model"]) == {"weight", "bias"}  # no DDP "module." prefix
+    assert set(ckpt["model"]) == {"weight", "bias"}
     assert torch.equal(ckpt["model"]["weight"], _results(full_run)[0]["final"]["weight"])
     assert ckpt["loop"]["epoch"] == EPOCHS
 
@@ -161,46 +151,28 @@ def test_stop_on_one_rank_stops_both_and_resume_matches_uninterrupted(full_run, 
         assert torch.equal(resumed[0]["final"][key], resumed[1]["final"][key]), key
 
 
-@pytest.mark.slow
-def test_resnet_trainer_under_two_ranks_writes_one_run(btcv_slices, tmp_path):
-    """train.py started once per rank, as srun starts a 2-GPU task: rank 0 owns the run's files."""
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "RANK"},
-               "SLURM_JOB_ID": "77", "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2",
-               "SLURM_LOCALID": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), "--model", "resnet", "--variant", "resnet18",
-             "--dataset", "btcv", "--data-path", str(btcv_slices), "--output-root", str(tmp_path),
-             "--epochs", "1", "--batch-size", "8", "--image-size", "64", "--set", "num_workers=0",
-             "--set", "amp=none"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
-    assert len({line.strip() for line in outs}) == 1  # both ranks evaluated the same weights
-    (run,) = [p.parent for p in tmp_path.glob("local/*/metrics.json")]
-    status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "completed" and status["attempts"] == 1
-
-
-def test_dist_env_reads_slurm_and_torchrun_variables():
-    slurm = dist_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-                      "SLURM_JOB_ID": "99", "SLURM_JOB_NODELIST": "gpu[07-08]"})
-    assert (slurm.rank, slurm.world_size, slurm.local_rank, slurm.master_addr) == (5, 8, 1, "gpu07")
-    assert slurm.master_port == dist_env({"SLURM_JOB_ID": "99"}).master_port  # same on every rank
-    torchrun = dist_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
-                         "MASTER_PORT": "1234", "SLURM_PROCID": "0"})
-    assert (torchrun.rank, torchrun.world_size) == (1, 2)
+def test_job_identity_reads_slurm_and_torchrun_rendezvous():
+    slurm = job_identity({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+                          "SLURM_JOB_ID": "99", "SLURM_JOB_NODELIST": "gpu[07-08,11],cpu1"})
+    assert (slurm.global_rank, slurm.world_size, slurm.local_rank, slurm.master_addr) == (5, 8, 1, "gpu07")
+    assert slurm.master_port == job_identity({"SLURM_JOB_ID": "99"}).master_port  # same on every rank
+    torchrun = job_identity({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
+                             "MASTER_PORT": "1234", "SLURM_PROCID": "0"})
+    assert (torchrun.global_rank, torchrun.world_size) == (1, 2)
     assert (torchrun.master_addr, torchrun.master_port) == ("h", 1234)
 
 
 def test_single_process_helpers_are_no_ops():
     model = torch.nn.Linear(2, 2)
-    info = init_distributed(torch.device("cpu"), env={})
-    assert info.world_size == 1 and is_main_process()
-    assert wrap_model(model, torch.device("cpu")) is model and unwrap_model(model) is model
-    assert make_sampler(torch.utils.data.TensorDataset(torch.zeros(4)), shuffle=True) is None
+    info = init_distributed(env={})
+    assert info.world_size == 1 and is_main_process() and shard_size(5) == 5
+    data = torch.utils.data.TensorDataset(torch.arange(6))
+    order = [int(b[0]) for b in epoch_loader(data, epoch=1, seed=3, batch_size=1)]
+    assert order == [int(b[0]) for b in epoch_loader(data, epoch=1, seed=3, batch_size=1)]  # resumable
+    assert sorted(order) == list(range(6))
+    model.weight.grad = torch.ones_like(model.weight)
+    Replicas(model, list(model.parameters())).average_gradients()
+    assert torch.equal(model.weight.grad, torch.ones_like(model.weight)) and model.bias.grad is None
     assert all_reduce_mean(3.0) == 3.0
 
 

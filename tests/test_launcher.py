@@ -10,9 +10,11 @@ tests/slurm.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,14 +27,15 @@ import pytest
 import torch
 from submitit.helpers import DelayedSubmission
 
-from medsam2_hpc import registry, runner, spec
+from medsam2_hpc import dataid, registry, runner, spec
 from medsam2_hpc.cli import main
-from medsam2_hpc.contract import build_metrics, validate_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics, validate_metrics
 from medsam2_hpc.engine import LoopConfig, TrainLoop
 from medsam2_hpc.engine.stop import clear_stop
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.hpc import launcher
+from medsam2_hpc.hpc import containers, launcher
 from medsam2_hpc.hpc.requeue import TIME_LIMIT_REASON, TaskCall, write_helpers
+from medsam2_hpc.scoring import Scores
 from medsam2_hpc.task import RunDir, Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,11 +79,9 @@ def train(task: Task, run: RunDir) -> dict:
 
     state = loop.fit(train_epoch, lambda epoch: {"dice": 0.5})
     _log(run, "evaluate")
-    return build_metrics(task, split="test", dice_mean=0.5, per_class={"cup": 0.5},
-                         per_case={"case0": {"cup": 0.5}}, epochs_completed=state.epoch,
-                         train_seconds=state.train_seconds, eval_seconds=0.0, params_m=3e-6,
-                         selection_split="val", selection_cases=["val0"], selection_dice=0.5,
-                         checkpoint=loop.selected().record(), hd95_unit="px", hparams={})
+    return build_metrics(task, split="test", scores=Scores(0.5, {"cup": 0.5}, {"case0": {"cup": 0.5}}, "px"),
+                         cost=RunCost(state.epoch, state.train_seconds, 0.0, 3e-6), hparams={},
+                         selection=Selection("val", ["val0"], 0.5, loop.selected().record()))
 
 
 def run_tiny(task: Task) -> dict:
@@ -178,18 +179,24 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     gpu = next(s for s in scripts if "--array" in s)
     for line in ("#SBATCH --array=0-2%2", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=16G",
                  "#SBATCH --time=120", "#SBATCH --partition=gpu", "#SBATCH --mail-type=END",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --signal=USR2@90"):
-        assert line in gpu
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --signal=B:USR2@90",
+                 "export MEDSAM2_SIGNAL_DELAY_S=90"):
+        assert line in gpu  # in the image, the host wrapper sends the pre-timeout signal (hpc/requeue.py)
+    assert "--signal=USR2@" not in gpu and "trap '' USR2" in gpu
     command = gpu.strip().splitlines()[-1]
     argv = shlex.split(command)
     root = str(tmp_path / "out dir")
     wrapper = argv.index(f"{root}/s/.submitit/requeue-host.sh")
     assert "--open-mode=append" in argv[:wrapper]  # a requeued step must not truncate the logs
-    assert argv[wrapper + 1: wrapper + 4] == ["apptainer", "exec", "--nv"]
+    assert argv[wrapper + 1: wrapper + 5] == ["apptainer", "exec", "--cleanenv", "--nv"]
     assert f"{root}:{root}:rw" in argv and f"{tmp_path}/data:{tmp_path}/data:ro" in argv
     assert argv[argv.index("--home") + 1] == f"{root}/.cache/home"
     assert f"TORCH_HOME={root}/.cache/torch" in argv
+    # the digest of the image the job runs, for its metrics.json (hashed here, on the submitting host)
+    assert f"MEDSAM2_IMAGE_DIGEST=sha256:{hashlib.sha256(b'an image').hexdigest()}" in argv
     assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/%j"]
+    # an array's elements write their own submitit pickles from one batch file (hpc/batch.py)
+    assert argv[-9:-5] == ["python", "-m", "medsam2_hpc.hpc.batch", f"{root}/s/.submitit/batch-<id>.bin"]
     plain = next(s for s in scripts if "--array" not in s)
     assert "--nv" not in plain  # profile without GPUs
     assert not (tmp_path / "out dir").exists()
@@ -202,7 +209,8 @@ def test_python_runs_on_the_host_or_in_the_image(tmp_path):
     boxed = make_study(tmp_path, container="container: {runtime: singularity, image: a.sif, nv: false}\n",
                        profiles="  gpu: {gpus: 2}\n")
     argv = launcher.python_argv(boxed, boxed.profiles["gpu"], boxed.tasks, launcher.LocalBackend(), tmp_path)
-    assert argv[:2] == ["singularity", "exec"] and "--nv" not in argv
+    assert argv[0] == str(tmp_path / "requeue-host.sh")  # hands the job's variables to --cleanenv
+    assert argv[1:4] == ["singularity", "exec", "--cleanenv"] and "--nv" not in argv
     assert argv[-2:] == [str(tmp_path / "a.sif"), "python"]
 
 
@@ -224,6 +232,25 @@ def test_debug_executor_runs_every_task_and_submitting_again_is_safe(tmp_path, t
     assert again.n_to_run == 0 and set(again.skipped.values()) == {"completed"}
     assert "nothing to submit" in out.getvalue()
     assert len(launcher.submissions(study.study_dir)) == 1
+
+
+def test_submitting_again_after_the_data_moved_skips_finished_tasks(tmp_path, tiny_trainer):
+    """Task ids follow the data directory's name and content, not where it lives (task.py)."""
+    site = tmp_path / "project" / "data"
+    site.mkdir(parents=True)
+    (site / "case0.png").write_bytes(b"an image")
+    study = make_study(tmp_path, data="project/data")
+    assert launcher.submit(study, out=StringIO()).errors == []
+    (tmp_path / "scratch").mkdir()
+    shutil.move(site, tmp_path / "scratch" / "data")
+    moved = make_study(tmp_path, data="scratch/data")
+    assert [t.task_id for t in moved.tasks] == [t.task_id for t in study.tasks]
+    again = launcher.submit(moved, out=StringIO())
+    assert again.n_to_run == 0 and set(again.skipped.values()) == {"completed"}
+    (tmp_path / "scratch" / "data" / "case1.png").write_bytes(b"another image")  # another data set
+    dataid._fingerprint.cache_clear()  # as a new process would: the walk is kept per directory and mtime
+    grown = make_study(tmp_path, data="scratch/data")
+    assert launcher.submit(grown, dry_run=True, out=StringIO()).n_to_run == 2
 
 
 def test_failed_task_is_reported_and_resubmit_failed_reruns_only_it(tmp_path, tiny_trainer, capsys):
@@ -314,10 +341,48 @@ def _image_path() -> str:
     return os.pathsep.join(dirs)
 
 
+# What Apptainer does with the environment, for the stand-in below: under --cleanenv the process
+# gets only APPTAINERENV_<X> (as X), the --env values (which win) and the image's PATH and HOME.
+STANDIN_APPTAINER = (
+    "# 'exec [--cleanenv] [--nv] [--bind B] [--home H] [--env K=V] IMAGE CMD...' runs CMD on this host\n"
+    "# with the environment Apptainer would give it inside the image (its PATH has no scontrol).\n"
+    '[ "$1" = exec ] || exit 64; shift\nclean=0; home="$HOME"; envs=()\n'
+    'while [ $# -gt 0 ]; do case "$1" in --cleanenv) clean=1; shift;; --nv) shift;; --bind) shift 2;;'
+    ' --home) home="$2"; shift 2;; --env) envs+=("$2"); shift 2;; *) break;; esac; done\n'
+    'shift; passed=()\n'
+    'for name in $(compgen -e); do case "$name" in'
+    ' APPTAINERENV_*) passed+=("${name#APPTAINERENV_}=${!name}");; esac; done\n'
+    'base=(env); [ "$clean" = 1 ] && base=(env -i)\n'
+    'exec "${base[@]}" "PATH=$STANDIN_IMAGE_PATH" "HOME=$home" "${passed[@]}" "${envs[@]}" "$@"\n')
+
+
+def test_image_gets_only_the_variables_the_job_reads(tmp_path):
+    """--cleanenv plus the host wrapper: Slurm's, submitit's and the rendezvous variables and the
+    bound GPUs reach the image's process; a host PYTHONPATH (or anything else) does not."""
+    folder = tmp_path / ".submitit"
+    launcher.LocalBackend().prepare(folder, [str(folder / "requeue-host.sh")])
+    bin_dir = tmp_path / "host-bin"
+    standin(bin_dir, "apptainer", STANDIN_APPTAINER)
+    image = spec.ContainerSpec(image="img.sif", runtime="apptainer", env={"A": "1"})
+    argv = launcher.LocalBackend().wrap_python(containers.exec_prefix(image, gpus=1), folder)
+    host = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STANDIN_IMAGE_PATH": "/usr/bin:/bin",
+            "PYTHONPATH": "/host/site", "LD_LIBRARY_PATH": "/host/lib", "SECRET_TOKEN": "x",
+            "SLURM_PROCID": "3", "SLURM_JOB_NODELIST": "gpu[01-02]", "SUBMITIT_EXECUTOR": "local",
+            "MASTER_PORT": "29400", "CUDA_VISIBLE_DEVICES": "2,3", "MEDSAM2_GPUS": "2", "NCCL_DEBUG": "INFO"}
+    out = subprocess.run([*argv, "env"], env=host, capture_output=True, text=True, check=True).stdout
+    got = dict(line.split("=", 1) for line in out.splitlines())
+    for key in ("SLURM_PROCID", "SLURM_JOB_NODELIST", "SUBMITIT_EXECUTOR", "MASTER_PORT",
+                "CUDA_VISIBLE_DEVICES", "MEDSAM2_GPUS", "NCCL_DEBUG"):
+        assert got[key] == host[key]
+    assert got["A"] == "1" and got["PYTHONNOUSERSITE"] == "1"
+    assert not {"PYTHONPATH", "LD_LIBRARY_PATH", "SECRET_TOKEN"} & set(got)
+
+
 @pytest.mark.slow
 def test_requeue_from_inside_a_container_goes_through_the_host_wrapper(tmp_path):
     """submitit inside the 'image' has no scontrol: the stand-in records the request, the host
-    wrapper calls the (stand-in) host scontrol, and the next attempt resumes and finishes."""
+    wrapper calls the (stand-in) host scontrol, and the next attempt resumes and finishes. The
+    image runs with --cleanenv, so submitit finds its job only through what the wrapper hands over."""
     study = make_study(tmp_path, seeds=(0,), hparams={"epochs": 3, "hold_at": 1})
     task = study.tasks[0]
     folder = study.study_dir / ".submitit"
@@ -327,19 +392,15 @@ def test_requeue_from_inside_a_container_goes_through_the_host_wrapper(tmp_path)
     submission.dump(folder / "123_4_submitted.pkl")
     bin_dir = tmp_path / "host-bin"
     standin(bin_dir, "scontrol", f'echo "$*" >> {shlex.quote(str(tmp_path / "scontrol.calls"))}\n')
-    runtime = standin(bin_dir, "apptainer", (
-        "# 'exec [--nv] [--bind B] [--env K=V] IMAGE CMD...' runs CMD on this host with the --env\n"
-        "# variables and the image's PATH (no scontrol), as Apptainer would inside the image.\n"
-        '[ "$1" = exec ] || exit 64; shift\n'
-        'while [ $# -gt 0 ]; do case "$1" in --nv) shift;; --bind) shift 2;; --env) export "$2"; shift 2;;'
-        " *) break;; esac; done\n"
-        'shift; export PATH="$STANDIN_IMAGE_PATH"; exec "$@"\n'))
+    standin(bin_dir, "apptainer", STANDIN_APPTAINER)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "STANDIN_IMAGE_PATH": _image_path(), "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "130",
            "SLURM_ARRAY_JOB_ID": "123", "SLURM_ARRAY_TASK_ID": "4", "SLURM_PROCID": "0",
            "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1"}
-    argv = [str(wrapper), str(runtime), "exec", "--bind", f"{tmp_path}:{tmp_path}", "--env", "FROM_ENV=1",
-            "image.sif", sys.executable, "-u", "-m", "submitit.core._submit", str(folder)]
+    image = spec.ContainerSpec(image="image.sif", runtime="apptainer", env={"FROM_ENV": "1"})
+    binds = [spec.Bind(str(tmp_path), str(tmp_path))]
+    argv = [str(wrapper), *containers.exec_prefix(image, gpus=0, binds=binds),
+            sys.executable, "-u", "-m", "submitit.core._submit", str(folder)]
 
     step = subprocess.Popen(argv, env=env, cwd=REPO)
     pid = int(_wait_for(task.run_dir.path / "ready"))

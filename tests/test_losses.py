@@ -145,3 +145,17 @@ def test_sam2_option_is_metas_loss_with_metas_weights() -> None:
     assert float(ours["loss"]) == pytest.approx(float(want["core_loss"]) / frames, rel=1e-5)
     assert float(ours["iou"]) == pytest.approx(float(want["loss_iou"]) / frames, rel=1e-5)
     assert float(ours["obj"]) == pytest.approx(float(want["loss_class"]) / frames, rel=1e-5)
+
+
+def test_multimask_loss_weights_leave_rows_out_as_selecting_them_does():
+    torch.manual_seed(0)
+    masks, ious, obj = torch.randn(6, 3, 8, 8), torch.rand(6, 3), torch.randn(6)
+    target = torch.rand(6, 8, 8) > 0.6
+    target[1] = False  # an absent organ among the kept rows
+    keep = torch.tensor([True, True, False, True, False, True])
+    loss = MultimaskLoss(make_loss("bce"))
+    picked = loss(masks[keep], ious[keep], obj[keep], target[keep])
+    weighted = loss(masks, ious, obj, target, keep.float())
+    for name in ("loss", "mask", "iou", "obj"):
+        torch.testing.assert_close(weighted[name], picked[name])
+    assert loss(masks, ious, obj, target, torch.zeros(6))["loss"] == 0  # nothing to score

@@ -14,7 +14,7 @@ import pytest
 
 from medsam2_hpc import checkpoints, spec
 from medsam2_hpc.cli import main
-from medsam2_hpc.hpc import launcher
+from medsam2_hpc.hpc import image, launcher
 from medsam2_hpc.trainers.baselines import data as baseline_data
 
 GOOD = json.dumps({"epochs": 1, "image_size": 64, "batch_size": 2, "device": "cpu"})
@@ -113,6 +113,34 @@ def test_the_image_sees_the_checkpoints_the_host_found(tmp_path, monkeypatch):
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
     assert f"{tmp_path / 'ckpts'}:{tmp_path / 'ckpts'}:ro" in binds
     assert f"{tmp_path.parent / 'ft'}:{tmp_path.parent / 'ft'}:ro" in binds
+
+
+def test_a_checkpoint_only_the_image_holds_passes_the_login_node_check(tmp_path, refuge_multirater,
+                                                                        no_checkpoints, capsys):
+    """Built --with-checkpoints, the image's record (beside the .sif) says what is baked in: that
+    checkpoint passes on a host without it, one the image lacks still fails, naming what it has."""
+    img = tmp_path / "img.sif"
+    img.write_bytes(b"image")
+    sam2 = "model: sam2-2d, variants: [{v}], dataset: refuge, prompt: click, hparams: {h}"
+    hp = json.dumps({"epochs": 1, "image_size": 64, "batch_size": 1, "device": "cpu"})
+    path = _jobs(tmp_path, refuge_multirater, [sam2.format(v="hiera_t", h=hp)])
+    path.write_text(path.read_text().replace("{runtime: none}", "{runtime: apptainer, image: img.sif}"))
+    image.write_record(img, revision="abc", checkpoints=[])
+    assert main(["submit", str(path), "--dry-run"]) == 2
+    assert "no sam2_hiera_tiny.pt in " in capsys.readouterr().err  # built without checkpoints
+
+    image.write_record(img, revision="abc", checkpoints=["sam2_hiera_tiny.pt"])
+    assert main(["submit", str(path), "--dry-run"]) == 0
+    capsys.readouterr()
+    explicit = sam2.format(v="hiera_t", h=hp.replace("}", f', "sam_ckpt": "{checkpoints.BAKED_DIR}/'
+                                                        'sam2_hiera_tiny.pt"}'))
+    path.write_text(path.read_text().replace(sam2.format(v="hiera_t", h=hp), explicit))
+    assert main(["submit", str(path), "--dry-run"]) == 0  # named by its path in the image: not bound
+    assert f"{checkpoints.BAKED_DIR}:" not in capsys.readouterr().out
+    path = _jobs(tmp_path, refuge_multirater, [sam2.format(v="hiera_s", h=hp)])
+    path.write_text(path.read_text().replace("{runtime: none}", "{runtime: apptainer, image: img.sif}"))
+    assert main(["submit", str(path), "--dry-run"]) == 2
+    assert "no sam2_hiera_small.pt in " in capsys.readouterr().err
 
 
 def test_site_conventions_gpus_asked_once_gpu_device_needs_gpus_no_wckey(tmp_path, refuge_multirater, capfd):

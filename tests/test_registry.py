@@ -18,10 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from medsam2_hpc import metrics, registry
+from medsam2_hpc import registry
 from medsam2_hpc.cli import main as cli
-from medsam2_hpc.contract import build_metrics, checkpoint_record
+from medsam2_hpc.contract import RunCost, Selection, build_metrics, checkpoint_record
 from medsam2_hpc.errors import InputError
+from medsam2_hpc.scoring import Scorer
 from medsam2_hpc.task import RunDir, Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,10 @@ def make_toy(out: Path, layout: str, *, n_train: int, n_test: int, size: int = 1
 
 
 class ToyImages(torch.utils.data.Dataset):
-    """The 2D loader interface of the registry: items {"image", "mask", "name"} and ``classes``."""
+    """The 2D loader interface of the registry: items {"image", "mask", "name"}, ``classes`` and
+    ``hd95_unit``."""
+
+    hd95_unit = "px"
 
     def __init__(self, root: str, split: str, image_size: int = 16, out_size: int = 16,
                  classes: list[str] | None = None) -> None:
@@ -87,13 +91,13 @@ def train(task: Task, run: RunDir) -> dict:
     inside = np.mean([it["image"][0][it["mask"][0]].mean().item() for it in train_items])
     outside = np.mean([it["image"][0][~it["mask"][0]].mean().item() for it in train_items])
     threshold = (inside + outside) / 2
-    per_case = {it["name"]: {"blob": metrics.dice(it["image"][0] > threshold, it["mask"][0])}
-                for it in load(task.data_path, "test")}
-    per_class, mean = metrics.summarise(per_case)
-    return build_metrics(task, split="test", dice_mean=mean, per_class=per_class, per_case=per_case,
-                         epochs_completed=1, train_seconds=0.1, eval_seconds=0.1, params_m=1e-6,
-                         selection_split="none", selection_cases=[], selection_dice=None,  # nothing selected
-                         checkpoint=checkpoint_record("last", 1, False), hd95_unit="px", hparams={})
+    test = load(task.data_path, "test")
+    scorer = Scorer(test.hd95_unit, hd95=False)
+    for it in test:
+        scorer.add(it["name"], it["image"][:1] > threshold, it["mask"], TOY_DATA.classes)
+    return build_metrics(task, split="test", scores=scorer.summary(), cost=RunCost(1, 0.1, 0.1, 1e-6),
+                         selection=Selection("none", [], None, checkpoint_record("last", 1, False)),
+                         hparams={})  # nothing selected
 
 
 # --- the test ---------------------------------------------------------------------------------

@@ -95,8 +95,7 @@ def test_reloaded_checkpoint_gives_identical_predictions(compat_run: Path, tmp_p
     test_ds = RefugeDataset(task.data_path, "test", cfg.image_size, cfg.out_size)
     predictor = sam2_2d.Predictor(model, cfg, 1, device)
     prompted = sam2_2d.Prompted(test_ds, task.prompt, cfg.image_size, task.seed, sam2_2d.Prompted.EVAL_EPOCH)
-    scores = sam2_2d.evaluate(predictor, prompted, batch_size=cfg.batch_size, num_workers=0,
-                              pred_dir=tmp_path, tag="reload")
+    scores = sam2_2d.evaluate(predictor, prompted, pred_dir=tmp_path, tag="reload")
     saved = json.loads((compat_run / "metrics.json").read_text())["per_case"]
     assert {c: v["cup"] for c, v in scores.per_case.items()} == pytest.approx(
         {c: v["cup"] for c, v in saved.items()}, abs=1e-6)
@@ -143,9 +142,9 @@ def test_resume_after_interruption_continues_at_next_epoch(refuge_challenge: Pat
                          "num_workers": 0, "sam_ckpt": "none", "memory_bank_size": 0, "loss": "dicefocal"})
     real, trained = sam2_2d._train_epoch, []
 
-    def epoch_then_signal(loop, *args):
-        trained.append(args[-1])
-        out = real(loop, *args)
+    def epoch_then_signal(ctx, epoch):
+        trained.append(epoch)
+        out = real(ctx, epoch)
         if len(trained) == 1:
             os.kill(os.getpid(), signal.SIGUSR2)
         return out

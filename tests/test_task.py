@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from medsam2_hpc import dataid
 from medsam2_hpc.atomic import atomic_write, write_json
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import config_from_dict, look_up
@@ -26,6 +29,31 @@ def test_task_id_is_deterministic_and_depends_on_every_run_setting(tmp_path):
     assert a.task_id != _task(seed=1, hparams={"lr": 0.1, "epochs": 2}).task_id
     assert _task(name="exp_2024").task_id == "exp_2024"
     assert a.run_dir.path.parts[-2:] == ("s", a.task_id)
+
+
+def test_task_id_follows_the_data_directory_name_and_content_not_its_location(tmp_path):
+    """A data set staged elsewhere keeps its runs; another data set (a case more) gets new ones."""
+    def task(data: Path) -> Task:
+        return _task(data_path=str(data), hparams={"split_file": str(data / "splits.json")})
+
+    data = tmp_path / "site" / "btcv"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "imagesTr" / "img0001.nii.gz").write_bytes(b"volume")
+    (data / "splits.json").write_text("{}")
+    before = task(data)
+    assert before.task_id  # computed (and kept) while the data is there
+    moved = tmp_path / "scratch" / "user" / "btcv"
+    moved.parent.mkdir(parents=True)
+    shutil.move(data, moved)
+    (moved / "README.txt").write_text("notes beside the data")  # not a file any loader reads
+    after = task(moved)
+    assert after.task_id == before.task_id and after.identity() == before.identity()
+    RunDir(tmp_path / "run").prepare(before).claim(after)  # the moved task may use the run directory
+    (moved / "imagesTr" / "img0002.nii.gz").write_bytes(b"volume 2")
+    dataid._fingerprint.cache_clear()  # a new process: the walk is cached per directory and mtime
+    assert task(moved).task_id != before.task_id
+    renamed = moved.rename(moved.with_name("btcv-copy"))
+    assert task(renamed).task_id not in (before.task_id, task(moved).task_id)
 
 
 def test_task_round_trips_through_task_yaml(tmp_path):

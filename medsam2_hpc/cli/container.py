@@ -2,7 +2,8 @@
 
 ``build`` renders containers/medsam2.def (revision label, optional checkpoints) beside the
 sources it copies and runs ``apptainer build`` (or ``singularity build``) from the repository
-root, so %files paths resolve the same way as in ``docker build .``.
+root, so %files paths resolve the same way as in ``docker build .``; then it writes the image's
+record beside it (``<image>.json``: digest, revision, baked checkpoints; hpc/image.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from medsam2_hpc.atomic import write_text
 from medsam2_hpc.errors import EXIT_FAILURE, InputError
-from medsam2_hpc.hpc import containers, pipconfig
+from medsam2_hpc.hpc import containers, image, pipconfig
 
 CHECKPOINT_GLOB = "checkpoints/*.pt"
 
@@ -103,8 +104,9 @@ def build(args: argparse.Namespace) -> int:
                          "run bash checkpoints/download_ckpts.sh")
     pip = pipconfig.read_host() if args.pip_config == "host" else None
     text = definition.read_text(encoding="utf-8")
-    render = partial(containers.render, text, revision=containers.git_revision(context),
-                     checkpoints=checkpoints if args.with_checkpoints else (), bootstrap=args.bootstrap,
+    revision = containers.git_revision(context)
+    baked = checkpoints if args.with_checkpoints else []
+    render = partial(containers.render, text, revision=revision, checkpoints=baked, bootstrap=args.bootstrap,
                      mirror=args.mirror or containers.DEFAULT_MIRROR)
     render()  # bad --mirror etc. fail here, before anything is written
     if pip is not None:
@@ -128,6 +130,9 @@ def build(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     print(f"built {out}")
+    if out.is_file():  # not a --sandbox: its digest and baked checkpoints, for submit on the login node
+        record = image.write_record(out, revision=revision, checkpoints=[Path(c).name for c in baked])
+        print(f"recorded {image.record_path(out)} ({record.digest})")
     return 0
 
 

@@ -102,6 +102,11 @@ class RefugeDataset(Dataset):
     def names(self) -> list[str]:
         return [c.name for c in self._cases]
 
+    @property
+    def hd95_unit(self) -> str:
+        """Fundus photographs carry no pixel spacing, so distances are in pixels (of ``out_size``)."""
+        return "px"
+
     def __len__(self) -> int:
         return len(self._cases)
 

@@ -10,16 +10,19 @@ import argparse
 import json
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..atomic import write_json, write_text
 from .runtime import peak_memory_gb, peak_rss_gb, reset_peak_memory
 
-__all__ = ["sync", "memory_figures", "timed", "count_flops", "profile_ops", "positive_int", "emit"]
+__all__ = ["sync", "memory_figures", "timed", "count_flops", "OpCounter", "profile_ops", "positive_int",
+           "emit"]
 
 
 def sync(device: torch.device) -> None:
@@ -64,31 +67,69 @@ def _cpu_attention_backward_flops(grad_out: Any, query: Any, key: Any, value: An
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _conv_backward_flops(grad_out: Any, x: Any, w: Any, _bias: Any, _stride: Any, _padding: Any,
+                         _dilation: Any, transposed: bool, _output_padding: Any, _groups: int,
+                         output_mask: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """A convolution's backward: each gradient asked for (input, weight) costs one forward.
+
+    PyTorch's own formula counts the weight gradient as a dense convolution whatever ``groups``
+    is: a depthwise conv's (groups = channels) came out ``channels`` times too large.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    return (int(output_mask[0]) + int(output_mask[1])) * conv_flop_count(x, w, grad_out, transposed)
+
+
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn`` once under PyTorch's FLOP counter; return (its result, FLOPs it ran).
 
     Matmuls, convolutions and fused attention, forward and backward (recomputation included):
     dividing by measured seconds tells how close a step runs to the device's peak. PyTorch
-    counts the GPU's attention kernels but not the CPU's; those are added here.
+    counts the GPU's attention kernels but not the CPU's; those are added here, and grouped
+    convolutions' backward is counted by :func:`_conv_backward_flops` (PyTorch's ignores groups).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
     counter = FlopCounterMode(display=False, custom_mapping={
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops})
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+        aten.convolution_backward: _conv_backward_flops})
     with counter:
         result = fn()
     return result, counter.get_total_flops()
 
 
-def profile_ops(fn: Callable[[], Any], device: torch.device, table: Path, rows: int = 25
-                ) -> list[dict[str, Any]]:
-    """Run ``fn`` once under torch.profiler: where the time goes, op by op.
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that reach the kernels while active (``with OpCounter() as ops:``).
 
-    Writes PyTorch's table of the ``rows`` ops with the most self time (device time on a GPU,
-    CPU time otherwise) to ``table`` and returns the first ten as name, calls and milliseconds
-    for the JSON record.
+    Each is a host-side dispatch (microseconds of Python and C++ in eager mode) whatever its
+    size, so the count times the per-op cost floors a step's time when the GPU is fast. Ops are
+    seen below autograd, after composite ops have decomposed: the backward pass's and a
+    checkpoint's recompute count too; results a selective checkpoint serves from its cache do not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def profile_ops(fn: Callable[[], Any], device: torch.device, table: Path | None = None, rows: int = 25
+                ) -> tuple[list[dict[str, Any]], float]:
+    """Run ``fn`` once under torch.profiler: where the time goes, op by op, and the host's share.
+
+    Returns the ten ops with the most self time (device time on a GPU, CPU time otherwise) as
+    name, calls and milliseconds, and the host seconds: the CPU self time of every event, i.e.
+    what the host spent issuing (on a CPU device also running) the work. ``table``: also write
+    PyTorch's table of the ``rows`` top ops there.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -98,9 +139,11 @@ def profile_ops(fn: Callable[[], Any], device: torch.device, table: Path, rows: 
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = prof.key_averages()
-    write_text(table, events.table(sort_by=key, row_limit=rows) + "\n")
+    if table is not None:
+        write_text(table, events.table(sort_by=key, row_limit=rows) + "\n")
     top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:10]
-    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1e3, 3)} for e in top]
+    host = sum(e.self_cpu_time_total for e in events) / 1e6
+    return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1e3, 3)} for e in top], host
 
 
 def positive_int(text: str) -> int:

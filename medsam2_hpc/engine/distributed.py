@@ -1,91 +1,78 @@
-"""DistributedDataParallel across the GPUs (and nodes) of one Slurm task, rank from the job.
+"""Data-parallel training across the GPUs (and nodes) of one Slurm task, owned by the engine.
 
-A profile with several GPUs per task starts one process per GPU (``srun`` / submitit tasks);
-each process learns its rank and the world size from :func:`medsam2_hpc.jobenv.job_identity`
-(``RANK``/``SLURM_PROCID`` ...) and the rendezvous host from ``MASTER_ADDR`` or the first host
-of the Slurm node list (submitit's parser), so trainers never read ``SLURM_*`` themselves.
-With one process every helper here is a no-op: trainers call them unconditionally.
+A profile with several GPUs per task starts one process per GPU (``srun`` / submitit tasks).
+``runner.run_task`` joins them into one process group (:func:`joined`, rank, world and rendezvous
+from :func:`medsam2_hpc.jobenv.job_identity`); a trainer then needs only three things, all no-ops
+in a single process:
+
+- :func:`epoch_loader`: its rank's shard of the training set, reshuffled each epoch;
+- ``TrainLoop.backward`` / ``TrainLoop.step``: :class:`Replicas` averages the gradients over the
+  ranks before every optimizer step, so the weights stay identical on every rank;
+- :func:`on_main`: validation and test scoring on rank 0, the result handed to every rank;
+  only rank 0 writes (status.json, checkpoints, metrics.json, TensorBoard, predictions, plots).
+
+Why not ``DistributedDataParallel``: its reducer is armed by the wrapped module's ``forward``,
+and the SAM2 trainers drive the model's parts (``SAM2Base.forward`` raises NotImplementedError),
+skip clips without organs and accumulate gradients over clips. One all-reduce of the flattened
+gradients per optimizer step is exact for all three trainers, works with activation
+checkpointing, and never hangs on a parameter some rank did not use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import os
-import random
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..jobenv import job_identity
+from ..jobenv import JobIdentity, job_identity
 
-__all__ = ["DistEnv", "dist_env", "init_distributed", "is_distributed", "rank", "world_size",
-           "is_main_process", "barrier", "cleanup", "wrap_model", "unwrap_model", "make_sampler",
-           "all_reduce_mean", "any_process"]
+__all__ = ["init_distributed", "joined", "is_distributed", "rank", "world_size", "is_main_process",
+           "barrier", "cleanup", "shard_size", "epoch_loader", "Replicas", "on_main", "all_reduce_mean",
+           "any_process"]
 
-DEFAULT_PORT = 29500
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job: enough for ``init_process_group('env://')``."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    master_addr: str
-    master_port: int
+T = TypeVar("T")
+_BUCKET = 1 << 24  # gradient elements per all-reduce (64 MiB in fp32)
+_WAIT = datetime.timedelta(hours=24)  # ranks waiting for rank 0's scoring; the job's time limit ends a hang
+_WAIT_GROUP: Any = None  # a gloo group with the long timeout above, for on_main
 
 
-def _master_addr(env: Mapping[str, str]) -> str:
-    if env.get("MASTER_ADDR"):
-        return env["MASTER_ADDR"]
-    if env.get("SLURM_JOB_NODELIST"):
-        # submitit's parser of compressed node lists ("gpu[01-03,07]"), which its own
-        # TorchDistributedEnvironment uses, rather than a hand-rolled one.
-        from submitit.slurm.slurm import _parse_node_list
+def init_distributed(*, env: Mapping[str, str] | None = None, timeout_s: float = 1800.0) -> JobIdentity:
+    """Join the job's process group when it has several processes; returns the job's identity.
 
-        return _parse_node_list(env["SLURM_JOB_NODELIST"])[0]
-    return "127.0.0.1"
-
-
-def _master_port(env: Mapping[str, str]) -> int:
-    """Same port on every rank of a job; different jobs on one node rarely collide."""
-    if env.get("MASTER_PORT", "").isdigit():
-        return int(env["MASTER_PORT"])
-    job = env.get("SLURM_JOB_ID")
-    return random.Random(job).randint(20000, 60000) if job else DEFAULT_PORT
-
-
-def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
-    """Read rank, world and rendezvous from ``env`` (default: os.environ)."""
-    env = os.environ if env is None else env
-    ident = job_identity(env)
-    return DistEnv(rank=ident.global_rank, local_rank=ident.local_rank, world_size=ident.world_size,
-                   master_addr=_master_addr(env), master_port=_master_port(env))
-
-
-def init_distributed(device: torch.device, *, env: Mapping[str, str] | None = None,
-                     timeout_s: float = 600.0) -> DistEnv:
-    """Join the job's process group (nccl on CUDA, gloo on the CPU) when it has several processes.
-
-    On CUDA each process takes GPU ``local_rank`` of its node. Returns the DistEnv either way.
+    The backend follows each tensor (``cpu:gloo,cuda:nccl``), so the process group exists before a
+    trainer picks its device; with CUDA each process takes GPU ``local_rank`` of its node.
     """
-    info = dist_env(env)
-    if info.world_size <= 1 or dist.is_initialized():
-        return info
-    if device.type == "cuda":
-        torch.cuda.set_device(info.local_rank % max(torch.cuda.device_count(), 1))
+    ident = job_identity(env)
+    if ident.world_size <= 1 or dist.is_initialized():
+        return ident
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(ident.local_rank % torch.cuda.device_count())
     dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo",
-        init_method=f"tcp://{info.master_addr}:{info.master_port}",
-        rank=info.rank, world_size=info.world_size,
+        backend="cpu:gloo,cuda:nccl" if cuda else "gloo",
+        init_method=f"tcp://{ident.master_addr}:{ident.master_port}",
+        rank=ident.global_rank, world_size=ident.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    return info
+    global _WAIT_GROUP
+    _WAIT_GROUP = dist.new_group(backend="gloo", timeout=_WAIT)
+    return ident
+
+
+@contextlib.contextmanager
+def joined(*, env: Mapping[str, str] | None = None) -> Iterator[JobIdentity]:
+    """The job's process group for the duration of a run (left again on every exit)."""
+    ident = init_distributed(env=env)
+    try:
+        yield ident
+    finally:
+        cleanup()
 
 
 def is_distributed() -> bool:
@@ -111,44 +98,100 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    global _WAIT_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _WAIT_GROUP = None
 
 
-def wrap_model(model: torch.nn.Module, device: torch.device, **ddp_kwargs: Any) -> torch.nn.Module:
-    """DDP around ``model`` when distributed (gradients averaged across ranks), else ``model``."""
-    if not is_distributed():
-        return model
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
+def shard_size(n: int) -> int:
+    """Items of an ``n``-item dataset each rank sees per epoch (DistributedSampler pads to equal shards)."""
+    return math.ceil(n / world_size())
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP: its state_dict has no ``module.`` prefix, so checkpoints load
-    the same with or without DDP."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+def epoch_loader(dataset: Dataset, *, epoch: int, seed: int, batch_size: int, **kwargs: Any) -> DataLoader:
+    """The training DataLoader of one epoch: this rank's shard, in an order fixed by (seed, epoch).
 
-
-def make_sampler(dataset: Dataset, *, shuffle: bool, seed: int = 0) -> DistributedSampler | None:
-    """A shard of ``dataset`` per rank (pass to DataLoader(sampler=...)); None when not distributed.
-
-    Call ``sampler.set_epoch(epoch)`` each epoch so the shuffle differs between epochs.
+    The same permutation as a single process's (``randperm`` seeded ``seed * 100003 + epoch``), split
+    into disjoint shards; so a resumed run sees the same batches, whatever its worker count.
     """
+    base = seed * 100003
+    if is_distributed():
+        sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=base)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(base + epoch), **kwargs)
+
+
+class Replicas:
+    """Keeps ``model`` the same on every rank: rank 0's weights at the start, averaged gradients after.
+
+    Only the optimizer's parameters are averaged (frozen parts stay out); a parameter no rank
+    used keeps ``grad = None``, as in a single process, so the optimizer leaves it alone.
+    """
+
+    def __init__(self, model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+        self.model, self.params = model, params
+        if is_distributed():
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+
+    def average_gradients(self) -> None:
+        """Call after the last ``backward`` of a step, on every rank, before unscaling or clipping."""
+        if not is_distributed():
+            return
+        used = torch.tensor([p.grad is not None for p in self.params], dtype=torch.int32,
+                            device=self.params[0].device)
+        dist.all_reduce(used)
+        live = [p for p, n in zip(self.params, used.tolist(), strict=True) if n]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for bucket in _buckets(live):
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size()
+            for p, part in zip(bucket, flat.split([p.numel() for p in bucket]), strict=True):
+                p.grad.copy_(part.view_as(p))
+        with torch.no_grad():  # BatchNorm statistics: rank 0's, as DDP broadcasts them
+            for buf in self.model.buffers():
+                if buf.is_floating_point():
+                    dist.broadcast(buf, src=0)
+
+
+def _buckets(params: list[torch.nn.Parameter]) -> Iterator[list[torch.nn.Parameter]]:
+    """Runs of parameters of one dtype and device, about ``_BUCKET`` elements each."""
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for p in params:
+        if bucket and (size + p.numel() > _BUCKET or (p.dtype, p.device) != (bucket[0].dtype,
+                                                                               bucket[0].device)):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(p)
+        size += p.numel()
+    if bucket:
+        yield bucket
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 only (scoring with its memory bank and files, as one GPU would), and its
+    result on every rank. The other ranks wait without a collective timeout of their own."""
     if not is_distributed():
-        return None
-    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle,
-                              seed=seed)
+        return fn()
+    box: list[Any] = [fn() if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0, group=_WAIT_GROUP)  # pickles only between our own ranks
+    return box[0]
 
 
 def all_reduce_mean(value: float) -> float:
-    """Mean of a scalar over ranks (validation scores computed on each rank's shard)."""
+    """Mean of a scalar over ranks (a training loss each rank computed on its shard)."""
     if not is_distributed():
         return float(value)
     tensor = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor)  # a CPU tensor: gloo, whatever the device of the model
     return float(tensor.item()) / world_size()
 
 
@@ -157,7 +200,5 @@ def any_process(flag: bool) -> bool:
     if not is_distributed():
         return bool(flag)
     tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())

@@ -3,6 +3,8 @@
 A trainer supplies two callables (``train_epoch(epoch) -> scalars`` and
 ``validate(epoch) -> scalars with a 'dice' key``); the loop owns everything around them,
 in the spirit of nnU-Net's short ``run_training``. Trainers know nothing of Slurm.
+Its :meth:`TrainLoop.backward` and :meth:`TrainLoop.step` make the update the same on every rank
+of a multi-GPU task, validation runs on rank 0 and only rank 0 writes (engine/distributed.py).
 
 ``best.pt`` is written only from an epoch whose validation returned a finite score, so an
 unvalidated model is never reported as "best"; :meth:`TrainLoop.selected` names the weights
@@ -11,6 +13,7 @@ to score (``select: best|last``) and says whether validation ever chose them.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 from ..task import RunDir
 from .checkpoint import link_into, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import any_process, is_main_process, unwrap_model
+from .distributed import Replicas, any_process, is_main_process, on_main
 from .stop import StopRequested, stop_requested
 
 __all__ = ["LoopConfig", "LoopState", "Selection", "TrainLoop", "progress"]
@@ -86,11 +89,13 @@ class TrainLoop:
         self.extra_state = extra_state or {}
         self.state = LoopState()
         self._writer = None
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.replicas = Replicas(model, self.params)  # rank 0's weights on every rank
 
     # checkpoints -------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         return {
-            "model": unwrap_model(self.model).state_dict(),  # no DDP "module." prefix
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -100,7 +105,7 @@ class TrainLoop:
         }
 
     def save(self, is_best: bool) -> None:
-        """Rank 0 writes; under DDP the other ranks hold identical weights."""
+        """Rank 0 writes; on a multi-GPU task the other ranks hold identical weights."""
         if not is_main_process():
             return
         payload = self.payload()
@@ -134,7 +139,7 @@ class TrainLoop:
         if not Path(path).exists():
             return False
         ckpt = load_checkpoint(path, what="resume checkpoint")
-        unwrap_model(self.model).load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -162,10 +167,33 @@ class TrainLoop:
                 self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
+    # one update --------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of ``loss`` (scaled for fp16); several calls before one :meth:`step` accumulate."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, clip: float = 0.0) -> None:
+        """Average the gradients over ranks, clip their norm to ``clip`` (0 = off), update, zero them.
+
+        Every rank calls it equally often. The fp16 scaler unscales after the average, so all
+        ranks agree on an overflow, and before clipping, so the norm is real.
+        """
+        self.replicas.average_gradients()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def check_stop(self) -> None:
         """Call between batches: leaves the epoch when Slurm asked the job to stop.
 
-        Under DDP every rank must call it equally often: all ranks stop together.
+        On a multi-GPU task every rank must call it equally often: all ranks stop together.
         """
         if any_process(stop_requested()):
             raise StopRequested("stop requested by signal; resume from last.pt")
@@ -173,6 +201,8 @@ class TrainLoop:
     # the loop ----------------------------------------------------------------------
     def fit(self, train_epoch: Callable[[int], dict[str, float]],
             validate: Callable[[int], dict[str, float]]) -> LoopState:
+        """Train the remaining epochs. ``train_epoch`` runs on every rank; ``validate`` on rank 0
+        alone (so it holds no collective), its scores handed to every rank."""
         cfg = self.config
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
@@ -183,7 +213,7 @@ class TrainLoop:
                 is_best = False
                 self.state.last_score = math.nan
                 if (epoch + 1) % max(cfg.val_freq, 1) == 0 or epoch + 1 == cfg.epochs:
-                    val = validate(epoch)
+                    val = on_main(functools.partial(validate, epoch))  # rank 0 scores, all ranks learn it
                     scalars.update({f"val/{k}": float(v) for k, v in val.items()})
                     score = float(val.get(cfg.monitor, math.nan))
                     self.state.last_score = score

@@ -38,6 +38,7 @@ from spython.main.parse.writers import DockerWriter
 
 from .. import __version__
 from ..checkpoints import BAKED_DIR
+from ..contract import GIT_SHA_ENV
 from ..errors import InputError
 from ..spec import Bind, ContainerSpec
 
@@ -57,6 +58,7 @@ REQUIRED_ENV = ("TORCH_HOME", "HF_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "YOLO
 # The %post comment that introduces the install_requires command (see containers/medsam2.def).
 REQUIRES_MARKER = "# install_requires of setup.cfg"
 CHECKPOINT_DIR = str(BAKED_DIR)  # where the trainers look (checkpoints.py), so bake there
+CHECKPOINTS_LABEL = "medsam2.checkpoints"  # the file names baked there (also in the image record)
 DOCKER_HEADER = ("# Generated from containers/medsam2.def by `medsam2-hpc container dockerfile --write`;\n"
                  "# do not edit. Build from the repository root:\n"
                  "#   docker build -f containers/Dockerfile "
@@ -260,7 +262,9 @@ def git_revision(root: Path = REPO_ROOT) -> str:
 
 def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstrap: str = "docker",
            mirror: str = DEFAULT_MIRROR, pip_files: Sequence[str] = ()) -> str:
-    """The definition as built: the revision label filled in, checkpoints added to %files.
+    """The definition as built: the revision label filled in and stamped into %environment as
+    ``MEDSAM2_GIT_SHA`` (metrics.json's ``git_sha`` inside the image, which has no .git; not for
+    an unknown revision), checkpoints added to %files and named in the ``medsam2.checkpoints`` label.
 
     ``checkpoints`` are paths relative to the build context (the repository root).
     ``bootstrap="debootstrap"`` swaps the docker base for Debian bookworm from ``mirror`` and
@@ -286,6 +290,11 @@ def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstr
         raise InputError(f"--bootstrap {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
     text = _prepend(text, "files", files)
     text = _prepend(text, "post", post)
+    if revision != "unknown":
+        text = _prepend(text, "environment", [f"export {GIT_SHA_ENV}={shlex.quote(revision)}"])
+    if checkpoints:
+        names = ",".join(Path(c).name for c in checkpoints)
+        text = _prepend(text, "labels", [f"{CHECKPOINTS_LABEL} {names}"])
     if pip_files:
         text = re.sub(r"^(%post\b.*?)(?=^%|\Z)", lambda m: m.group(1).rstrip("\n")
                       + f"\n    rm -rf {BUILD_DIR}\n\n", text, count=1, flags=re.MULTILINE | re.DOTALL)
@@ -406,14 +415,16 @@ def exec_prefix(container: ContainerSpec, *, gpus: int, binds: Sequence[Bind] = 
     ``container.binds`` then ``binds`` (the launcher's data ro, output and checkpoints rw),
     deduplicated by container path. ``cache``, when given, is bound read-write and the cache
     variables point into it. ``HOME`` in ``container.env`` becomes ``--home`` (the directory
-    must exist). The host environment is kept (no --cleanenv): Slurm's and submitit's
-    variables must reach the job; PYTHONNOUSERSITE keeps ~/.local out of it.
+    must exist). ``--cleanenv``: nothing of the host environment reaches the image but these
+    ``--env`` values and, at run time, the variables the host wrapper hands over
+    (:data:`medsam2_hpc.hpc.requeue.PASS_ENV`: Slurm's, submitit's, the DDP rendezvous, the bound
+    GPUs); PYTHONNOUSERSITE keeps ~/.local out of it.
     """
     if container.runtime == "none":
         return []
     if not container.image:
         raise InputError(f"container.image: runtime {container.runtime} needs an image")
-    argv = [container.runtime, "exec"]
+    argv = [container.runtime, "exec", "--cleanenv"]
     if gpus > 0 and container.nv:
         argv.append("--nv")
     all_binds = [*container.binds, *binds]

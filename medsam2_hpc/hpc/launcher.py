@@ -33,6 +33,7 @@ from submitit.slurm.slurm import _make_sbatch_string  # private: why setup.cfg p
 
 from .. import checkpoints
 from ..atomic import write_json
+from ..contract import DIGEST_ENV
 from ..errors import InputError, SlurmError
 from ..jobenv import GPUS_ENV
 from ..options import suggest
@@ -40,8 +41,9 @@ from ..precheck import shared_checks
 from ..spec import GPU_SBATCH_KEYS, PATH_HPARAMS, Bind, Profile, Study
 from ..task import Task
 from . import status
+from .batch import element_python, submit_array
+from .image import read_record
 from .queue import queued
-from .requeue import TaskCall, wrapper_path, write_helpers
 from .status import SUBMISSIONS, latest_elements, settle, status_rows, submissions
 
 __all__ = ["BACKENDS", "Backend", "register_backend", "backend_for", "Launch", "plan", "check_tasks",
@@ -64,25 +66,39 @@ class Backend:
     def executor(self, folder: Path, python: str | None, profile: Profile) -> submitit.Executor:
         raise NotImplementedError
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
+        """The executor's parameters; ``contained``: python runs in the container, under the wrapper."""
         return {}
 
     def waves(self, tasks: list[Task], profile: Profile) -> list[list[Task]]:
         """One array per profile; executors without arrays throttle by waves instead."""
         return [tasks]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """Submit one wave: submitit's ``map_array``."""
+        return executor.map_array(call, tasks)
+
     def after_submit(self, jobs: Sequence[Any]) -> list[str]:
         """Return error summaries of finished jobs (backends that wait); Slurm returns at once."""
         return []
 
     def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        return prefix
+        """The image runs with --cleanenv: the host wrapper hands it the job's variables (and
+        requeues from the host under Slurm, where scontrol is absent inside; hpc/requeue.py)."""
+        from .requeue import wrapper_path  # requeue imports torch (engine); status and cancel do not need it
+
+        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
 
     def prepare(self, folder: Path, argv: list[str] | None) -> None:
         """Write what the jobs need beside the submitit folder (never during a dry run)."""
+        from .requeue import wrapper_path, write_helpers
+
+        if argv and argv[0] == str(wrapper_path(folder)):
+            write_helpers(folder)
 
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
-                job_name: str) -> str:
+                job_name: str, *, contained: bool = False) -> str:
         """What a dry run prints for one profile's submission."""
         waves = len(self.waves(list(tasks), profile))
         return (f"# {self.name} executor: {len(tasks)} process(es) in {waves} wave(s), "
@@ -124,7 +140,15 @@ class SlurmBackend(Backend):
                              "use --executor local, or --dry-run to see the scripts")
         return submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python)
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
+        from .requeue import SIGNAL_ENV  # requeue imports torch (engine); status and cancel do not need it
+
+        setup = [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup)
+        sbatch = dict(profile.sbatch)
+        if contained:  # the wrapper sends the pre-timeout USR2, sparing squashfuse (hpc/requeue.py)
+            sbatch.setdefault("signal", f"B:USR2@{profile.signal_delay_s}")
+            setup += ["trap '' USR2  # the batch shell survives the signal; the step's wrapper sends it",
+                      f"export {SIGNAL_ENV}={profile.signal_delay_s}"]
         params: dict[str, Any] = {
             "job_name": job_name,
             "partition": profile.partition,
@@ -140,8 +164,8 @@ class SlurmBackend(Backend):
             "array_parallelism": profile.array_parallelism,
             "signal_delay_s": profile.signal_delay_s,
             # device auto must not fall back to the CPU silently where GPUs were asked for
-            "setup": [f"export {GPUS_ENV}={profile.gpus}"] * bool(profile.gpus) + list(profile.setup) or None,
-            "additional_parameters": dict(profile.sbatch) or None,
+            "setup": setup or None,
+            "additional_parameters": sbatch or None,
             # srun opens its output files with truncate by default: append keeps earlier attempts
             "srun_args": ["--open-mode=append"],
         }
@@ -154,25 +178,25 @@ class SlurmBackend(Backend):
         step = profile.max_array_size or max_array_size()[0]
         return [tasks[i:i + step] for i in range(0, len(tasks), step)]
 
+    def map_array(self, executor: submitit.Executor, call: Callable[[Task], Any],
+                  tasks: Sequence[Task]) -> list[Any]:
+        """One batch file per array; each element writes its own pickle (hpc/batch.py)."""
+        return submit_array(executor, call, tasks)
+
     def dry_run(self, command: str, folder: Path, tasks: Sequence[Task], profile: Profile,
-                job_name: str) -> str:
+                job_name: str, *, contained: bool = False) -> str:
         """One sbatch script per array the submission needs (MaxArraySize)."""
         waves = self.waves(list(tasks), profile)
         scripts = []
+        python, entry = command.split(" -u -m submitit.core._submit ", 1)
+        batch = element_python(python, folder.parent / "batch-<id>.bin")  # named when the array is submitted
         for i, wave in enumerate(waves):
             count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
-            script = _make_sbatch_string(command=command, folder=folder, map_count=count,
-                                         **self.parameters(profile, job_name))
+            line = f"{batch} -u -m submitit.core._submit {entry}" if count else command
+            script = _make_sbatch_string(command=line, folder=folder, map_count=count,
+                                         **self.parameters(profile, job_name, contained=contained))
             scripts.append(f"# array {i + 1} of {len(waves)}: {len(wave)} task(s)\n{script}")
         return "\n".join(scripts)
-
-    def wrap_python(self, prefix: list[str], folder: Path) -> list[str]:
-        # scontrol is absent inside the image: requeue from the host (see hpc/requeue.py)
-        return [str(wrapper_path(folder)), *prefix] if prefix else prefix
-
-    def prepare(self, folder: Path, argv: list[str] | None) -> None:
-        if argv and argv[0] == str(wrapper_path(folder)):
-            write_helpers(folder)
 
     def active(self, job_ids: Iterable[str]) -> dict[str, str]:
         """squeue's answer; a failing squeue raises SlurmError (hpc/queue.py), never reads as empty."""
@@ -221,7 +245,7 @@ class LocalBackend(Backend):
             raise InputError(f"profiles.{profile.name}.nodes: the local executor runs on one node")
         return submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_requeues, python=python)
 
-    def parameters(self, profile: Profile, job_name: str) -> dict[str, Any]:
+    def parameters(self, profile: Profile, job_name: str, *, contained: bool = False) -> dict[str, Any]:
         params = {"timeout_min": profile.time_min, "gpus_per_node": profile.gpus,
                   "tasks_per_node": profile.ntasks_per_node, "signal_delay_s": profile.signal_delay_s}
         return {**params, "setup": list(profile.setup)} if profile.setup else params
@@ -326,8 +350,9 @@ def _binds(study: Study, tasks: Iterable[Task]) -> list[Bind]:
     root = str(study.output_root)
     binds = [Bind(root, root, "rw")]
     tasks = list(tasks)
-    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS
-             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")}
+    files = {str(Path(t.hparams[k]).parent) for t in tasks for k in PATH_HPARAMS  # not one baked in the image
+             if isinstance(t.hparams.get(k), str) and t.hparams[k].startswith("/")
+             and Path(t.hparams[k]).parent != checkpoints.BAKED_DIR}
     ckpt = _checkpoint_dir()
     for path in sorted({t.data_path for t in tasks} | files | ({ckpt} if ckpt else set())):
         if not (path + os.sep).startswith(root + os.sep):
@@ -345,7 +370,9 @@ def python_argv(study: Study, profile: Profile, tasks: Sequence[Task], backend: 
 
     cache = study.output_root / ".cache"
     ckpt = _checkpoint_dir()
-    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}), **container.env}
+    record = read_record(container.image)  # the digest metrics.json records from inside the image
+    env = {"HOME": str(cache / "home"), **({checkpoints.ENV_VAR: ckpt} if ckpt else {}),
+           **({DIGEST_ENV: record.digest} if record else {}), **container.env}
     spec = dataclasses.replace(container, nv=container.nv and profile.gpus > 0, env=env)
     prefix = exec_prefix(spec, gpus=profile.gpus, binds=_binds(study, tasks), cache=cache)
     return backend.wrap_python(prefix, folder) + ["python"]
@@ -385,7 +412,8 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         python = shlex.join(argv) if argv else shlex.quote(sys.executable)
         command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
         print(f"\n# ---- profile {name}: {len(tasks)} task(s) ----", file=out)
-        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks)), file=out)
+        print(backend.dry_run(command, folder, tasks, profile, _job_name(study, profile, tasks),
+                              contained=argv is not None), file=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +433,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     """Everything a job would only discover after the queue wait, found before it.
 
     Runs every task's trainer ``check`` (hyper-parameters, variant, data, checkpoint) with the
-    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image.
+    expensive parts shared between tasks (:mod:`medsam2_hpc.precheck`), and checks the image;
+    a checkpoint baked into the image counts as found when the image's record lists it.
     All problems are reported at once, one entry per experiment and message with the first
     task id and how many more share it.
 
@@ -415,7 +444,8 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
     from ..runner import check
 
     found: dict[tuple[str, str], list[str]] = {}
-    with shared_checks():
+    record = read_record(study.container.image) if study.container.enabled else None
+    with shared_checks(), checkpoints.image_holds(record.checkpoints if record else None):
         for task in tasks:
             try:
                 _check_device(task, study.profiles[task.profile])
@@ -495,15 +525,18 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
         (study.output_root / ".cache" / "home").mkdir(parents=True, exist_ok=True)  # --home must exist
+    from .requeue import TaskCall
+
     call = TaskCall(fn)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
         argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
         ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
-        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks)))
+        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
+                                                  contained=argv is not None))
         for wave in backend.waves(tasks, profile):
-            jobs = ex.map_array(call, wave)
+            jobs = backend.map_array(ex, call, wave)
             array = _record(study, backend.name, name, jobs, wave)
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)

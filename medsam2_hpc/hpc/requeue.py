@@ -25,10 +25,26 @@ image is fragile (library versions must match the host's). Instead the job step 
 small host-side bash wrapper (:data:`HOST_WRAPPER`), and the container gets a stand-in
 ``scontrol`` (:data:`SCONTROL_SHIM`) that only records "requeue <job>" in a marker file on the
 shared file system. When the container exits, the wrapper, which runs on the host where the real
-scontrol is, performs the requeue. The wrapper ignores ``USR2``/``TERM`` itself: Slurm signals
-every process of the step, so the python inside receives the signal directly. Both scripts are
-written into the study's submitit folder (shared storage, bound into the container) at
-submission; a job whose python runs on the host (runtime ``none``) needs neither.
+scontrol is, performs the requeue. Both scripts are written into the study's submitit folder
+(shared storage, bound into the container) at submission; a job whose python runs on the host
+(runtime ``none``) needs neither.
+
+The pre-timeout signal, in a container: Slurm's ``--signal=USR2@N`` goes to every process of the
+step. An unprivileged Apptainer (user namespaces, no setuid: the common set-up on clusters)
+serves the image through a ``squashfuse`` process in that step; USR2 kills it, and the python
+inside then dies of SIGBUS on its next read from the image, before it can requeue. So for a
+containerised job the launcher asks Slurm to signal the batch shell only (``B:USR2@N``, ignored
+there), and the wrapper sends the signal itself: it reads the job's end time from ``squeue``
+(again each minute, so a changed time limit or a requeue is followed) and, ``N`` seconds before
+it (:data:`SIGNAL_ENV`), signals its own child, the Apptainer starter, which forwards it to the
+python in the container. squashfuse is never signalled. ``scancel --signal=USR2`` by hand would
+still reach squashfuse: to test a requeue, signal the wrapper's child instead.
+
+The image runs under ``exec --cleanenv`` (a host ``PYTHONPATH`` must not reach the image's
+python), so values known at submission go in as ``--env`` (hpc/containers.py) and the wrapper
+hands over, at run time, exactly the host variables of :data:`PASS_ENV` (as ``APPTAINERENV_*``,
+which --cleanenv keeps). Under submitit's local executor the wrapper does only that and then
+becomes the runtime (``exec``), so the executor's signals reach it.
 """
 
 from __future__ import annotations
@@ -48,28 +64,69 @@ from ..engine.stop import clear_stop, request_stop, stop_requested
 from ..jobenv import job_identity
 from ..task import RunDir, Task
 
-__all__ = ["TaskCall", "TIME_LIMIT_REASON", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV", "SHIM_ENV",
-           "wrapper_path", "write_helpers"]
+__all__ = ["TaskCall", "TIME_LIMIT_REASON", "PASS_ENV", "HOST_WRAPPER", "SCONTROL_SHIM", "MARKER_ENV",
+           "SHIM_ENV", "SIGNAL_ENV", "wrapper_path", "write_helpers"]
 
 MARKER_ENV = "MEDSAM2_REQUEUE_MARKER"
 SHIM_ENV = "MEDSAM2_REQUEUE_SHIM"
+SIGNAL_ENV = "MEDSAM2_SIGNAL_DELAY_S"  # set in the batch script of a containerised job
+
+# What a job reads from its host environment (submitit's and JobIdentity's SLURM_* and SUBMITIT_*,
+# the DDP rendezvous, the GPUs Slurm bound, the launcher's MEDSAM2_GPUS, NCCL's site settings):
+# ``apptainer exec --cleanenv`` drops everything else, a host PYTHONPATH or LD_LIBRARY_PATH included.
+PASS_ENV = ("SLURM_*", "SUBMITIT_*", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "NCCL_*", "MEDSAM2_GPUS")
 
 HOST_WRAPPER = r"""#!/bin/bash
 # medsam2-hpc host-side wrapper (written by medsam2_hpc.hpc.requeue): runs one job step's
-# containerised python and performs the requeue it asked for, since scontrol exists only here.
+# containerised python ("$@" = apptainer|singularity exec --cleanenv ...) with the host variables
+# the job reads, and performs the requeue it asked for, since scontrol exists only here.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+case "$(basename "$1")" in singularity) prefix=SINGULARITYENV_;; *) prefix=APPTAINERENV_;; esac
+for name in $(compgen -e); do
+    case "$name" in @PASS_ENV@) export "$prefix$name=${!name}";; esac
+done
+# submitit's local executor signals this process and requeues by itself: become the runtime
+[ "${SUBMITIT_EXECUTOR:-}" = slurm ] || exec "$@"
 marker="$here/requeue.${SLURM_JOB_ID:-nojob}.${SLURM_PROCID:-0}"
 rm -f "$marker"
-for prefix in "" APPTAINERENV_ SINGULARITYENV_; do
-    export "${prefix}MEDSAM2_REQUEUE_MARKER=$marker" "${prefix}MEDSAM2_REQUEUE_SHIM=$here/shim"
-done
-# Slurm signals every process of the step, the python inside included: survive, do not forward.
+export "${prefix}MEDSAM2_REQUEUE_MARKER=$marker" "${prefix}MEDSAM2_REQUEUE_SHIM=$here/shim"
+# A signal Slurm sends to every process of the step reaches the python inside directly: survive it.
 trap ':' USR2 TERM CONT
 "$@" &
 child=$!
+if [ -n "${MEDSAM2_SIGNAL_DELAY_S:-}" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    # USR2 that many seconds before the job's end, to the child only (not to squashfuse).
+    (
+        trap '' USR2 CONT
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        warned="" nap=""
+        while kill -0 "$child" 2>/dev/null; do
+            end="$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null | head -n 1)"
+            end_s="$(date -d "$end" +%s 2>/dev/null)" || end_s=""
+            if [ -z "$end_s" ]; then
+                [ -n "$warned" ] || echo "medsam2-hpc: no end time from squeue for job $SLURM_JOB_ID" \
+                    "('$end'); asking again each minute" >&2
+                warned=1 left=60
+            else
+                left=$(( end_s - $(date +%s) - MEDSAM2_SIGNAL_DELAY_S ))
+            fi
+            if [ "$left" -le 0 ]; then
+                echo "medsam2-hpc: ${MEDSAM2_SIGNAL_DELAY_S} s to the time limit: USR2 to the python" >&2
+                kill -USR2 "$child" 2>/dev/null
+                exit 0
+            fi
+            sleep "$(( left < 60 ? left : 60 ))" &
+            nap=$!
+            wait "$nap"
+        done
+    ) &
+    timer=$!
+fi
 while kill -0 "$child" 2>/dev/null; do wait "$child"; done
 wait "$child"
 rc=$?
+[ -z "${timer:-}" ] || kill "$timer" 2>/dev/null
 if [ -s "$marker" ]; then
     job="$(cat "$marker")"
     rm -f "$marker"
@@ -77,7 +134,7 @@ if [ -s "$marker" ]; then
     scontrol requeue "$job" || exit $?
 fi
 exit "$rc"
-"""
+""".replace("@PASS_ENV@", "|".join(PASS_ENV))
 
 SCONTROL_SHIM = r"""#!/bin/sh
 # Stand-in for scontrol inside the container (written by medsam2_hpc.hpc.requeue): records

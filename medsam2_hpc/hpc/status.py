@@ -9,6 +9,7 @@ state: killed for memory, node failure, cancelled, time limit, or it never start
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,6 +124,7 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
         task_ids = sorted(found | set(latest))
     states = settle(study_dir, {t: e["job"] for t, e in latest.items() if e.get("executor") == "slurm"})
     rows = []
+    folder = str(study_dir / SUBMITIT_DIR)  # log_paths' layout, as strings: one row per task
     for task_id in task_ids:
         status = RunDir(study_dir / task_id).status()
         element = latest.get(task_id, {}).get("job")
@@ -135,6 +137,6 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
                      "attempts": int(status.get("attempts", 0)), "job": element,
                      "slurm": job.state if job else status.get("slurm_state", ""),
                      "reason": job.reason if job else "", "elapsed": job.elapsed if job else "",
-                     "log": str(log_paths(study_dir, element)[1]) if element else None,
+                     "log": os.path.join(folder, element, f"{element}_0_log.err") if element else None,
                      "error": error[-1] if error else None})
     return rows

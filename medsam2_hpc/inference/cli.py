@@ -37,13 +37,13 @@ import torch
 
 from medsam2_hpc.atomic import write_json
 from medsam2_hpc.cli.compat.common import CompatParser, nonneg_int, positive_int
-from medsam2_hpc.contract import build_metrics, checkpoint_record
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data.btcv import ORGANS, BTCVVolumes, Volume, write_prediction
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.engine.runtime import count_params_m, peak_memory_gb, pick_device, reset_peak_memory
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.files import load_prompt_file, prompt_records, save_vis, write_dice_csv
-from medsam2_hpc.inference.predict import VolumePrompts, evaluate, protocol
+from medsam2_hpc.inference.predict import EvalSettings, VolumePrompts, evaluate, protocol
 from medsam2_hpc.inputs import check_output_dir
 from medsam2_hpc.models.sam2 import CONFIGS, POSTPROCESS, build_sam2_model, resolve_config, variant_of
 from medsam2_hpc.models.sam2_video import VideoPropagator
@@ -155,10 +155,10 @@ def run(args: argparse.Namespace) -> int:
 
     reset_peak_memory(device)
     t0 = time.perf_counter()
-    result = evaluate(propagator, cases, kind=args.prompt, prompt_freq=args.prompt_freq,
-                      image_size=image_size, device=device, amp=args.amp, seed=args.seed,
-                      unit="mm" if all(v.affine is not None for v in cases) else "px",
-                      hd95=not args.no_hd95, file_prompts=file_prompts, on_case=write)
+    settings = EvalSettings(args.prompt, args.prompt_freq, image_size, device, args.amp,
+                            "mm" if all(v.affine is not None for v in cases) else "px", args.seed,
+                            hd95=not args.no_hd95)
+    result = evaluate(propagator, cases, settings, file_prompts=file_prompts, on_case=write)
     seconds = time.perf_counter() - t0
     write_json(out / "predictions.json", {"data_path": str(args.data_path), "split": args.split,
                                           "prompt_file": args.prompt_file, "cases": index})
@@ -174,12 +174,10 @@ def run(args: argparse.Namespace) -> int:
     task = Task(model="sam2-3d", variant=variant_of(config), dataset="btcv", data_path=str(args.data_path),
                 output_root=str(out), seed=args.seed, prompt=args.prompt, name="inference_3d")
     metrics = build_metrics(
-        task, split=args.split, selection_split="none", selection_cases=[], selection_dice=None,
-        checkpoint=checkpoint_record("given", None, False),
-        hparams={"prompt_freq": args.prompt_freq, "image_size": image_size}, **s.fields(),
-        epochs_completed=0, train_seconds=0.0, eval_seconds=seconds, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device), checkpoint_path=str(args.checkpoint), checkpoint_kind=kind,
-        postprocess=postprocess,
+        task, split=args.split, scores=s, selection=Selection.given(),
+        cost=RunCost(0, 0.0, seconds, count_params_m(model), peak_memory_gb(device)),
+        hparams={"prompt_freq": args.prompt_freq, "image_size": image_size},
+        checkpoint_path=str(args.checkpoint), checkpoint_kind=kind, postprocess=postprocess,
         image_size=image_size, protocol=protocol(args.prompt, args.prompt_freq, args.prompt_file),
         cases=list(s.per_case), unscored_cases=unscored)
     write_json(out / "metrics.json", metrics)

@@ -30,7 +30,7 @@ from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.scoring import Scorer, resize_scores
 
 __all__ = ["SlicePrompt", "VolumePrompts", "prompt_from_mask", "gt_prompts", "object_prompts",
-           "predict_volume", "merge_slice", "evaluate", "protocol", "resize_volume"]
+           "predict_volume", "merge_slice", "EvalSettings", "evaluate", "protocol", "resize_volume"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,9 +100,8 @@ def object_prompts(specs: list[SlicePrompt], hw: tuple[int, int], image_size: in
         # pixel centres of the slice -> pixel units of the model input
         scale = torch.tensor([s / w, s / h])
         coords = (coords + 0.5) * scale - 0.5
-    return ObjectPrompts(use_mask.to(device), None if masks is None else masks.to(device),
-                         None if coords is None else coords.to(device),
-                         None if labels is None else labels.to(device))
+    return ObjectPrompts(use_mask, None if masks is None else masks.to(device, non_blocking=True),
+                         None if coords is None else coords.to(device, non_blocking=True), labels)
 
 
 def resize_volume(image: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
@@ -169,24 +168,47 @@ def protocol(kind: str, prompt_freq: int, prompt_file: str | None = None) -> dic
             "dice_mean_per_slice": "mean 2D Dice over the slices holding the organ"}
 
 
-def evaluate(propagator: VideoPropagator, volumes: Iterable[Volume], *, kind: str, prompt_freq: int,
-             image_size: int, device: torch.device, amp: str, unit: str, seed: int = 0, hd95: bool = True,
+@dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate` prompts, predicts and scores volumes: set once by the 3D trainer (its
+    config) or ``inference_3d.py`` (its flags), the same for every set of volumes it scores.
+
+    Args:
+        kind: ground-truth prompt kind (bbox | click | mask), every ``prompt_freq``-th slice.
+        image_size: the model's input side; ``device`` and ``amp`` where and how it runs.
+        unit: HD95's unit (mm | px), the volumes' ``hd95_unit``.
+        seed: seeds the click positions (volume ``i`` draws from ``[seed, i]``).
+        hd95: compute HD95 (the slow score).
+    """
+
+    kind: str
+    prompt_freq: int
+    image_size: int
+    device: torch.device
+    amp: str
+    unit: str
+    seed: int = 0
+    hd95: bool = True
+
+
+def evaluate(propagator: VideoPropagator, volumes: Iterable[Volume], settings: EvalSettings, *,
              file_prompts: dict[str, VolumePrompts] | None = None,
              on_case: Callable[[Volume, np.ndarray], None] | None = None) -> Scorer:
     """Predict every volume (GT prompts, or ``file_prompts[case]``) and score those with labels
-    (:class:`~medsam2_hpc.scoring.Scorer`, HD95 in ``unit``)."""
+    (:class:`~medsam2_hpc.scoring.Scorer`, HD95 in ``settings.unit``)."""
+    s = settings
     model = propagator.model
     was_training = model.training
     model.eval()
-    result = Scorer(unit, hd95=hd95, per_slice=True)
+    result = Scorer(s.unit, hd95=s.hd95, per_slice=True)
     try:
         for i, volume in enumerate(volumes):
             if file_prompts is not None:
                 prompts = file_prompts.get(volume.case, {})
             else:
-                prompts = gt_prompts(volume.label, kind, prompt_freq, np.random.default_rng([seed, i]))
-            pred = predict_volume(propagator, volume.image, prompts, image_size=image_size,
-                                  device=device, amp=amp)
+                prompts = gt_prompts(volume.label, s.kind, s.prompt_freq, np.random.default_rng([s.seed, i]))
+            pred = predict_volume(propagator, volume.image, prompts, image_size=s.image_size,
+                                  device=s.device, amp=s.amp)
             if volume.label is not None:
                 result.add_labels(volume.case, pred, volume.label, ORGANS, volume.spacing)
             if on_case is not None:

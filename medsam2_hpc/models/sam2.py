@@ -115,7 +115,8 @@ def _check_image_size(image_size: int) -> None:
 
 
 def build_sam2_model(config: str, checkpoint: str | os.PathLike | None, *, image_size: int = 1024,
-                     device: str | torch.device = "cpu", allow_random: bool = False) -> torch.nn.Module:
+                     device: str | torch.device = "cpu", allow_random: bool = False,
+                     low_rank_values: bool = True) -> torch.nn.Module:
     """SAM2Base for ``config`` at ``image_size`` with weights from ``checkpoint``.
 
     Args:
@@ -123,6 +124,9 @@ def build_sam2_model(config: str, checkpoint: str | os.PathLike | None, *, image
         checkpoint: Meta's ``.pt`` or one of our training checkpoints (weights under ``model``);
             ``None``/``"none"`` means random weights, allowed only with ``allow_random``.
         image_size: input side; Meta's weights do not depend on it.
+        low_rank_values: attend to the memories' 64-dim values and project after (the same
+            result with fewer FLOPs; :mod:`~medsam2_hpc.models.memory_attention`). False keeps
+            Meta's cross-attention as it is.
 
     Raises:
         InputError: unknown config, bad size, missing/unreadable/mismatched checkpoint.
@@ -145,6 +149,10 @@ def build_sam2_model(config: str, checkpoint: str | os.PathLike | None, *, image
                       "beyond smoke tests)", UserWarning, stacklevel=2)
     else:
         load_sam2_weights(model, checkpoint, config)
+    if low_rank_values:
+        from .memory_attention import use_low_rank_values
+
+        use_low_rank_values(model)
     return model.to(device)
 
 

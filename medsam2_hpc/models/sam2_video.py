@@ -83,34 +83,42 @@ class ObjectPrompts:
 
     Object k takes ``masks[k]`` when ``use_mask[k]`` (an empty mask says "absent here"),
     else its points: clicks (labels 1/0) or box corners (labels 2/3), -1 = padding.
+    ``use_mask`` and ``point_labels`` live on the host (moved there when given on the device,
+    which waits for it): which objects share a decoder call is read from them once, here, so
+    propagating a slice never waits for the device. Masks and coordinates may live anywhere.
     """
 
-    use_mask: Tensor  # (K,) bool
+    use_mask: Tensor  # (K,) bool, on the host
     masks: Tensor | None = None  # (K, 1, S, S) float in {0, 1}
     point_coords: Tensor | None = None  # (K, P, 2) as (x, y)
-    point_labels: Tensor | None = None  # (K, P) int32
+    point_labels: Tensor | None = None  # (K, P) int32, on the host
 
     def __post_init__(self) -> None:
+        self.use_mask = self.use_mask.cpu()
+        if self.point_labels is not None:
+            self.point_labels = self.point_labels.cpu()
         if bool(self.use_mask.any()) and self.masks is None:
             raise ValueError("ObjectPrompts: use_mask set but no masks given")
         if bool((~self.use_mask).any()) and self.point_coords is None:
             raise ValueError("ObjectPrompts: objects without a mask need points")
+        self._groups = self._group()
 
     def groups(self) -> list[tuple[Tensor, str, int]]:
-        """Objects that can share one decoder call: (indices, 'mask'|'points', n_points).
+        """Objects that can share one decoder call: (host indices, 'mask'|'points', n_points).
 
         Splitting by prompt kind and point count keeps each object's result identical to
         running it alone (padding tokens and the multimask rule depend on the point count).
-        Worked out on CPU copies (indices come back on the CPU): two transfers instead of a
-        device sync per object.
         """
-        use_mask = self.use_mask.cpu()
+        return self._groups
+
+    def _group(self) -> list[tuple[Tensor, str, int]]:
+        use_mask = self.use_mask
         out: list[tuple[Tensor, str, int]] = []
         mask_idx = torch.nonzero(use_mask).flatten()
         if mask_idx.numel():
             out.append((mask_idx, "mask", 0))
         if self.point_labels is not None:
-            counts = (self.point_labels >= 0).sum(dim=1).cpu()
+            counts = (self.point_labels >= 0).sum(dim=1)
             for n in sorted(set(counts[~use_mask].tolist())):
                 out.append((torch.nonzero((counts == n) & ~use_mask).flatten(), "points", n))
         return out
@@ -170,11 +178,15 @@ class VideoPropagator:
             memory is encoded from its (filled) low-res output resized to the input, as
             ``SAM2VideoPredictor`` does (for a mask prompt that is the mask after a round trip
             through the low resolution; SAM2Train, and so training, uses the mask itself).
+        compile: compile the memory attention and memory encoder with ``torch.compile(dynamic=
+            True)`` in place (parameters and checkpoints unchanged; the memory count varies by
+            slice, ``dynamic`` keeps it from recompiling). Off by default: the first slices pay
+            the compilation, and no GPU measurement has shown the gain yet.
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
                  checkpoint: bool = False, keep_attention: bool = True, attention: str = "default",
-                 postprocess: str = "none") -> None:
+                 postprocess: str = "none", compile: bool = False) -> None:
         if max_cond_frames != -1 and max_cond_frames < 2:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
@@ -186,6 +198,9 @@ class VideoPropagator:
         model.max_cond_frames_in_attn = max_cond_frames
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
+        if compile:
+            model.memory_attention.compile(dynamic=True)
+            model.memory_encoder.compile(dynamic=True)
 
     # image features -------------------------------------------------------------------
     def encode(self, images: Tensor, *, chunk: int = 8) -> list[FrameFeatures]:
@@ -305,7 +320,8 @@ class VideoPropagator:
         """
         m = self.model
         parts: list[tuple[Tensor, tuple]] = []
-        for idx, kind, n in prompts.groups():
+        for host_idx, kind, n in prompts.groups():
+            idx = host_idx.to(pix.device, non_blocking=True)
             sub_pix = pix[idx]
             sub_hr = [h[idx] for h in high_res] if high_res is not None else None
             if kind == "mask":
@@ -316,7 +332,7 @@ class VideoPropagator:
                     outs = m._forward_sam_heads(sub_pix, mask_inputs=masks, high_res_features=sub_hr)
             else:
                 pts = {"point_coords": prompts.point_coords[idx, :n],
-                       "point_labels": prompts.point_labels[idx, :n]}
+                       "point_labels": prompts.point_labels[host_idx, :n].to(pix.device, non_blocking=True)}
                 outs = m._forward_sam_heads(sub_pix, point_inputs=pts, high_res_features=sub_hr,
                                             multimask_output=m._use_multimask(True, pts))
             parts.append((idx, outs))
@@ -327,7 +343,8 @@ class VideoPropagator:
         ious = _scatter(k, [(i, o[2].expand(-1, width)) for i, o in parts])
         ptr = _scatter(k, [(i, o[5]) for i, o in parts])
         score = _scatter(k, [(i, o[6]) for i, o in parts])
-        from_decoder = ~prompts.use_mask.to(low.device) if m.use_mask_input_as_output_without_sam \
+        from_decoder = ~prompts.use_mask.to(low.device, non_blocking=True) \
+            if m.use_mask_input_as_output_without_sam \
             else torch.ones(k, dtype=torch.bool, device=low.device)
         return low, high, multi, ious, ptr, score, from_decoder
 
@@ -397,5 +414,5 @@ def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
     first = parts[0][1]
     out = first.new_zeros((k, *first.shape[1:]))
     for idx, value in parts:
-        out = out.index_copy(0, idx.to(out.device), value.to(out.dtype))
+        out = out.index_copy(0, idx, value.to(out.dtype))
     return out

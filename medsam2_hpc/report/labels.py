@@ -15,10 +15,20 @@ import pandas as pd
 from ..errors import InputError
 from ..registry import model_kind, model_names
 
-__all__ = ["NOT_RECORDED", "variant_rank", "sort_rows", "setting_labels", "row_label"]
+__all__ = ["NOT_RECORDED", "model_label", "variant_rank", "sort_rows", "setting_labels", "row_label"]
 
 NOT_RECORDED = "hparams not recorded"
 _BASE = ["dataset", "model", "variant", "prompt"]
+
+
+def model_label(model: str) -> str:
+    """How the shown tables (Markdown, LaTeX) and the figures name a model kind: its registry
+    ``label`` (ResNet, YOLO); the CSV keeps the kind's name. Published rows and kinds this process
+    does not know are shown as they are."""
+    try:
+        return model_kind(str(model)).label
+    except InputError:
+        return str(model)
 
 
 def variant_rank(model: str, variant: str) -> tuple[int, str]:
@@ -73,6 +83,7 @@ def setting_labels(frame: pd.DataFrame) -> pd.Series:
 
 def row_label(row: pd.Series | dict, separator: str = "\n") -> str:
     """model, variant, prompt (unless none) and setting of one row, for figure axes."""
-    parts = [str(row[c]) for c in ("model", "variant", "prompt", "setting")
+    parts = [model_label(row[c]) if c == "model" else str(row[c])
+             for c in ("model", "variant", "prompt", "setting")
              if c in row and isinstance(row[c], str) and row[c] not in ("", "none")]
     return separator.join(parts)

@@ -20,7 +20,7 @@ from ..data.organs import ORGANS
 from ..registry import dataset_kind
 from . import published
 from .collect import GROUP, Study
-from .labels import setting_labels, sort_rows
+from .labels import model_label, setting_labels, sort_rows
 from .provenance import HD95_UNITS, NONE, UNKNOWN
 
 __all__ = ["Table", "SECTIONS", "headline", "btcv_organs", "btcv_per_slice", "refuge", "per_class", "paired",
@@ -117,6 +117,10 @@ def _text(column: str) -> Callable[[pd.Series], str]:
     return lambda row: "" if pd.isna(row[column]) else str(row[column])
 
 
+def _model(row: pd.Series) -> str:
+    return model_label(row["model"])
+
+
 def _num(column: str, digits: int = 3) -> Callable[[pd.Series], str]:
     return lambda row: fmt(row[column], digits)
 
@@ -166,7 +170,7 @@ def headline(study: Study, tests: pd.DataFrame, with_published: bool = False) ->
 
     hd95 = {_HD95_TITLES[unit]: column for unit, column in HD95_COLUMNS.items()}
     display = _display(data, {
-        "dataset": _text("dataset"), "model": _text("model"), "variant": _text("variant"),
+        "dataset": _text("dataset"), "model": _model, "variant": _text("variant"),
         "prompt": _text("prompt"), "setting": _text("setting"),
         "n_runs": lambda r: "" if r["published"] else str(int(r["n_runs"])),
         "Checkpoint": _checkpoint_text,
@@ -226,7 +230,7 @@ def _with_published(data: pd.DataFrame, pub: published.Published, names: list[st
 
 
 def _class_display(data: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    columns = {c: _text(c) for c in ("model", "variant", "prompt", "setting")}
+    columns = {"model": _model, **{c: _text(c) for c in ("variant", "prompt", "setting")}}
     columns["n_runs"] = lambda r: "" if pd.isna(r["n_runs"]) else str(int(r["n_runs"]))
     columns.update({n: _num(n) for n in names})
     columns["Mean"] = _num("mean")
@@ -298,7 +302,7 @@ def paired(tests: pd.DataFrame, settings: pd.DataFrame) -> Table:
         return f"{row['baseline']} ({setting})" if setting else row["baseline"]
 
     display = _display(data, {
-        "dataset": _text("dataset"), "model": _text("model"), "variant": _text("variant"),
+        "dataset": _text("dataset"), "model": _model, "variant": _text("variant"),
         "prompt": _text("prompt"), "setting": _text("setting"), "Best baseline (chosen on val)": baseline,
         "Pairs": _text("n_pairs"), "Mean ΔDice [95% CI]": _delta_text,
         "W": _num("statistic", 1), "p": lambda r: fmt_p(r["p_value"], r["note"]),
@@ -319,7 +323,7 @@ def incomplete(study: Study) -> Table:
     data = data[["run", "state", "status", "attempts", "model", "variant", "dataset", "seed", "note",
                  "error"]].reset_index(drop=True)
     display = _display(data, {
-        "Run": _text("run"), "State": _text("state"), "model": _text("model"), "variant": _text("variant"),
+        "Run": _text("run"), "State": _text("state"), "model": _model, "variant": _text("variant"),
         "dataset": _text("dataset"), "Seed": lambda r: "" if pd.isna(r["seed"]) else str(int(r["seed"])),
         "Attempts": lambda r: "" if pd.isna(r["attempts"]) else str(int(r["attempts"])),
         "Note": _text("note"),

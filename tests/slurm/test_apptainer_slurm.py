@@ -25,21 +25,26 @@ from ..test_apptainer_image import shared_copy, shared_umask, write_study
 pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
 
 
-def _python_in_image(folder: Path) -> int:
-    """The pid of the job's python inside the container (argv[0] /usr/bin/python, running submitit)."""
+def _wrapper_child(folder: Path) -> int:
+    """The pid the host wrapper started (``apptainer exec ...``), found as the child of the bash
+    running ``<folder>/requeue-host.sh``: the process the wrapper itself signals before a time limit."""
+    wrapper = str(folder / "requeue-host.sh").encode()
+    procs = {}
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int(re.search(r"^PPid:\s*(\d+)", (proc / "status").read_text(), re.M).group(1))
+        except (OSError, AttributeError, ValueError):
             continue
-        if (os.path.basename(argv[0]).startswith(b"python") and b"submitit.core._submit" in argv
-                and str(folder).encode() in argv[-2]):
-            return int(proc.name)
-    raise AssertionError(f"no python of {folder} running")
+        procs[int(proc.name) if proc.name.isdigit() else -1] = (ppid, argv)
+    bash = [pid for pid, (_, argv) in procs.items() if wrapper in argv[:2]]
+    children = [pid for pid, (ppid, argv) in procs.items() if ppid in bash and wrapper not in argv[:2]]
+    assert len(children) == 1, (bash, children)
+    return children[0]
 
 
 def test_array_task_in_the_image_requeues_from_inside_and_resumes(
-        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path):
+        slurm_cluster, medsam2_image, apptainer_on_path, refuge_multirater, tmp_path, monkeypatch):
     hparams = {"epochs": 4, "image_size": 64, "batch_size": 2, "num_workers": 0, "device": "cpu",
                "amp": "none"}
     data = shared_copy(refuge_multirater, tmp_path, apptainer_on_path)
@@ -47,6 +52,7 @@ def test_array_task_in_the_image_requeues_from_inside_and_resumes(
                         profile="{cpus: 1, mem: 2G, time: 10, signal_delay_s: 30, max_requeues: 2}")
     (task,) = study.tasks
     apptainer_on_path.share(study.output_root)
+    monkeypatch.chdir(study.output_root)  # the job starts here: the container's user must read it
     with shared_umask():  # sbatch passes the umask on to the job
         job = launcher.submit(study, out=StringIO()).job_ids[0]
     deadline = time.monotonic() + 300
@@ -55,10 +61,10 @@ def test_array_task_in_the_image_requeues_from_inside_and_resumes(
         assert time.monotonic() < deadline and info.get("JobState") in ("PENDING", "RUNNING"), info
         time.sleep(0.5)
     assert not task.run_dir.metrics_json.exists()
-    # What Slurm sends before a time limit, to the python in the image only: `scancel --signal=USR2`
-    # reaches every process of the step, squashfuse (which serves the image to an unprivileged
-    # Apptainer) included, and that one dies of it, taking the python with it (SIGBUS).
-    os.kill(_python_in_image(study.study_dir / ".submitit"), signal.SIGUSR2)
+    # What the host wrapper sends before a time limit (tests/slurm/test_requeue_wrapper.py times it
+    # on the real cluster): USR2 to its child, Apptainer's starter, which forwards it to the python
+    # in the image. Slurm's own USR2 to every process of the step would kill squashfuse too.
+    os.kill(_wrapper_child(study.study_dir / ".submitit"), signal.SIGUSR2)
     info = slurm_cluster.wait(job, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=420)
     logs = "".join(p.read_text(errors="replace") for p in sorted(study.study_dir.glob(".submitit/*/*_log.*")))
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, logs[-3000:])

@@ -98,7 +98,7 @@ class BaselineData:
                          split: str) -> Scores:
         data = self._load(self.root, split, self.image_size, self.out_size, list(self.class_names),
                           split_file=self.split_file)
-        scorer = Scorer("px", hd95=hd95)
+        scorer = Scorer(data.hd95_unit, hd95=hd95)
         for start in progress(range(0, len(data), batch_size), f"eval {split}"):
             items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
             scores = resize_scores(predict(torch.stack([it["image"] for it in items])), self.out_size)

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
-from torch.utils.data import DataLoader
 
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.engine import (
     LoopConfig,
     TrainLoop,
@@ -32,18 +30,11 @@ from medsam2_hpc.engine import (
     seed_everything,
 )
 from medsam2_hpc.engine.checkpoint import check_resumable
-from medsam2_hpc.engine.distributed import (
-    barrier,
-    init_distributed,
-    is_main_process,
-    make_sampler,
-    wrap_model,
-)
+from medsam2_hpc.engine.distributed import epoch_loader, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.losses import make_loss
+from medsam2_hpc.losses import check_loss, make_loss
 from medsam2_hpc.options import config_from_dict, look_up
-from medsam2_hpc.precheck import once
 from medsam2_hpc.task import RunDir, Task
 from medsam2_hpc.trainers.baselines.data import Predict, check_data, load_data
 from medsam2_hpc.trainers.baselines.resnet_net import VARIANTS, build_network
@@ -93,7 +84,7 @@ def check(task: Task) -> None:
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
     check_resumable(task.run_dir)
-    once(("loss", cfg.loss, cfg.pos_weight), lambda: make_loss(cfg.loss, cfg.pos_weight) and None)
+    check_loss(cfg.loss, cfg.pos_weight)
     check_data(task, cfg.classes, cfg.split_file)
 
 
@@ -101,6 +92,8 @@ class _Criterion(nn.Module):
     """Multi-label loss on [B,C,H,W] masks (REFUGE) or Dice+CE on [B,H,W] label maps (BTCV)."""
 
     def __init__(self, multilabel: bool, cfg: ResNetConfig) -> None:
+        from monai.losses import DiceCELoss  # MONAI imports in seconds: built here, not where submit checks
+
         super().__init__()
         self.multilabel = multilabel
         self.loss = make_loss(cfg.loss, cfg.pos_weight) if multilabel else DiceCELoss(to_onehot_y=True,
@@ -116,44 +109,33 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     cfg = _config(task)
     seed_everything(task.seed)
     device = pick_device(cfg.device)
-    init_distributed(device)  # one process per GPU (multi-GPU profile): DDP; else a no-op
     data = load_data(task, cfg.image_size, cfg.out_size, cfg.classes, cfg.split_file)
     model = build_network(task.variant, data.num_outputs, cfg.pretrained_weights).to(device)
-    net = wrap_model(model, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
     criterion = _Criterion(data.multilabel, cfg)
-    loop = TrainLoop(run, model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+    loop = TrainLoop(run, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select),
                      extra_state={"config": asdict(cfg)})
     loop.resume()
     reset_peak_memory(device)
     predict = make_predictor(model, device, cfg.amp, data.multilabel)
-    sampler = make_sampler(data.train, shuffle=True, seed=task.seed)  # a shard per rank; None alone
+    shard = shard_size(len(data.train))  # this rank's images per epoch (all of them on one GPU)
 
     def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
-        lonely = len(data.train) % cfg.batch_size == 1 and len(data.train) > 1  # BatchNorm on one image
-        shuffle = torch.Generator().manual_seed(task.seed + epoch)  # same order after a resume
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                            drop_last=lonely, num_workers=cfg.num_workers, generator=shuffle)
+        lonely = shard % cfg.batch_size == 1 and shard > 1  # BatchNorm on one image
+        loader = epoch_loader(data.train, epoch=epoch, seed=task.seed, batch_size=cfg.batch_size,
+                              drop_last=lonely, num_workers=cfg.num_workers)
         total, n = 0.0, 0
         for batch in progress(loader, f"train {epoch + 1}/{cfg.epochs}"):
             loop.check_stop()
             images, target = batch["image"].to(device), batch["target"].to(device)
             with autocast(device, cfg.amp):
-                loss = criterion(net(images), target)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+                loss = criterion(model(images), target)
+            loop.backward(loss)
+            loop.step()
             total, n = total + float(loss.detach()) * len(images), n + len(images)
         scheduler.step()
         return {"loss": total / max(n, 1)}
@@ -164,20 +146,19 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         return {"dice": scores.dice_mean, **({} if slices is None else {"dice_per_slice": slices})}
 
     loop.fit(train_epoch, validate)
-    barrier()  # rank 0 has finished writing best.pt
     chosen = loop.selected()
-    model.load_state_dict(load_checkpoint(chosen.path, what="selected checkpoint")["model"])
     t0 = time.perf_counter()
-    out_dir = run.predictions if is_main_process() else None
-    scores = data.evaluate(predict, out_dir, batch_size=cfg.batch_size, hd95=cfg.hd95)
-    return build_metrics(
-        task, split="test", selection_split="val",
-        selection_cases=data.selection_cases, selection_dice=chosen.score, checkpoint=chosen.record(),
-        hparams=asdict(cfg), **scores.fields(), epochs_completed=loop.state.epoch,
-        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
-        params_m=count_params_m(model), peak_gpu_mem_gb=peak_memory_gb(device),
-        image_size=cfg.image_size,
-    )
+
+    def score() -> Any:
+        model.load_state_dict(load_checkpoint(chosen.path, what="selected checkpoint")["model"])
+        return data.evaluate(predict, run.predictions, batch_size=cfg.batch_size, hd95=cfg.hd95)
+
+    scores = on_main(score)
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data.selection_cases, chosen.score, chosen.record()),
+                         image_size=cfg.image_size)
 
 
 def make_predictor(model: nn.Module, device: torch.device, amp: str, multilabel: bool) -> Predict:

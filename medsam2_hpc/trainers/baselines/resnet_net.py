@@ -17,8 +17,6 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18, resnet34, resnet50, resnet101
-from torchvision.models.segmentation import deeplabv3_resnet50
 
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.errors import InputError
@@ -27,8 +25,7 @@ from medsam2_hpc.registry import model_kind
 
 __all__ = ["VARIANTS", "build_network"]
 
-_ENCODERS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
-VARIANTS = model_kind("resnet").variants  # _ENCODERS and deeplabv3_resnet50 build them
+VARIANTS = model_kind("resnet").variants  # torchvision's builders of these names (build_network)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -73,6 +70,8 @@ class _DeepLab(nn.Module):
     """torchvision's DeepLabV3 returning a tensor (its forward returns a dict)."""
 
     def __init__(self, num_classes: int) -> None:
+        from torchvision.models.segmentation import deeplabv3_resnet50
+
         super().__init__()
         self.net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes,
                                       aux_loss=False)
@@ -87,12 +86,14 @@ def build_network(variant: str, num_classes: int, pretrained_weights: str | None
     Raises:
         InputError: unknown variant, or a weights file that is missing or does not fit the encoder.
     """
+    import torchvision.models  # seconds to import: here, not in the trainer's check before queueing
+
     look_up(variant, VARIANTS, "variant")
     if variant == "deeplabv3_resnet50":
         model: nn.Module = _DeepLab(num_classes)
         encoder = model.net.backbone
     else:
-        model = ResNetUNet(_ENCODERS[variant](weights=None), num_classes)
+        model = ResNetUNet(getattr(torchvision.models, variant)(weights=None), num_classes)
         encoder = model.encoder
     if pretrained_weights:
         _load_encoder(encoder, pretrained_weights)

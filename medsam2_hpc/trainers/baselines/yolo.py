@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medsam2_hpc.atomic import read_json, write_json
-from medsam2_hpc.contract import build_metrics, checkpoint_record
+from medsam2_hpc.contract import RunCost, Selection, build_metrics, checkpoint_record
 from medsam2_hpc.engine import peak_memory_gb, pick_device, seed_everything
 from medsam2_hpc.engine.checkpoint import link_into
 from medsam2_hpc.engine.runtime import reset_peak_memory
@@ -244,13 +244,10 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                            batch_size=cfg.batch_size, hd95=cfg.hd95)
     clock = run.path / "yolo" / "train_seconds.json"
     epochs = _epochs_done(weights.parent / "results.csv")
-    return build_metrics(
-        task, split="test", selection_split="val",
-        selection_cases=data.selection_cases, selection_dice=None,
-        checkpoint=checkpoint_record(cfg.select, None if cfg.select == "best" else epochs, True),
-        hparams=asdict(cfg), **scores.fields(), epochs_completed=epochs,
-        train_seconds=float(read_json(clock)["seconds"]) if clock.is_file() else 0.0,
-        eval_seconds=time.perf_counter() - t0,
-        params_m=sum(p.numel() for p in model.model.parameters()) / 1e6,
-        peak_gpu_mem_gb=peak_memory_gb(device), image_size=cfg.image_size,
-    )
+    cost = RunCost(epochs, float(read_json(clock)["seconds"]) if clock.is_file() else 0.0,
+                   time.perf_counter() - t0, sum(p.numel() for p in model.model.parameters()) / 1e6,
+                   peak_memory_gb(device))
+    checkpoint = checkpoint_record(cfg.select, None if cfg.select == "best" else epochs, True)
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data.selection_cases, None, checkpoint),
+                         image_size=cfg.image_size)

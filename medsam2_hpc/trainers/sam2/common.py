@@ -10,6 +10,7 @@ score is <= 0 by a constant, which cuts the gradient of a freshly initialised he
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsam2_hpc.checkpoints import only_in_image
 from medsam2_hpc.engine.checkpoint import load_checkpoint
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import MultimaskLoss, make_loss
@@ -169,7 +171,13 @@ def check_model(task: Task, cfg: Sam2Config) -> None:
     def build() -> None:
         if cfg.pretrain:
             load_checkpoint(cfg.pretrain, what="pretrain")
-        build_model(task, cfg, "cpu")
+        if only_in_image(checkpoint_path(task, cfg)):  # on the login node: the image's record vouches
+            with warnings.catch_warnings():  # for the weights; the config and size are checked here
+                warnings.simplefilter("ignore", UserWarning)
+                build_sam2_model(sam2_config_name(task, cfg), None, image_size=cfg.image_size,
+                                 allow_random=True)
+        else:
+            build_model(task, cfg, "cpu")
 
     once(("sam2-model", sam2_config_name(task, cfg), cfg.sam_ckpt, cfg.pretrain, cfg.image_size), build)
 

@@ -1,9 +1,10 @@
 """One training step of SAM2 3D: a clip's organs through SAM2 together, and the loss.
 
 Kept apart from the trainer so the benchmark (``benchmarks/_bench_sam2_3d.py``) times
-exactly the step that trains. Which organs a clip holds and their box/mask prompts are found
-on the device in a few vectorised ops: ``torch.unique`` and numpy prompts over an 8-slice
-1024 px label took longer on the CPU than the GPU's whole forward pass.
+exactly the step that trains. Which organs a clip holds, and on which prompt slices, is read
+from the loader's host copy of the label (a few bincounts); boxes and masks are cut on the
+device in a few vectorised ops (numpy prompts over an 8-slice 1024 px label took longer on the
+CPU than the GPU's whole forward pass). From there on the step never waits for the device.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from medsam2_hpc.inference.predict import SlicePrompt, object_prompts, prompt_fr
 from medsam2_hpc.losses import MultimaskLoss
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 
-__all__ = ["BoxJitter", "clip_organs", "clip_prompts", "clip_loss", "param_groups"]
+__all__ = ["BoxJitter", "clip_organs", "clip_prompts", "clip_loss", "propagated_loss", "param_groups"]
 
 _DECODER = ("sam_mask_decoder.", "sam_prompt_encoder.")
 
@@ -36,7 +37,7 @@ class BoxJitter:
 
 
 def clip_organs(label: torch.Tensor) -> list[int]:
-    """Organ ids (ascending, background 0 left out) present in ``label``; one device sync."""
+    """Organ ids (ascending, background 0 left out) present in ``label``, the loader's host copy."""
     counts = torch.bincount(label.flatten())
     return (torch.nonzero(counts[1:]).flatten() + 1).tolist()
 
@@ -51,23 +52,28 @@ def clip_prompts(label: torch.Tensor, organs: Sequence[int], kind: str, prompt_f
                  ) -> dict[int, ObjectPrompts]:
     """Ground-truth prompts on slices 0, f, 2f, ... of a clip ``label`` (T, S, S) at model size.
 
-    The same prompts as :func:`~medsam2_hpc.inference.predict.prompt_from_mask` + ``object_prompts`` slice
-    by slice without jitter (tests hold them equal): an absent organ gets an empty mask, a box its
+    ``label`` is the loader's host copy: which organ is on which prompt slice is read there, so
+    the prompts cost no device sync; boxes and masks are cut on ``device``. The same prompts as
+    :func:`~medsam2_hpc.inference.predict.prompt_from_mask` + ``object_prompts`` slice by slice
+    without jitter (tests hold them equal): an absent organ gets an empty mask, a box its
     inclusive pixel bounds as corner points (labels 2, 3), moved by ``jitter``, a mask itself.
     """
     slices = prompt_slices(label.shape[0], prompt_freq)
     if kind == "click":  # random interior points: numpy, but only inside each organ's box
-        lab = label[slices].cpu().numpy()
+        lab = label[slices].numpy()
         return {t: object_prompts([_click(lab[i] == o, rng) for o in organs], lab.shape[1:], lab.shape[-1],
                                   device) for i, t in enumerate(slices)}
-    ids = torch.as_tensor(list(organs), device=device)
-    masks = label[slices].to(device)[:, None] == ids.view(1, -1, 1, 1)  # (P, K, S, S)
-    if kind == "mask":
-        on = torch.ones(len(organs), dtype=torch.bool, device=device)
-        return {t: ObjectPrompts(on, masks[i, :, None].float()) for i, t in enumerate(slices)}
-    if kind != "bbox":
+    if kind not in ("bbox", "mask"):
         raise InputError(f"prompt {kind!r}: sam2-3d needs bbox, click or mask")
-    return _box_prompts(masks, slices, jitter, rng)
+    ids = torch.tensor(list(organs))
+    on_slices = label[slices].to(device, non_blocking=True)
+    masks = on_slices[:, None] == ids.to(device, non_blocking=True).view(1, -1, 1, 1)  # (P, K, S, S)
+    if kind == "mask":
+        on = torch.ones(len(organs), dtype=torch.bool)
+        return {t: ObjectPrompts(on, masks[i, :, None].float()) for i, t in enumerate(slices)}
+    present = torch.stack([torch.bincount(label[t].flatten(), minlength=int(ids.max()) + 1)[ids] > 0
+                           for t in slices])  # (P, K) on the host
+    return _box_prompts(masks, present, slices, jitter, rng)
 
 
 def _first_true(a: torch.Tensor) -> torch.Tensor:
@@ -75,27 +81,25 @@ def _first_true(a: torch.Tensor) -> torch.Tensor:
     return a.to(torch.uint8).argmax(dim=-1)
 
 
-def _box_prompts(masks: torch.Tensor, slices: list[int], jitter: BoxJitter,
+def _box_prompts(masks: torch.Tensor, present: torch.Tensor, slices: list[int], jitter: BoxJitter,
                  rng: np.random.Generator) -> dict[int, ObjectPrompts]:
-    """Box prompts of organ masks (P, K, S, S) on ``slices``; one sync for "which are present"."""
+    """Box prompts of organ masks (P, K, S, S) on ``slices``; ``present`` (P, K) on the host."""
     size, device = masks.shape[-1], masks.device
     rows, cols = masks.any(dim=3), masks.any(dim=2)  # (P, K, S)
-    present = rows.any(dim=2)
     low = torch.stack([_first_true(cols), _first_true(rows)], -1)
     high = size - 1 - torch.stack([_first_true(cols.flip(-1)), _first_true(rows.flip(-1))], -1)
     corners = torch.stack([low, high], 2).float()  # (P, K, 2, 2) as (x, y)
     if jitter.fraction > 0:
         reach = ((high - low).float() * jitter.fraction).clamp(max=jitter.max_px)  # (P, K, 2) as (dx, dy)
-        noise = torch.from_numpy(rng.uniform(-1.0, 1.0, corners.shape)).float().to(device)
+        noise = torch.from_numpy(rng.uniform(-1.0, 1.0, corners.shape)).float().to(device, non_blocking=True)
         corners = (corners + noise * reach[..., None, :]).clamp(0, size - 1)
-    corners = corners * present[..., None, None]
-    labels = torch.tensor([2, 3], dtype=torch.int32, device=device).expand(*present.shape, 2)
-    labels = torch.where(present[..., None], labels, torch.full_like(labels, -1))
+    corners = corners * present.to(device, non_blocking=True)[..., None, None]
+    labels = torch.where(present[..., None], torch.tensor([2, 3], dtype=torch.int32), -1).to(torch.int32)
     empty = torch.zeros(masks.shape[1], 1, size, size, device=device)
     out = {}
-    for i, (t, here) in enumerate(zip(slices, present.cpu(), strict=True)):
+    for i, (t, here) in enumerate(zip(slices, present, strict=True)):
         any_box = bool(here.any())
-        out[t] = ObjectPrompts((~here).to(device), None if bool(here.all()) else empty,
+        out[t] = ObjectPrompts(~here, None if bool(here.all()) else empty,
                                corners[i] if any_box else None, labels[i] if any_box else None)
     return out
 
@@ -125,28 +129,37 @@ def clip_loss(propagator: VideoPropagator, clip: dict[str, Any], kind: str, prom
     (not the prompt masks SAM2 passes through unchanged), all its proposed masks and IoU
     estimates, and SAM2's object-score logit against "organ on this slice".
     """
-    label = clip["label"].to(device, non_blocking=True)
-    frames = label.shape[0]
-    organs = clip_organs(label[prompt_slices(frames, prompt_freq)] if prompted_only else label)
+    host = clip["label"]  # the loader's copy: which organs to train is read there, with no device sync
+    frames = host.shape[0]
+    organs = clip_organs(host[prompt_slices(frames, prompt_freq)] if prompted_only else host)
     if not organs:
         return None
-    k = len(organs)
-    prompts = clip_prompts(label, organs, kind, prompt_freq, rng, device, jitter)
+    prompts = clip_prompts(host, organs, kind, prompt_freq, rng, device, jitter)
+    return propagated_loss(propagator, clip, organs, prompts, loss_fn, device)
+
+
+def propagated_loss(propagator: VideoPropagator, clip: dict[str, Any], organs: Sequence[int],
+                    prompts: dict[int, ObjectPrompts], loss_fn: MultimaskLoss, device: torch.device
+                    ) -> dict[str, torch.Tensor]:
+    """The device part of :func:`clip_loss`: the clip through SAM2 and the loss, with no host sync.
+
+    Outputs that are the prompt mask itself (not the decoder's) get weight 0 rather than being
+    selected out, which would make the host wait for the device to learn how many there are.
+    """
+    label = clip["label"].to(device, non_blocking=True)
+    frames, k = label.shape[0], len(organs)
     feats = propagator.encode(clip["image"].to(device, non_blocking=True))
-    ids = torch.tensor(organs, device=device).view(1, k, 1, 1)
+    ids = torch.tensor(list(organs)).to(device, non_blocking=True).view(1, k, 1, 1)
     outs: list[Any] = [None] * frames
     for t, out in propagator.propagate(feats, prompts, frames, k):
         outs[t] = out
-    sel = torch.stack([o.from_decoder for o in outs])  # (T, K)
-    if not bool(sel.any()):
-        zero = torch.zeros((), device=device)
-        return {"loss": zero, "mask": zero, "iou": zero, "obj": zero}
+    weight = torch.stack([o.from_decoder for o in outs]).flatten().float()  # (T K)
     width = max(o.multimasks.shape[1] for o in outs)  # 1 on box-prompted slices, 3 where SAM2 proposes 3
-    masks = torch.stack([o.multimasks.float().expand(-1, width, -1, -1) for o in outs])[sel]
-    ious = torch.stack([o.ious.float().expand(-1, width) for o in outs])[sel]
-    scores = torch.stack([o.object_score[:, 0].float() for o in outs])[sel]
-    truth = (label[:, None] == ids)[sel]
-    return loss_fn(masks, ious, scores, truth)
+    masks = torch.stack([o.multimasks.float().expand(-1, width, -1, -1) for o in outs]).flatten(0, 1)
+    ious = torch.stack([o.ious.float().expand(-1, width) for o in outs]).flatten(0, 1)
+    scores = torch.stack([o.object_score[:, 0].float() for o in outs]).flatten()
+    truth = (label[:, None] == ids).flatten(0, 1)
+    return loss_fn(masks, ious, scores, truth, weight)
 
 
 def param_groups(model: torch.nn.Module, lr: float, memory_lr: float, encoder_lr: float

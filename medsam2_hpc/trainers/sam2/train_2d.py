@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsam2_hpc import metrics
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.engine import (
     LoopConfig,
@@ -31,6 +31,7 @@ from medsam2_hpc.engine import (
     seed_everything,
 )
 from medsam2_hpc.engine.checkpoint import check_resumable
+from medsam2_hpc.engine.distributed import any_process, epoch_loader, is_main_process, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.losses import MultimaskLoss
@@ -171,15 +172,17 @@ class Predictor:
 
 
 @torch.no_grad()
-def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_workers: int,
-             vis_dir: Any = None, vis_every: int = 0, pred_dir: Any = None, tag: str = "val") -> Scores:
-    """Scores per case and class (scoring.py, HD95 in px) on thresholded probabilities;
-    deterministic for given weights."""
+def evaluate(predictor: Predictor, dataset: Prompted, *, vis_dir: Any = None, pred_dir: Any = None,
+             tag: str = "val") -> Scores:
+    """Scores per case and class (scoring.py, HD95 in the dataset's unit) on thresholded
+    probabilities; deterministic for given weights. Batch size, workers, HD95 and the overlay
+    cadence (every ``vis``-th batch, into ``vis_dir``) come from the predictor's config."""
+    cfg = predictor.cfg
     predictor.model.eval()
     predictor.reset()
     classes = dataset.classes
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    scorer = Scorer("px", hd95=predictor.cfg.hd95)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    scorer = Scorer(dataset.base.hd95_unit, hd95=cfg.hd95)
     for i, batch in enumerate(progress(loader, desc=f"{tag}")):
         logits, present = predictor(batch)
         pred = metrics.probs_to_mask(logits).cpu() & present.cpu()[..., None, None]
@@ -189,53 +192,49 @@ def evaluate(predictor: Predictor, dataset: Prompted, *, batch_size: int, num_wo
             if pred_dir is not None:
                 for j, cls in enumerate(classes):
                     mask_png(pred_dir / f"{name}_{cls}.png", pred[k, j])
-            if vis_every and vis_dir is not None and i % vis_every == 0:
+            if cfg.vis and vis_dir is not None and i % cfg.vis == 0:
                 overlay_png(vis_dir / f"{tag}_{name}.png", batch["image"][k], truth[k], pred[k])
     return scorer.summary()
 
 
-def _step(loop: TrainLoop, loss: torch.Tensor, params: list[torch.nn.Parameter], clip: float) -> None:
-    """Backward, clip, update; the fp16 scaler unscales before clipping so the norm is real."""
-    loop.optimizer.zero_grad(set_to_none=True)
-    scaler = loop.scaler
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(loop.optimizer)
-    else:
-        loss.backward()
-    if clip:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    if scaler is not None:
-        scaler.step(loop.optimizer)
-        scaler.update()
-    else:
-        loop.optimizer.step()
+@dataclass(frozen=True)
+class Epoch2D:
+    """What every 2D training epoch reads: built once in :func:`train`, passed whole to the loop."""
+
+    loop: TrainLoop
+    predictor: Predictor
+    dataset: Dataset
+    loss_fn: MultimaskLoss
+    scheduler: Any
+    cfg: Sam2Config2D
+    task: Task
 
 
-def _train_epoch(loop: TrainLoop, predictor: Predictor, dataset: Dataset, loss_fn: MultimaskLoss,
-                 scheduler: Any, cfg: Sam2Config2D, task: Task, epoch: int) -> dict[str, float]:
+def _train_epoch(ctx: Epoch2D, epoch: int) -> dict[str, float]:
+    loop, predictor, loss_fn, cfg, task = ctx.loop, ctx.predictor, ctx.loss_fn, ctx.cfg, ctx.task
     model = predictor.model
     model.train()
     predictor.reset()
-    prompted = Prompted(dataset, task.prompt, cfg.image_size, task.seed, epoch,
+    prompted = Prompted(ctx.dataset, task.prompt, cfg.image_size, task.seed, epoch,
                         jitter=(cfg.box_jitter, cfg.jitter_px(cfg.out_size)))
-    loader = DataLoader(prompted, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(task.seed * 100003 + epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
+    loader = epoch_loader(prompted, epoch=epoch, seed=task.seed, batch_size=cfg.batch_size,
+                          num_workers=cfg.num_workers)  # this rank's shard
     total, steps = 0.0, 0
     for i, batch in enumerate(progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}")):
         masks = batch["mask"]
         prop = predictor.propose(batch)
         keep = prop.present.flatten()
-        if not keep.any():
-            continue
-        with autocast(predictor.device, cfg.amp):
-            parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep], prop.obj[keep, 0],
-                            masks.flatten(0, 1).to(predictor.device)[keep])
-        _step(loop, parts["loss"], params, cfg.grad_clip)
-        scheduler.step()
-        total, steps = total + float(parts["loss"].detach()), steps + 1
-        if cfg.train_vis and cfg.vis and i % cfg.vis == 0:
+        has = bool(keep.any())  # some class is in some image of the batch
+        if has:
+            with autocast(predictor.device, cfg.amp):
+                parts = loss_fn(upsample(prop.masks[keep], cfg.out_size), prop.ious[keep],
+                                prop.obj[keep, 0], masks.flatten(0, 1).to(predictor.device)[keep])
+            loop.backward(parts["loss"])
+            total, steps = total + float(parts["loss"].detach()), steps + 1
+        if any_process(has):  # every rank steps together (zero gradients where it had none)
+            loop.step(cfg.grad_clip)
+            ctx.scheduler.step()
+        if has and is_main_process() and cfg.train_vis and cfg.vis and i % cfg.vis == 0:
             first = slice(0, masks.shape[1])  # the first image's classes
             logits = upsample(best_mask(prop.masks[first], prop.ious[first]), cfg.out_size)
             pred = metrics.probs_to_mask(logits.detach()[:, 0]).cpu()
@@ -254,7 +253,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     model = build_model(task, cfg, device)
     set_trainable(model, cfg.trainable)
     optimizer = optimizer_for(model, cfg)
-    steps = cfg.epochs * math.ceil(len(train_ds) / cfg.batch_size)
+    steps = cfg.epochs * math.ceil(shard_size(len(train_ds)) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1),
                                                            eta_min=cfg.lr * 0.01)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
@@ -266,25 +265,24 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     val_prompted, test_prompted = (Prompted(data[split], task.prompt, cfg.image_size, task.seed,
                                             Prompted.EVAL_EPOCH) for split in ("val", "test"))
     loss_fn = cfg.train_loss()
-    eval_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     reset_peak_memory(device)
 
     def validate(epoch: int) -> dict[str, float]:
-        s = evaluate(predictor, val_prompted, vis_dir=run.vis, vis_every=cfg.vis, tag=f"val_e{epoch + 1}",
-                     **eval_kw)
+        s = evaluate(predictor, val_prompted, vis_dir=run.vis, tag=f"val_e{epoch + 1}")
         return {"dice": s.dice_mean, "iou": s.iou_mean}
 
-    loop.fit(lambda epoch: _train_epoch(loop, predictor, train_ds, loss_fn, scheduler, cfg, task, epoch),
-             validate)
+    epoch_ctx = Epoch2D(loop, predictor, train_ds, loss_fn, scheduler, cfg, task)
+    loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
-    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
-    scores = evaluate(predictor, test_prompted, vis_dir=run.vis, vis_every=cfg.vis, pred_dir=run.predictions,
-                      tag="test", **eval_kw)
-    return build_metrics(
-        task, split="test", selection_split="val", selection_cases=data["val"].names,
-        selection_dice=chosen.score, checkpoint=chosen.record(), hparams=asdict(cfg), **scores.fields(),
-        epochs_completed=loop.state.epoch, train_seconds=loop.state.train_seconds,
-        eval_seconds=time.perf_counter() - t0, params_m=count_params_m(model),
-        peak_gpu_mem_gb=peak_memory_gb(device),
-        image_size=cfg.image_size, out_size=cfg.out_size)
+
+    def score() -> Scores:
+        load_weights_from(model, chosen.path)
+        return evaluate(predictor, test_prompted, vis_dir=run.vis, pred_dir=run.predictions, tag="test")
+
+    scores = on_main(score)  # on rank 0, in one pass: the memory bank sees the images in order
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
+    return build_metrics(task, split="test", scores=scores, cost=cost, hparams=asdict(cfg),
+                         selection=Selection("val", data["val"].names, chosen.score, chosen.record()),
+                         image_size=cfg.image_size, out_size=cfg.out_size)

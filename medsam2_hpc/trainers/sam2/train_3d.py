@@ -19,9 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from medsam2_hpc.contract import build_metrics
+from medsam2_hpc.contract import RunCost, Selection, build_metrics
 from medsam2_hpc.data import decode_first
 from medsam2_hpc.data.btcv import BTCVClips, BTCVVolumes, training_volumes
 from medsam2_hpc.engine import (
@@ -34,9 +33,10 @@ from medsam2_hpc.engine import (
     progress,
 )
 from medsam2_hpc.engine.checkpoint import check_resumable
+from medsam2_hpc.engine.distributed import any_process, epoch_loader, on_main, shard_size
 from medsam2_hpc.engine.runtime import reset_peak_memory, seed_everything
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.inference.predict import evaluate, protocol
+from medsam2_hpc.inference.predict import EvalSettings, evaluate, protocol
 from medsam2_hpc.models.sam2 import TrainableParts, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.options import config_from_dict
@@ -70,7 +70,9 @@ class Sam2Config3D(Sam2Config):
     pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
     checkpoint_keeps_attention (with it, keep the attention kernels' outputs instead of
     recomputing them: fewer FLOPs for more memory, see ``sam2_video._save_seeded_ops``),
-    attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``).
+    attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``),
+    compile (torch.compile the memory attention and memory encoder, ``dynamic=True``; off by
+    default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes).
     """
 
     trainable: TrainableParts = "decoder+memory"
@@ -84,6 +86,7 @@ class Sam2Config3D(Sam2Config):
     activation_checkpointing: bool = True
     checkpoint_keeps_attention: bool = True
     attention: Literal["default", "cudnn"] = "default"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,9 +118,9 @@ def check(task: Task) -> None:
 def validate_volumes(propagator: VideoPropagator, volumes: BTCVVolumes, task: Task, cfg: Sam2Config3D,
                      device: torch.device, **kwargs: Any) -> Scores:
     """Whole-volume prediction and scores of ``volumes`` (the evaluation protocol of inference/predict.py)."""
-    result = evaluate(propagator, volumes, kind=task.prompt, prompt_freq=cfg.prompt_freq,
-                      image_size=cfg.image_size, device=device, amp=cfg.amp, unit=volumes.hd95_unit,
-                      seed=task.seed, hd95=cfg.hd95, **kwargs)
+    settings = EvalSettings(task.prompt, cfg.prompt_freq, cfg.image_size, device, cfg.amp, volumes.hd95_unit,
+                            task.seed, cfg.hd95)
+    result = evaluate(propagator, volumes, settings, **kwargs)
     return result.summary()
 
 
@@ -126,19 +129,31 @@ def _first(batch: list[dict]) -> dict:
     return batch[0]
 
 
-def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips, cfg: Sam2Config3D,
-                 task: Task, epoch: int, device: torch.device) -> dict[str, float]:
+@dataclass(frozen=True)
+class Epoch3D:
+    """What every 3D training epoch reads: built once in :func:`train`, passed whole to the loop."""
+
+    loop: TrainLoop
+    propagator: VideoPropagator
+    clips: BTCVClips
+    cfg: Sam2Config3D
+    task: Task
+    device: torch.device
+
+
+def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
+    loop, propagator, clips, cfg, task, device = (ctx.loop, ctx.propagator, ctx.clips, ctx.cfg, ctx.task,
+                                                  ctx.device)
     model = propagator.model
     model.train()
     loss_fn = cfg.train_loss()
     jitter = BoxJitter(cfg.box_jitter, cfg.jitter_px(cfg.image_size))
-    gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
-    loader = DataLoader(clips, batch_size=1, shuffle=True, generator=gen, num_workers=cfg.num_workers,
-                        collate_fn=_first, pin_memory=device.type == "cuda")
-    n = min(len(clips), cfg.clips_per_epoch or len(clips))
+    loader = epoch_loader(clips, epoch=epoch, seed=task.seed, batch_size=1, num_workers=cfg.num_workers,
+                          collate_fn=_first, pin_memory=device.type == "cuda")  # this rank's clips
+    n = shard_size(min(len(clips), cfg.clips_per_epoch or len(clips)))
     rng = np.random.default_rng([task.seed, epoch])
-    totals, count, pending = {"loss": 0.0, "mask": 0.0, "iou": 0.0, "obj": 0.0}, 0, 0
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    totals, count = {"loss": 0.0, "mask": 0.0, "iou": 0.0, "obj": 0.0}, 0
+    pending = 0  # clips since the last step that trained on some rank: all ranks step together
     loop.optimizer.zero_grad(set_to_none=True)
     for i, clip in enumerate(progress(loader, f"epoch {epoch + 1}", total=n)):
         if i >= n:
@@ -146,23 +161,18 @@ def _train_epoch(loop: TrainLoop, propagator: VideoPropagator, clips: BTCVClips,
         with autocast(device, cfg.amp):
             parts = clip_loss(propagator, clip, task.prompt, cfg.prompt_freq, loss_fn, rng, device,
                               prompted_only=cfg.prompted_only, jitter=jitter)
-        if parts is None:  # no organ to train in this clip
-            continue
-        (parts["loss"] / cfg.batch_size).backward()
-        pending += 1
-        for key in totals:
-            totals[key] += float(parts[key].detach())
-        count += 1
+        if parts is not None:  # None: no organ to train in this clip
+            loop.backward(parts["loss"] / cfg.batch_size)
+            for key in totals:
+                totals[key] += float(parts[key].detach())
+            count += 1
+        pending += any_process(parts is not None)
         if pending == cfg.batch_size:
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            loop.optimizer.step()
-            loop.optimizer.zero_grad(set_to_none=True)
+            loop.step(cfg.grad_clip)
             pending = 0
         loop.check_stop()
     if pending:
-        loop.optimizer.step()
-        loop.optimizer.zero_grad(set_to_none=True)
+        loop.step(cfg.grad_clip)
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
@@ -176,7 +186,8 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     set_trainable(model, cfg.trainable)
     propagator = VideoPropagator(model, max_cond_frames=cfg.max_cond_frames,
                                  checkpoint=cfg.activation_checkpointing,
-                                 keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention)
+                                 keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention,
+                                 compile=cfg.compile)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
                                   weight_decay=cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
@@ -192,19 +203,22 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
         hd95 = math.nan if s.hd95_mean is None else s.hd95_mean
         return {"dice": s.dice_mean, "dice_per_slice": s.dice_mean_per_slice, "hd95": hd95}
 
-    loop.fit(lambda epoch: _train_epoch(loop, propagator, clips, cfg, task, epoch, device), validate)
+    epoch_ctx = Epoch3D(loop, propagator, clips, cfg, task, device)
+    loop.fit(lambda epoch: _train_epoch(epoch_ctx, epoch), validate)
     chosen = loop.selected()
-    load_weights_from(model, chosen.path)
     t0 = time.perf_counter()
-    writer = _PredictionWriter(run, cfg.vis > 0)
-    s = validate_volumes(propagator, volumes["test"], task, cfg, device, on_case=writer)
-    peak = peak_memory_gb(device)
+
+    def score() -> Scores:
+        load_weights_from(model, chosen.path)
+        return validate_volumes(propagator, volumes["test"], task, cfg, device,
+                                on_case=_PredictionWriter(run, cfg.vis > 0))
+
+    s = on_main(score)  # rank 0 scores and writes; every rank returns the same metrics
+    cost = RunCost(loop.state.epoch, loop.state.train_seconds, time.perf_counter() - t0,
+                   count_params_m(model), peak_memory_gb(device))
     return build_metrics(
-        task, split="test", selection_split="val", selection_cases=volumes["val"].cases,
-        selection_dice=chosen.score, checkpoint=chosen.record(),
-        hparams=asdict(cfg), **s.fields(), epochs_completed=loop.state.epoch,
-        train_seconds=loop.state.train_seconds, eval_seconds=time.perf_counter() - t0,
-        params_m=count_params_m(model), peak_gpu_mem_gb=peak,
+        task, split="test", scores=s, cost=cost, hparams=asdict(cfg),
+        selection=Selection("val", volumes["val"].cases, chosen.score, chosen.record()),
         protocol=protocol(task.prompt, cfg.prompt_freq), image_size=cfg.image_size,
         video_length=cfg.video_length, trainable=cfg.trainable, postprocess=propagator.postprocess)
 
