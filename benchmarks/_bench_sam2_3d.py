@@ -76,7 +76,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     from medsam2_hpc.losses import MultimaskLoss, make_loss
     from medsam2_hpc.models.sam2 import set_trainable
     from medsam2_hpc.models.sam2_video import VideoPropagator
-    from medsam2_hpc.trainers.sam2.step_3d import clip_loss, param_groups
+    from medsam2_hpc.trainers.sam2.step_3d import adamw, clip_loss
 
     device = pick_device(args.device)
     frames = args.frames or 8
@@ -85,7 +85,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
                                  attention=args.attention, compile=args.compile)
-    optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 1e-5, 1e-5))
+    optimizer = adamw(model, 1e-4, 1e-5, 1e-5)  # as the trainer's
     loss_fn = MultimaskLoss(make_loss("bce"))
     rng = np.random.default_rng(0)
     image, label = synthetic_volume(frames, args.organs, args.image_size, rng)

@@ -11,8 +11,9 @@ marked running. ``sbatch``, ``srun``, ``squeue`` and ``sacct`` are stand-in scri
 (no Slurm needed): sbatch records each call and answers as sbatch does; squeue and sacct list
 every submitted element as RUNNING, which is what they print on a busy cluster.
 Reported: ``submit_seconds`` and ``status_seconds`` (wall time of each command, python start-up
-and imports included; goals 5 s and 3 s on this machine), ``sbatch_calls`` against
-``arrays_needed`` (one per profile and per MaxArraySize elements).
+and imports included; goals 5 s and 3 s on this machine), their ``*_cpu_seconds`` (user + system:
+what the wall time would be on an idle machine, give or take I/O waits) with the load average,
+``sbatch_calls`` against ``arrays_needed`` (one per profile and per MaxArraySize elements).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,13 +78,17 @@ def jobs_dict(n_tasks: int, n_profiles: int, max_array_size: int) -> dict:
             "studies": {"bench": {"experiments": experiments}}}
 
 
-def _timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, subprocess.CompletedProcess]:
+def _timed(argv: list[str], cwd: Path, env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds (user + system, the command and its children), result). On a
+    shared machine the wall time grows with the others' load; the CPU time much less."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         sys.exit(f"{' '.join(argv)} -> {out.returncode}: {out.stderr[-2000:]}")
-    return seconds, out
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, out
 
 
 def main() -> None:
@@ -104,7 +110,7 @@ def main() -> None:
                                                                  args.max_array_size)))
         env = {**os.environ, "BENCH_LOG": tmp, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
         cli = [sys.executable, "-m", "medsam2_hpc.cli"]
-        submit_seconds, _ = _timed([*cli, "submit", "jobs.yaml"], root, env)
+        submit_seconds, submit_cpu, _ = _timed([*cli, "submit", "jobs.yaml"], root, env)
         calls = (root / "sbatch.calls").read_text().splitlines()
         study_dir = root / "runs" / "bench"
         task_ids = [tid for sub in json.loads((study_dir / "submissions.json").read_text())["submissions"]
@@ -112,7 +118,7 @@ def main() -> None:
         for task_id in task_ids:  # what a running study looks like: every run has its status.json
             (study_dir / task_id).mkdir(parents=True, exist_ok=True)
             (study_dir / task_id / "status.json").write_text(json.dumps({"state": "running", "attempts": 1}))
-        status_seconds, status = _timed([*cli, "status", "jobs.yaml"], root, env)
+        status_seconds, status_cpu, status = _timed([*cli, "status", "jobs.yaml"], root, env)
         counts = status.stdout.strip().splitlines()[-1]
 
     per_profile = [args.tasks // args.profiles + (1 if i < args.tasks % args.profiles else 0)
@@ -128,10 +134,13 @@ def main() -> None:
         "max_array_size": args.max_array_size,
         "trainer_checks": True,
         "submit_seconds": round(submit_seconds, 3),
+        "submit_cpu_seconds": round(submit_cpu, 3),
         "submit_goal_seconds": 5,
         "sbatch_calls": len(calls),
         "arrays_needed": arrays_needed,
         "status_seconds": round(status_seconds, 3),
+        "status_cpu_seconds": round(status_cpu, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "status_goal_seconds": 3,
         "status_summary": counts.split(": ", 1)[-1],
     }

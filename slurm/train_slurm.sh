@@ -109,7 +109,17 @@ if [[ -n "${MEDSAM2_IMAGE:-}" ]]; then
     [[ -n "${MEDSAM2_DRY_RUN:-}" ]] || mkdir -p "$cache/${pair#*=}"
     export "${env_prefix}${pair%%=*}=$cache/${pair#*=}"
   done
-  container=("$runtime" exec)
+  # --cleanenv: a host PYTHONPATH or LD_LIBRARY_PATH must not reach the image's python; what the job
+  # reads goes in by name (the same names as medsam2_hpc.hpc.requeue.PASS_ENV, plus the checkpoints).
+  passed=()
+  for name in $(compgen -e); do
+    case "$name" in
+      SLURM_*|SUBMITIT_*|MASTER_ADDR|MASTER_PORT|RANK|LOCAL_RANK|WORLD_SIZE|LOCAL_WORLD_SIZE|CUDA_VISIBLE_DEVICES|NCCL_*|MEDSAM2_GPUS|MEDSAM2_CHECKPOINTS)
+        export "$env_prefix$name=${!name}"; passed+=("$name");;
+    esac
+  done
+  log "into the image (--cleanenv): ${passed[*]:-nothing from the host}"
+  container=("$runtime" exec --cleanenv)
   # --nv only when Slurm gave this job GPUs: it fails on hosts without a driver.
   if [[ -n "${CUDA_VISIBLE_DEVICES:-}" && "${CUDA_VISIBLE_DEVICES}" != "NoDevFiles" ]]; then
     container+=(--nv)

@@ -423,3 +423,28 @@ def test_training_step_makes_no_host_sync(kind):
         bool(x.any()), x[x > 1], x.tolist()
     assert [call for call, _ in syncs.events] == ["aten._local_scalar_dense.default", "aten.index.Tensor",
                                                   "tolist"]
+
+
+def test_eval_computes_the_memory_encoders_image_projection_once_for_all_objects():
+    model = _tiny_model(1).eval()
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    prop = VideoPropagator(model)
+    proj = model.memory_encoder.pix_feat_proj
+    frames, k = 4, 3
+    images = torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
+    prompts = {1: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes,
+                                torch.tensor([[2, 3]] * k, dtype=torch.int32))}
+    batches = []
+    proj.register_forward_hook(lambda module, args, out: batches.append((args[0].shape[0], out.stride(0))))
+    with torch.no_grad():
+        feats = prop.encode(images)
+        shared = dict(prop.propagate(feats, prompts, frames, k))
+        proj.__class__ = torch.nn.Conv2d  # as before: one convolution per object
+        per_object = dict(prop.propagate(feats, prompts, frames, k))
+    # all objects in both runs: one row expanded (stride 0) when shared, k computed rows before
+    assert batches[:frames] == [(k, 0)] * frames
+    assert all(n == k and stride > 0 for n, stride in batches[frames:])
+    for t in range(frames):
+        torch.testing.assert_close(shared[t].high_res, per_object[t].high_res, atol=1e-6, rtol=0)
+        torch.testing.assert_close(shared[t].object_score, per_object[t].object_score, atol=1e-6, rtol=0)

@@ -198,6 +198,7 @@ class VideoPropagator:
         model.max_cond_frames_in_attn = max_cond_frames
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
+        _share_expanded_rows(model)
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
@@ -407,6 +408,28 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
 
 _SAVE_SEEDED = functools.partial(create_selective_checkpoint_contexts, _save_seeded_ops)
+
+
+class _RowSharedConv2d(torch.nn.Conv2d):
+    """A Conv2d that, in eval, runs once for a batch of one row expanded over the objects.
+
+    The memory encoder's ``pix_feat_proj`` sees the slice's image features expanded (a view with
+    batch stride 0) over the K objects: K identical convolutions. Training keeps the per-row path,
+    so its gradients stay as they were.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training and x.shape[0] > 1 and x.stride(0) == 0:
+            return super().forward(x[:1]).expand(x.shape[0], -1, -1, -1)
+        return super().forward(x)
+
+
+def _share_expanded_rows(model: torch.nn.Module) -> None:
+    """Swap the class of the memory encoder's ``pix_feat_proj`` to :class:`_RowSharedConv2d` (same
+    parameters and state-dict keys; Meta's package is not modified)."""
+    proj = getattr(getattr(model, "memory_encoder", None), "pix_feat_proj", None)
+    if type(proj) is torch.nn.Conv2d:
+        proj.__class__ = _RowSharedConv2d
 
 
 def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:

@@ -63,13 +63,26 @@ def test_container_command_binds_caches_and_adds_nv_only_with_gpus(tmp_path):
     image = tmp_path / "my image.sif"
     cpu = _command(_train_dry(["yolo", "--data-path", "/data/with space"], tmp_path, MEDSAM2_IMAGE=str(image),
                               MEDSAM2_RUNTIME="apptainer", MEDSAM2_BIND="/data,/scratch:/s"))
-    assert cpu.startswith("apptainer exec --bind ") and "--nv" not in cpu
+    assert cpu.startswith("apptainer exec --cleanenv --bind ") and "--nv" not in cpu
     assert "--bind /data --bind /scratch:/s" in cpu and "--data-path /data/with\\ space" in cpu
     assert f"{tmp_path}/my\\ image.sif python {REPO}/train.py --model yolo" in cpu
     gpu = _command(_train_dry(["yolo"], MEDSAM2_IMAGE=str(image), MEDSAM2_RUNTIME="singularity",
                               CUDA_VISIBLE_DEVICES="0"))
-    assert gpu.startswith("singularity exec --nv ")
+    assert gpu.startswith("singularity exec --cleanenv --nv ")
     assert f"--bind {tmp_path}/.cache/medsam2" in cpu and not (tmp_path / ".cache").exists()  # dry run
+
+
+def test_container_gets_only_the_variables_a_job_reads(tmp_path):
+    """--cleanenv drops the host's environment; the names passed back are the launcher's (PASS_ENV)."""
+    from medsam2_hpc.hpc.requeue import PASS_ENV
+
+    out = _train_dry(["resnet"], tmp_path, MEDSAM2_IMAGE=str(tmp_path / "i.sif"), MEDSAM2_RUNTIME="apptainer",
+                     SLURM_JOB_ID="7", NCCL_DEBUG="INFO", MEDSAM2_CHECKPOINTS="/ckpt", PYTHONPATH="/host/lib")
+    line = next(line for line in out.stderr.splitlines() if "into the image" in line)
+    passed = line.split("(--cleanenv): ", 1)[1].split()
+    assert {"SLURM_JOB_ID", "NCCL_DEBUG", "MEDSAM2_CHECKPOINTS"} <= set(passed) and "PYTHONPATH" not in passed
+    pattern = re.search(r"^\s+(SLURM_\*\|.*)\)$", TRAIN.read_text(), re.M).group(1).split("|")
+    assert pattern == [*PASS_ENV, "MEDSAM2_CHECKPOINTS"]
 
 
 def _no_sbatch_path(tmp_path: Path) -> str:

@@ -50,7 +50,7 @@ from medsam2_hpc.trainers.sam2.common import (
     load_weights_from,
     sam2_config_name,
 )
-from medsam2_hpc.trainers.sam2.step_3d import BoxJitter, clip_loss, param_groups
+from medsam2_hpc.trainers.sam2.step_3d import BoxJitter, adamw, clip_loss
 
 __all__ = ["Sam2Config3D", "config", "check", "train", "validate_volumes"]
 
@@ -163,8 +163,8 @@ def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
                               prompted_only=cfg.prompted_only, jitter=jitter)
         if parts is not None:  # None: no organ to train in this clip
             loop.backward(parts["loss"] / cfg.batch_size)
-            for key in totals:
-                totals[key] += float(parts[key].detach())
+            for key in totals:  # summed on the device, read once an epoch: no host sync per clip
+                totals[key] = totals[key] + parts[key].detach().float()
             count += 1
         pending += any_process(parts is not None)
         if pending == cfg.batch_size:
@@ -173,7 +173,7 @@ def _train_epoch(ctx: Epoch3D, epoch: int) -> dict[str, float]:
         loop.check_stop()
     if pending:
         loop.step(cfg.grad_clip)
-    return {k: v / max(count, 1) for k, v in totals.items()}
+    return {k: float(v) / max(count, 1) for k, v in totals.items()}
 
 
 def train(task: Task, run: RunDir) -> dict[str, Any]:
@@ -188,8 +188,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
                                  checkpoint=cfg.activation_checkpointing,
                                  keep_attention=cfg.checkpoint_keeps_attention, attention=cfg.attention,
                                  compile=cfg.compile)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, cfg.lr, cfg.memory_lr, cfg.encoder_lr, cfg.weight_decay)
     loop = TrainLoop(run, model=model, optimizer=optimizer,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select,
                                        compat_view=run.path / "Model" if cfg.compat_view else None),
