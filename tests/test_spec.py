@@ -66,7 +66,12 @@ def test_repo_jobs_yaml_demo_and_sweep_studies():
     demo = spec.load(REPO / "jobs.yaml", "demo")
     assert demo.executor == "local" and not demo.container.enabled
     assert {t.model for t in demo.tasks} == {"sam2-2d", "sam2-3d", "resnet", "yolo"}
-    assert all(t.hparams["image_size"] <= 256 and t.hparams["epochs"] <= 2 for t in demo.tasks)
+    # both datasets for the baselines; small enough for a laptop (image side, epochs, one seed)
+    pairs = {("sam2-2d", "refuge"), ("sam2-3d", "btcv"), *((m, d) for m in ("resnet", "yolo")
+                                                           for d in ("refuge", "btcv"))}
+    assert {(t.model, t.dataset) for t in demo.tasks} == pairs
+    assert all(t.hparams["image_size"] <= 128 and t.hparams["epochs"] <= 40 and t.seed == 0
+               for t in demo.tasks)
     assert demo.output_root == (REPO / "demo" / "runs").resolve()
     sweep = spec.load(REPO / "jobs.yaml", "lr-sweep")
     assert len(sweep.tasks) == 3 * 2 * 3

@@ -21,14 +21,15 @@ register_dataset(DatasetKind(
     name="refuge", classes=("cup", "disc"), default_path="./data/REFUGE",
     loader="medsam2_hpc.data.refuge:RefugeDataset", layouts=("multirater", "challenge"),
     synthetic="medsam2_hpc.data.synthetic:make_refuge", summary="medsam2_hpc.data.summary:refuge",
-    splits=("train", "val", "test"), demo={"layout": "multirater", "n_train": 6, "n_test": 3, "size": 128},
+    splits=("train", "val", "test"), demo={"layout": "multirater", "n_train": 24, "n_test": 4, "size": 64},
     volumetric=False, sections=("refuge",)))
 register_dataset(DatasetKind(
     name="btcv", classes=tuple(ORGANS[k] for k in sorted(ORGANS)), default_path="./data/btcv",
     loader="medsam2_hpc.data.btcv:training_volumes",
     layouts=("slices", "nifti"), synthetic="medsam2_hpc.data.synthetic:make_btcv",
     summary="medsam2_hpc.data.summary:btcv", splits=("train", "val", "test"),
-    demo={"layout": "nifti", "n_train": 3, "n_test": 2, "size": 96, "depth": 20},
+    demo={"layout": "nifti", "n_train": 8, "n_test": 2, "size": 64, "depth": 12, "body_hu": -100.0,
+          "organ_radius": (0.1, 0.15)},
     volumetric=True, sections=("btcv_organs", "btcv_per_slice")))
 
 

@@ -133,19 +133,19 @@ def _write_challenge(out: Path, split: str, i: int, image: np.ndarray, cup: np.n
 
 # ---------------------------------------------------------------- BTCV
 
-def _ct_volume(rng: np.random.Generator, depth: int, size: int,
-               organs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _ct_volume(rng: np.random.Generator, depth: int, size: int, organs: Sequence[int], body_hu: float,
+               radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """(D,H,W) HU volume (int16) and label map (uint8); the first and last slices hold no organ."""
     hu = np.full((depth, size, size), -1000.0, np.float32)
     label = np.zeros((depth, size, size), np.uint8)
     body = _ellipse((size, size), size / 2, size / 2, 0.42 * size, 0.47 * size)
-    hu[:, body] = 30.0
+    hu[:, body] = body_hu
     zz = np.arange(depth)[:, None, None]
     margin = max(2, depth // 8)
     for organ in organs:
         fy, fx = _ORGAN_CENTRE[organ]
         cy, cx = (np.array([fy, fx]) + rng.uniform(-0.03, 0.03, 2)) * size
-        ry, rx = rng.uniform(0.07, 0.12, 2) * size
+        ry, rx = rng.uniform(*radius, 2) * size
         cz = rng.uniform(depth * 0.4, depth * 0.6)
         rz = rng.uniform(0.5, 1.0) * (depth / 2 - margin)
         grid = np.arange(size, dtype=np.float64)
@@ -186,17 +186,24 @@ def _save_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
 
 def make_btcv(out: str | Path, layout: str = "slices", *, n_train: int = 4, n_test: int = 2,
               depth: int = 20, size: int = 96, organs: Sequence[int] = DEFAULT_ORGANS,
-              seed: int = 0, unlabelled: int = 0) -> Path:
+              seed: int = 0, unlabelled: int = 0, body_hu: float = 30.0,
+              organ_radius: tuple[float, float] = (0.07, 0.12)) -> Path:
     """Write a small BTCV copy under ``out`` in ``layout``; return the root to pass to the loader.
 
     ``unlabelled`` extra test scans are written without labels (module docstring), numbered
     after the labelled cases, so prompt-file inference has real "no ground truth" input.
+    ``body_hu`` is the tissue around the organs (30: soft tissue, the liver only 40 HU brighter;
+    -100: fat, every organ in clear contrast) and ``organ_radius`` the range of the organs' in-plane
+    radii as a fraction of ``size``: the demo uses both to be learnable in minutes.
     """
     if layout not in BTCV_LAYOUTS:
         raise InputError(f"--layout: {layout!r} is not a BTCV layout ({', '.join(BTCV_LAYOUTS)})")
     for value, flag, low in ((n_train, "--cases", 1), (n_test, "n_test", 1), (size, "--size", 16),
                              (depth, "depth", 6), (unlabelled, "unlabelled", 0)):
         _check(value, low, flag)
+    low, high = (float(r) for r in organ_radius)
+    if not 0 < low <= high <= 0.25:
+        raise InputError(f"organ_radius: ({low}, {high}) must satisfy 0 < low <= high <= 0.25")
     bad = [o for o in organs if o not in _ORGAN_HU]
     if bad:
         raise InputError(f"organs: {bad[0]} is not a BTCV label id (1..13)")
@@ -205,7 +212,7 @@ def make_btcv(out: str | Path, layout: str = "slices", *, n_train: int = 4, n_te
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
     for split, n, first in (("train", n_train, 1), ("test", n_test, n_train + 1)):
         for number in range(first, first + n):
-            hu, label = _ct_volume(rng, depth, size, organs)
+            hu, label = _ct_volume(rng, depth, size, organs, body_hu, (low, high))
             if layout == "slices":
                 top = out / ("Training" if split == "train" else "Test")
                 case = f"img{number:04d}"
@@ -223,7 +230,7 @@ def make_btcv(out: str | Path, layout: str = "slices", *, n_train: int = 4, n_te
                     {"image": image_rel, "label": label_rel})
     test_scans = []
     for number in range(n_train + n_test + 1, n_train + n_test + 1 + unlabelled):
-        hu, _ = _ct_volume(rng, depth, size, organs)
+        hu, _ = _ct_volume(rng, depth, size, organs, body_hu, (low, high))
         case = f"img{number:04d}"
         if layout == "slices":
             for i in range(depth):
