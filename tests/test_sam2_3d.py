@@ -84,10 +84,11 @@ def test_overfitting_one_volume_raises_dice(tmp_path):
         return result.summary().dice_mean
 
     before = dice()
-    # only clips with an organ on their prompted slice train (3 and 4 of the 5): 30 steps on them
+    # only clips with an organ on their prompted slice train (3 and 4 of the 5): 60 steps on them
+    # (after 30 the Dice still swings with the thread count: 0.26 with 2 threads, 0.3+ with 1)
     trained = [c for c in clips if clip_organs(c["label"][:1])]
     assert len(trained) == 2
-    for step in range(30):
+    for step in range(60):
         model.train()
         parts = clip_loss(prop, trained[step % len(trained)], "bbox", 4, loss_fn, rng, cpu)
         opt.zero_grad()
