@@ -455,6 +455,13 @@ for _entry in ("train.py", "baselines/train.py"):
     add("flags", f"{_entry}-model-unknown", _entry, argv("--model", "unet"))
     add("flags", f"{_entry}-no-model", _entry, argv())
 add("flags", "baselines-sam2-refused", "baselines/train.py", argv("--model", "sam2-2d"))
+for _id, _model, _set in (("yolo-mosaic-above-1", "yolo", "mosaic=2"),
+                          ("yolo-warmup-negative", "yolo", "warmup_epochs=-1"),
+                          ("sam2-3d-compile-not-bool", "sam2-3d", "compile=maybe")):
+    _data = ("--dataset", "refuge", "--data-path", "{refuge}") if _model == "yolo" else \
+        ("--dataset", "btcv", "--data-path", "{btcv}")
+    add("flags", f"train.py-{_id}", "train.py",
+        argv("--model", _model, *_data, "--output-root", "{tmp}/runs", "--set", _set))
 add("flags", "hpc-train-seed-negative", "medsam2-hpc", argv("train", "--model", "resnet", "--seed", "-1"))
 add("flags", "hpc-unknown-command", "medsam2-hpc", argv("trian"))
 add("flags", "hpc-no-command", "medsam2-hpc", argv())
