@@ -20,6 +20,7 @@ from medsam2_hpc.engine.benchmark import count_flops
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.inference.predict import EvalSettings, evaluate
 from medsam2_hpc.losses import MultimaskLoss, make_loss
+from medsam2_hpc.models.memory_read import KeyCache
 from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator
 from medsam2_hpc.runner import run_task
@@ -457,33 +458,46 @@ def test_eval_computes_the_objects_shared_image_work_once():
         torch.testing.assert_close(shared[t].object_score, per_object[t].object_score, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("max_cond, stride, cond", [(-1, 1, [4]), (2, 1, [2, 5, 8]), (-1, 2, [3, 7])],
-                         ids=["one_prompt", "unselected_cond", "stride2"])
-def test_eval_key_cache_reads_what_metas_memory_read_gives(max_cond, stride, cond):
-    """Per-frame keys (projected and rotated once, the temporal term added per read) against Meta's
-    ``_prepare_memory_conditioned_features``, forward and reverse, with conditioning frames left out
-    of the attention (max_cond_frames) and a memory stride."""
+@pytest.mark.parametrize("max_cond, stride, cond, frames, ptrs, paired", [
+    (-1, 1, [4], 11, 16, 0), (2, 1, [2, 5, 8], 11, 16, 0), (-1, 2, [3, 7], 11, 16, 0),
+    (-1, 1, [8], 24, 4, 2), (2, 1, [6, 9, 14], 22, 4, 4)],
+    ids=["one_prompt", "unselected_cond", "stride2", "lockstep", "lockstep_unselected_cond"])
+def test_eval_key_cache_and_lockstep_give_what_metas_memory_read_gives(max_cond, stride, cond, frames, ptrs,
+                                                                       paired, monkeypatch):
+    """Eval (per-frame keys projected and rotated once, the temporal term added per read; the
+    reverse sweep in lockstep behind the forward one) against Meta's
+    ``_prepare_memory_conditioned_features`` in SAM2's order, forward and reverse, with conditioning
+    frames left out of the attention (max_cond_frames), a memory stride, and fewer object
+    pointers (a shorter reach, so reverse slices pair with forward ones in a short volume)."""
     model = _tiny_model(1).eval()
     model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
     model.memory_temporal_stride_for_eval = stride
+    model.max_obj_ptrs_in_encoder = ptrs
     prop = VideoPropagator(model, max_cond_frames=max_cond)
-    frames, k = 11, 3
+    k = 3
     images = torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
-    prompts = {c: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes + c,
+    prompts = {c: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes + c % 5,
                                 torch.tensor([[2, 3]] * k, dtype=torch.int32)) for c in cond}
-    projected = []
+    projected, slices_per_pass = [], []
+    project = KeyCache._project
+    monkeypatch.setattr(KeyCache, "_project", lambda self, x: projected.append(x.shape[0] * x.shape[1])
+                        or project(self, x))
     model.memory_attention.layers[0].cross_attn_image.k_proj.register_forward_hook(
         lambda module, args, out: projected.append(out.shape[0] * out.shape[1]))
+    model.memory_attention.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: slices_per_pass.append(out.shape[0]))
     with torch.no_grad():
         feats = prop.encode(images)
-        cached = dict(prop.propagate(feats, prompts, frames, k))
+        ours = dict(prop.propagate(feats, prompts, frames, k))
         rows_cached, projected[:] = sum(projected), []
         model.memory_attention.__class__ = MemoryAttention  # Meta's read, keys projected at every read
         assert prop._key_cache() is None
         meta = dict(prop.propagate(feats, prompts, frames, k))
-    assert rows_cached < sum(projected) / 2  # each frame's keys projected once, not at every read
+    assert rows_cached < sum(projected)  # frames read again take their keys from the cache
+    assert slices_per_pass[:frames - len(cond) - paired].count(2) == paired  # forward and reverse in one pass
+    assert sorted(ours) == list(range(frames))
     for t in range(frames):
-        torch.testing.assert_close(cached[t].low_res, meta[t].low_res, atol=1e-5, rtol=0)
-        torch.testing.assert_close(cached[t].object_score, meta[t].object_score, atol=1e-5, rtol=0)
-        assert torch.equal(cached[t].high_res > 0, meta[t].high_res > 0)
+        torch.testing.assert_close(ours[t].low_res, meta[t].low_res, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours[t].object_score, meta[t].object_score, atol=1e-5, rtol=0)
+        assert torch.equal(ours[t].high_res > 0, meta[t].high_res > 0)

@@ -47,12 +47,6 @@ class LowRankValueAttention(RoPEAttention):
         """:meth:`forward` with the keys given projected and rotated, (B, heads, N_k, head dim)."""
         return self._attend(self.rotated(self._separate_heads(self.q_proj(q), self.num_heads)), k, v)
 
-    def keys(self, x: Tensor, rotate: bool) -> Tensor:
-        """(B, N, kv_in_dim) -> projected keys (B, heads, N, head dim), rotated if ``rotate``
-        (N must then be the query grid's size, as for one memory frame)."""
-        k = self._separate_heads(self.k_proj(x), self.num_heads)
-        return self.rotated(k) if rotate else k
-
     def rotated(self, x: Tensor) -> Tensor:
         """Meta's rotary encoding of (B, heads, N, head dim) ``x`` over the N = h x w grid."""
         self._fit_freqs(x.shape[-2], x.device)
@@ -152,11 +146,13 @@ class EvalMemoryAttention(MemoryAttention):
             kwargs = _rope_kwargs(layer, num_obj_ptr_tokens)
             return layer._forward_ca(tgt, memory, query_pos, memory_pos, **kwargs)
 
-        return self._run(curr, curr_pos, cross)
+        return self._run(curr[:, :1], curr_pos[:, :1], curr.shape[1], cross)
 
-    def read(self, curr: Tensor, curr_pos: Tensor, values: Tensor, keys: list[Tensor]) -> Tensor:
-        """Eval: (N, K, C) ``curr`` attends to ``values`` (K, N_k, mem_dim), the raw memories, through
-        each layer's ``keys[i]`` (K, heads, N_k, head dim), already projected and rotated."""
+    def read(self, rows: Tensor, pos: Tensor, k: int, values: Tensor, keys: list[Tensor]) -> Tensor:
+        """Eval: the image features of G slices, ``rows`` (N, G, C) with their positional encoding
+        ``pos`` (N, 1, C), each for k objects, attend to ``values`` (G k, N_k, mem_dim), the raw
+        memories, through each layer's ``keys[i]`` (G k, heads, N_k, head dim), already projected
+        and rotated. Returns (N, G k, C), the slices' objects one after another."""
         if self.training or not self.batch_first:
             raise ValueError("EvalMemoryAttention.read: eval and batch-first only")
         layers = iter(keys)
@@ -166,20 +162,21 @@ class EvalMemoryAttention(MemoryAttention):
             q = tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2
             return tgt + layer.dropout2(layer.cross_attn_image.attend_keys(q, next(layers), values))
 
-        return self._run(curr, curr_pos, cross)
+        return self._run(rows, pos, k, cross)
 
-    def _run(self, curr: Tensor, curr_pos: Tensor,
+    def _run(self, rows: Tensor, pos: Tensor, k: int,
              cross: Callable[[torch.nn.Module, Tensor, Tensor], Tensor]) -> Tensor:
-        """Meta's layers (self-attention, ``cross``-attention, MLP) on (N, K, C) ``curr``, layer 0's
-        self-attention on one row when the rows are one expanded (:func:`_rows_shared`)."""
-        k = curr.shape[1]
-        row, pos = (curr[:, :1], curr_pos[:, :1]) if _rows_shared(curr, curr_pos) else (curr, curr_pos)
+        """Meta's layers (self-attention, ``cross``-attention, MLP) for k objects on each of the G
+        slices ``rows`` (N, G, C): layer 0's self-attention once per slice, then over (G k) rows."""
+        g = rows.shape[1]
         if self.pos_enc_at_input:
-            row = row + 0.1 * pos
-        output, query_pos = row.transpose(0, 1), curr_pos.transpose(0, 1)
+            rows = rows + 0.1 * pos
+        pos = pos.transpose(0, 1)
+        query_pos = pos.expand(g * k, -1, -1)
         for i, layer in enumerate(self.layers):
             if i == 0:
-                output = layer._forward_sa(output, pos.transpose(0, 1)).expand(k, -1, -1)
+                output = layer._forward_sa(rows.transpose(0, 1), pos)
+                output = output[:, None].expand(-1, k, -1, -1).flatten(0, 1)
             else:
                 output = layer._forward_sa(output, query_pos)
             output = cross(layer, output, query_pos)
@@ -189,8 +186,8 @@ class EvalMemoryAttention(MemoryAttention):
 
 
 def _rows_shared(curr: Tensor, curr_pos: Tensor | None) -> bool:
-    """Whether ``curr`` and ``curr_pos`` (N, K, C) are one row each expanded over K > 1 objects."""
-    return curr_pos is not None and curr.shape[1] > 1 and curr.stride(1) == 0 and curr_pos.stride(1) == 0
+    """Whether ``curr`` and ``curr_pos`` (N, K, C) are one row each expanded over K objects."""
+    return curr_pos is not None and (curr.shape[1] == 1 or (curr.stride(1) == 0 and curr_pos.stride(1) == 0))
 
 
 def _rope_kwargs(layer: torch.nn.Module, num_obj_ptr_tokens: int) -> dict[str, int]:

@@ -43,6 +43,8 @@ from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_ev
 from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
+Memory = dict[str, dict[int, dict[str, Tensor]]]  # SAM2's output_dict: bank -> slice -> entry
+
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
            "normalise_images", "ATTENTION"]
 
@@ -263,17 +265,36 @@ class VideoPropagator:
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, feats.vision_feats[-1], feats.vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = \
-                torch.utils.checkpoint.checkpoint(finish, pix, *feats.vision_feats, use_reentrant=False)
+            outs = torch.utils.checkpoint.checkpoint(finish, pix, *feats.vision_feats, use_reentrant=False)
         else:
-            pix = attend(feats.vision_feats[-1], feats.vision_pos[-1])
-            low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = finish(
-                pix, *feats.vision_feats)
-        # the memory's positional encoding is the same for every object: keep one row
-        mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
-        bank = "cond_frame_outputs" if prompts is not None else "non_cond_frame_outputs"
-        memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
-        return FrameOutput(low, high, score, from_decoder, prompts is not None, multi, ious)
+            outs = finish(attend(feats.vision_feats[-1], feats.vision_pos[-1]), *feats.vision_feats)
+        return _remember(t, memory, prompts is not None, outs)
+
+    def _step_pair(self, steps: list[tuple[int, bool, Memory, KeyCache]], get: Callable[[int], FrameFeatures],
+                   k: int, num_frames: int) -> list[tuple[int, FrameOutput]]:
+        """Unprompted slices (t, reverse, memory, keys) that do not read each other, their memory
+        attention in one pass of len(steps) k objects where their memories are as long (else one
+        by one); decoder and memory encoder per slice. Eval only."""
+        reads = [select_memories(self.model, t, memory, num_frames, reverse)
+                 for t, reverse, memory, _ in steps] if len(steps) > 1 else []
+        if len({read.length() for read in reads}) != 1:
+            return [(t, self.step(t, get(t), k, None, memory, num_frames, reverse, keys))
+                    for t, reverse, memory, keys in steps]
+        feats = [get(t) for t, *_ in steps]
+        device = feats[0].vision_feats[-1].device
+        memories = [keys.read(read, device) for (*_, keys), read in zip(steps, reads, strict=True)]
+        values, layer_keys = zip(*memories, strict=True)
+        with self._kernels():
+            pix = self.model.memory_attention.read(
+                torch.cat([f.vision_feats[-1] for f in feats], dim=1), feats[0].vision_pos[-1], k,
+                torch.cat(values), [torch.cat(per_layer) for per_layer in zip(*layer_keys, strict=True)])
+        pix = pix.permute(1, 2, 0).view(len(steps) * k, -1, *feats[0].feat_sizes[-1])
+        out = []
+        for i, ((t, _, memory, _), f) in enumerate(zip(steps, feats, strict=True)):
+            with self._kernels():
+                outs = self._finish(pix[i * k:(i + 1) * k], list(f.vision_feats), f.feat_sizes, k, None)
+            out.append((t, _remember(t, memory, False, outs)))
+        return out
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         if self.attention == "cudnn":
@@ -286,8 +307,7 @@ class VideoPropagator:
         """Memory attention of the K objects on one slice (SAM2's no-memory embedding when prompted)."""
         if keys is not None and not is_cond:
             read = select_memories(self.model, t, memory, num_frames, reverse)
-            pix = self.model.memory_attention.read(vision.expand(-1, k, -1), pos.expand(-1, k, -1),
-                                                   read.values(vision.device), keys.keys(read, vision.device))
+            pix = self.model.memory_attention.read(vision, pos, k, *keys.read(read, vision.device))
             return pix.permute(1, 2, 0).view(k, -1, *size)
         return self.model._prepare_memory_conditioned_features(
             frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[vision.expand(-1, k, -1)],
@@ -362,20 +382,57 @@ class VideoPropagator:
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
                   prompts: dict[int, ObjectPrompts], num_frames: int, num_objects: int,
                   ) -> Iterator[tuple[int, FrameOutput]]:
-        """Yield ``(slice, output)`` for every slice, in :func:`propagation_order`.
+        """Yield ``(slice, output)`` for every slice, in :func:`propagation_order` (in eval without
+        gradients the reverse sweep interleaved with the forward one, :meth:`_lockstep`: the same
+        outputs, another order).
 
         ``features`` is a list (clip already encoded) or a function of the slice index
         (encode lazily). Memories live only for this call, so gradients reach back through
         every slice of the clip when autograd is on.
         """
         get = features if callable(features) else features.__getitem__
-        memory: dict[str, dict[int, dict[str, Tensor]]] = {"cond_frame_outputs": {},
-                                                            "non_cond_frame_outputs": {}}
-        keys = self._key_cache()
-        for t, is_cond, reverse in propagation_order(num_frames, list(prompts)):
-            out = self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory,
-                            num_frames, reverse, keys)
-            yield t, out
+        order = propagation_order(num_frames, list(prompts))
+        if self._key_cache() is not None:  # eval without gradients
+            yield from self._lockstep(get, prompts, order, num_frames, num_objects)
+            return
+        memory: Memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        for t, is_cond, reverse in order:
+            yield t, self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory, num_frames,
+                               reverse)
+
+    def _lockstep(self, get: Callable[[int], FrameFeatures], prompts: dict[int, ObjectPrompts],
+                  order: list[tuple[int, bool, bool]], num_frames: int, k: int
+                  ) -> Iterator[tuple[int, FrameOutput]]:
+        """Eval: the reverse sweep in lockstep behind the forward one, the same outputs as in
+        :func:`propagation_order`'s order.
+
+        A reverse slice reads no forward slice farther than ``reach`` above it (object pointers:
+        ``max_obj_ptrs_in_encoder``; memories: ``num_maskmem`` strides), so it may run as soon as
+        the forward sweep is past that, beside the forward slice then due (neither reads the
+        other). Forward slices must not see reverse ones (in SAM2's order they do not exist yet):
+        they read a memory of the prompted and forward slices only, the reverse sweep one with all.
+        Each direction caches its own keys.
+        """
+        m = self.model
+        forward: Memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        for t, is_cond, _ in order:
+            if is_cond:
+                yield t, self.step(t, get(t), k, prompts[t], forward, num_frames)
+        backward: Memory = {bank: dict(frames) for bank, frames in forward.items()}
+        reach = max(m.max_obj_ptrs_in_encoder, m.num_maskmem * max(1, m.memory_temporal_stride_for_eval)) + 1
+        ahead = [t for t, is_cond, reverse in order if not is_cond and not reverse]
+        behind = [t for t, is_cond, reverse in order if reverse]
+        keys = (self._key_cache(), self._key_cache())
+        while ahead or behind:
+            steps: list[tuple[int, bool, Memory, KeyCache | None]] = []
+            if ahead:
+                steps.append((ahead.pop(0), False, forward, keys[0]))
+            if behind and (not steps or steps[0][0] > behind[0] + reach):
+                steps.append((behind.pop(0), True, backward, keys[1]))
+            for t, out in self._step_pair(steps, get, k, num_frames):
+                if t in forward["non_cond_frame_outputs"]:
+                    backward["non_cond_frame_outputs"][t] = forward["non_cond_frame_outputs"][t]
+                yield t, out
 
     def _key_cache(self) -> KeyCache | None:
         """A cache of the memory frames' keys for one propagation: in eval without gradients (the
@@ -387,6 +444,16 @@ class VideoPropagator:
                 or not isinstance(attention, EvalMemoryAttention) or not low_rank:
             return None
         return KeyCache(attention, m.maskmem_tpos_enc)
+
+
+def _remember(t: int, memory: Memory, is_cond: bool, outs: tuple) -> FrameOutput:
+    """Store slice ``t``'s memory (from :meth:`VideoPropagator._finish`'s ``outs``); its output."""
+    low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = outs
+    # the memory's positional encoding is the same for every object: keep one row
+    mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
+    bank = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
+    memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
+    return FrameOutput(low, high, score, from_decoder, is_cond, multi, ious)
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
