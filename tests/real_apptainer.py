@@ -335,12 +335,30 @@ def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
         deps = deps_path(image.parent.parent)
         for old in image.parent.glob("medsam2-*.sif"):
             if old not in (image, deps):
-                old.unlink()
-                old.with_suffix(".json").unlink(missing_ok=True)
-                record_path(old).unlink(missing_ok=True)
+                for path in (old, old.with_suffix(".json"), old.with_suffix(".log"), record_path(old)):
+                    path.unlink(missing_ok=True)
         if not deps.exists():
             _container_build(host, DEPS_FLAGS, deps, deps.with_suffix(".log"))
         record = _container_build(host, (*PACKAGE_FLAGS, "--base", str(deps)), image, log)
         record["deps"] = {"image": str(deps), **image_record(deps)}
         image.with_suffix(".json").write_text(json.dumps(record, indent=1))
         return record
+
+
+def main() -> int:
+    """``python -m tests.real_apptainer``: the image for this checkout, built if missing (the
+    session's background build, tests/conftest.py). Exit 1 with the reason when it cannot be."""
+    try:
+        host = ensure()
+        image = image_path(host)
+        if not image.exists():
+            build_image(host, image, image.with_suffix(".log"))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.apptainer, pytest.mark.slow]
 
 
 def apptainer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["apptainer", *args], capture_output=True, text=True, timeout=timeout)
+    """Run from /: Apptainer's user must be able to open the working directory (a test's is 0700)."""
+    return subprocess.run(["apptainer", *args], capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 @contextmanager
