@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from medsam2_hpc import checkpoints, spec
+from medsam2_hpc import data as medsam2_data
 from medsam2_hpc.cli import main
 from medsam2_hpc.hpc import image, launcher
-from medsam2_hpc.trainers.baselines import data as baseline_data
 
 GOOD = json.dumps({"epochs": 1, "image_size": 64, "batch_size": 2, "device": "cpu"})
 
@@ -81,8 +81,8 @@ def test_dry_run_reports_every_task_problem_at_once_and_writes_nothing(tmp_path,
 def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirater, btcv_slices,
                                                        monkeypatch):
     calls: list[str] = []
-    real = baseline_data._check_data
-    monkeypatch.setattr(baseline_data, "_check_data", lambda task, *rest: (calls.append(task.data_path),
+    real = medsam2_data._check_data
+    monkeypatch.setattr(medsam2_data, "_check_data", lambda task, *rest: (calls.append(task.data_path),
                                                                              real(task, *rest))[1])
     sweep = "sweep: {lr: [0.1, 0.01, 0.001]}, seeds: [0, 1]"
     path = _jobs(tmp_path, refuge_multirater, [
@@ -94,8 +94,8 @@ def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirat
     launch = launcher.submit(study, dry_run=True, out=StringIO())
     assert launch.n_to_run == 18
     assert sorted(calls) == sorted([str(refuge_multirater), str(btcv_slices)])
-    baseline_data.check_data(study.tasks[0])  # outside a submit nothing is remembered
-    baseline_data.check_data(study.tasks[0])
+    medsam2_data.check_data(study.tasks[0])  # outside a submit nothing is remembered
+    medsam2_data.check_data(study.tasks[0])
     assert len(calls) == 4
 
 
