@@ -81,6 +81,8 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
 def check_resumable(run: Any) -> None:
     """A run's last.pt/best.pt, if present, is complete and names nothing but tensors (the header and
     the pickle's globals, not the weights): checked before a resumed run touches its status.json."""
+    if not run.checkpoints.is_dir():  # a new run, as most of a sweep's are when it is submitted
+        return
     for path in (run.last_ckpt, run.best_ckpt):
         if not path.exists():
             continue

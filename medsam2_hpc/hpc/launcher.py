@@ -317,12 +317,15 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
     to_run: dict[str, list[Task]] = {}
     skipped: dict[str, str] = {}
+    present = _listing(study.study_dir)
     for task in study.tasks:
-        run = task.run_dir
-        run.claim(task)
+        done, state = False, "pending"
+        if task.task_id in present:  # a new run has no directory yet: nothing to read for it
+            run = task.run_dir
+            run.claim(task)
+            done, state = run.metrics_json.exists(), run.status().get("state", "pending")
         element = latest.get(task.task_id, {}).get("job")
-        state = run.status().get("state", "pending")
-        if run.metrics_json.exists():
+        if done:
             skipped[task.task_id] = "completed"
         elif element in in_queue:
             skipped[task.task_id] = f"in queue as {element} ({in_queue[element]})"
@@ -331,6 +334,15 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         else:
             to_run.setdefault(task.profile, []).append(task)
     return Launch(study=study, executor=name, to_run=to_run, skipped=skipped)
+
+
+def _listing(folder: Path) -> set[str]:
+    """The names in ``folder`` (none when it does not exist yet): one listing instead of three
+    file look-ups for each of thousands of tasks."""
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
 
 
 # ---------------------------------------------------------------------------------------------
