@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from .memory_attention import share_first_layer
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
@@ -425,11 +426,14 @@ class _RowSharedConv2d(torch.nn.Conv2d):
 
 
 def _share_expanded_rows(model: torch.nn.Module) -> None:
-    """Swap the class of the memory encoder's ``pix_feat_proj`` to :class:`_RowSharedConv2d` (same
-    parameters and state-dict keys; Meta's package is not modified)."""
+    """Swap the classes of the memory encoder's ``pix_feat_proj`` to :class:`_RowSharedConv2d` and of
+    the memory attention to :class:`~.memory_attention.RowSharedMemoryAttention` (same parameters
+    and state-dict keys; Meta's package is not modified): in eval both compute once what the
+    objects' shared image features give them all."""
     proj = getattr(getattr(model, "memory_encoder", None), "pix_feat_proj", None)
     if type(proj) is torch.nn.Conv2d:
         proj.__class__ = _RowSharedConv2d
+    share_first_layer(model)
 
 
 def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
