@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from medsam2_hpc.models.memory_attention import (
+    EvalMemoryAttention,
     LowRankValueAttention,
-    RowSharedMemoryAttention,
-    share_first_layer,
+    use_eval_shortcuts,
 )
 from medsam2_hpc.models.sam2 import build_sam2_model
 
@@ -156,7 +156,7 @@ def test_first_layer_self_attention_runs_once_for_expanded_rows(train: bool) -> 
     """Objects' shared image features (a stride-0 view): layer 0's self-attention on one row in eval,
     the same outputs as Meta's per-object path; in training, Meta's path itself (dropout differs per row)."""
     meta, ours = _models()
-    assert share_first_layer(ours) and type(ours.memory_attention) is RowSharedMemoryAttention
+    assert use_eval_shortcuts(ours) and type(ours.memory_attention) is EvalMemoryAttention
     assert ours.state_dict().keys() == meta.state_dict().keys()
     meta.memory_attention.train(train)
     ours.memory_attention.train(train)

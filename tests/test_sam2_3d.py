@@ -455,3 +455,35 @@ def test_eval_computes_the_objects_shared_image_work_once():
     for t in range(frames):
         torch.testing.assert_close(shared[t].high_res, per_object[t].high_res, atol=1e-6, rtol=0)
         torch.testing.assert_close(shared[t].object_score, per_object[t].object_score, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("max_cond, stride, cond", [(-1, 1, [4]), (2, 1, [2, 5, 8]), (-1, 2, [3, 7])],
+                         ids=["one_prompt", "unselected_cond", "stride2"])
+def test_eval_key_cache_reads_what_metas_memory_read_gives(max_cond, stride, cond):
+    """Per-frame keys (projected and rotated once, the temporal term added per read) against Meta's
+    ``_prepare_memory_conditioned_features``, forward and reverse, with conditioning frames left out
+    of the attention (max_cond_frames) and a memory stride."""
+    model = _tiny_model(1).eval()
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    model.memory_temporal_stride_for_eval = stride
+    prop = VideoPropagator(model, max_cond_frames=max_cond)
+    frames, k = 11, 3
+    images = torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
+    prompts = {c: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes + c,
+                                torch.tensor([[2, 3]] * k, dtype=torch.int32)) for c in cond}
+    projected = []
+    model.memory_attention.layers[0].cross_attn_image.k_proj.register_forward_hook(
+        lambda module, args, out: projected.append(out.shape[0] * out.shape[1]))
+    with torch.no_grad():
+        feats = prop.encode(images)
+        cached = dict(prop.propagate(feats, prompts, frames, k))
+        rows_cached, projected[:] = sum(projected), []
+        model.memory_attention.__class__ = MemoryAttention  # Meta's read, keys projected at every read
+        assert prop._key_cache() is None
+        meta = dict(prop.propagate(feats, prompts, frames, k))
+    assert rows_cached < sum(projected) / 2  # each frame's keys projected once, not at every read
+    for t in range(frames):
+        torch.testing.assert_close(cached[t].low_res, meta[t].low_res, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cached[t].object_score, meta[t].object_score, atol=1e-5, rtol=0)
+        assert torch.equal(cached[t].high_res > 0, meta[t].high_res > 0)
