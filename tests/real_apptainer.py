@@ -333,10 +333,9 @@ def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
         if image.exists():
             return image_record(image)
         deps = deps_path(image.parent.parent)
-        for old in image.parent.glob("medsam2-*.sif"):
-            if old not in (image, deps):
-                for path in (old, old.with_suffix(".json"), old.with_suffix(".log"), record_path(old)):
-                    path.unlink(missing_ok=True)
+        for old in image.parent.glob("medsam2-*"):  # images of other inputs, their records and logs
+            if old.name.split(".", 1)[0] not in (image.stem, deps.stem):
+                old.unlink()
         if not deps.exists():
             _container_build(host, DEPS_FLAGS, deps, deps.with_suffix(".log"))
         record = _container_build(host, (*PACKAGE_FLAGS, "--base", str(deps)), image, log)
