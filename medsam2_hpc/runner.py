@@ -2,7 +2,8 @@
 
 Each trainer module exposes ``check(task)`` (validate inputs before anything is written;
 raise InputError) and ``train(task, run) -> metrics dict`` (contract.build_metrics).
-Trainers are imported lazily: Ultralytics alone takes seconds to import.
+Trainers are imported lazily: Ultralytics alone takes seconds to import. Checking imports no
+torch (a trainer's ``check`` is torch-free): ``submit`` checks every task on a login node.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .engine.distributed import joined
 from .engine.stop import StopRequested, stop_requested
 from .errors import InputError
 from .jobenv import job_identity
+from .precheck import once
 from .registry import model_kind
 from .task import RunDir, Task
 
@@ -33,7 +34,7 @@ def check(task: Task) -> ModuleType:
     then the trainer's own ``check`` (hyper-parameters, data, checkpoints). Returns the trainer."""
     kind = model_kind(task.model)
     kind.check(task)
-    world = job_identity().world_size
+    world = once(("world_size",), lambda: job_identity().world_size)  # the process's, not the task's
     if world > 1 and not kind.multi_gpu:
         raise InputError(f"model {task.model}: trains in one process, but this job started {world} "
                          "(RANK/WORLD_SIZE or SLURM_NTASKS); use a profile with gpus: 1")
@@ -55,6 +56,8 @@ def run_task(task: Task, on_start: Callable[[Task], None] | None = None) -> dict
     if done is not None and run.status().get("state") == "completed":
         return done
     trainer = check(task)
+    from .engine.distributed import joined  # torch: imported to train, not to check
+
     with joined() as ident:  # the ranks of a multi-GPU task train together (engine/distributed.py)
         if ident.global_rank != 0:  # rank 0 owns the run's files
             return trainer.train(task, run)

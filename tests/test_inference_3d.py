@@ -259,3 +259,30 @@ def test_prompt_file_predicts_only_the_cases_it_names(btcv_slices, meta_ckpt, tm
     assert list(json.loads((out / "predictions.json").read_text())["cases"]) == [cases[1]]
     gt = json.loads((out / "metrics.json").read_text())
     assert gt["cases"] == [cases[1]] and gt["unscored_cases"] == []
+
+
+def test_label_volume_with_key_cache_equals_metas_memory_read():
+    """The eval shortcuts (layer-0 sharing, per-frame key cache) leave a volume's labels as Meta's path."""
+    from sam2.modeling.memory_attention import MemoryAttention
+
+    from medsam2_hpc.inference.predict import SlicePrompt, predict_volume
+    from medsam2_hpc.models.sam2_video import VideoPropagator
+
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True).eval()
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)  # organs present
+    prop = VideoPropagator(model)
+    image = np.random.default_rng(0).random((9, 48, 48), dtype=np.float32)
+    boxes = {1: (4, 4, 20, 20), 2: (24, 6, 44, 30), 3: (8, 28, 30, 46)}
+    prompts = {o: {3: SlicePrompt("box", box=box), 7: SlicePrompt("box", box=box)} for o, box in boxes.items()}
+
+    def labels() -> np.ndarray:
+        return predict_volume(prop, image, prompts, image_size=SIZE, device=torch.device("cpu"), amp="none")
+
+    cached = labels()
+    model.memory_attention.__class__ = MemoryAttention
+    meta = labels()
+    assert set(np.unique(meta)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(cached, meta)

@@ -194,9 +194,12 @@ def test_dry_run_prints_tasks_and_one_array_script_per_profile_and_writes_nothin
     assert f"TORCH_HOME={root}/.cache/torch" in argv
     # the digest of the image the job runs, for its metrics.json (hashed here, on the submitting host)
     assert f"MEDSAM2_IMAGE_DIGEST=sha256:{hashlib.sha256(b'an image').hexdigest()}" in argv
-    assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/%j"]
+    # one folder per submission, named (and made) before sbatch: Slurm writes the elements' logs there
+    assert argv[-5:] == ["python", "-u", "-m", "submitit.core._submit", f"{root}/s/.submitit/<submission>"]
+    assert f"#SBATCH --output='{root}/s/.submitit/<submission>/%A_%a_0_log.out'" in gpu
     # an array's elements write their own submitit pickles from one batch file (hpc/batch.py)
-    assert argv[-9:-5] == ["python", "-m", "medsam2_hpc.hpc.batch", f"{root}/s/.submitit/batch-<id>.bin"]
+    assert argv[-9:-5] == ["python", "-m", "medsam2_hpc.hpc.batch",
+                           f"{root}/s/.submitit/<submission>/batch-<id>.bin"]
     plain = next(s for s in scripts if "--array" not in s)
     assert "--nv" not in plain  # profile without GPUs
     assert not (tmp_path / "out dir").exists()
@@ -468,7 +471,9 @@ def test_slurm_submits_one_sbatch_per_profile_skips_queued_and_cancels(tmp_path,
     rows = {r["job"]: r for r in launcher.status_rows(study.study_dir)}
     assert rows["1001_0"]["slurm"] == "RUNNING" and rows["1001_0"]["elapsed"] == "5:00"
     assert rows["1001_1"]["slurm"] == "PENDING" and rows["1001_1"]["reason"] == "Priority"
-    assert rows["1001_1"]["log"].endswith("/.submitit/1001_1/1001_1_0_log.err")
+    log = Path(rows["1001_1"]["log"])  # in its submission's folder, made before sbatch for Slurm to write in
+    assert log.name == "1001_1_0_log.err" and log.parent.parent == study.study_dir / ".submitit"
+    assert log.parent.is_dir() and f"--output={log.parent}/%A_%a_0_log.out" in texts[0]
     assert launcher.cancel(study.study_dir) == ["1001", "1002"]
     assert (slurm_standins / "scancel.calls").read_text() == "1001 1002\n"
 

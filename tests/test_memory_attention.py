@@ -14,7 +14,11 @@ import warnings
 import pytest
 import torch
 
-from medsam2_hpc.models.memory_attention import LowRankValueAttention
+from medsam2_hpc.models.memory_attention import (
+    EvalMemoryAttention,
+    LowRankValueAttention,
+    use_eval_shortcuts,
+)
 from medsam2_hpc.models.sam2 import build_sam2_model
 
 SIZE = 64
@@ -145,3 +149,29 @@ def test_compile_flag_compiles_in_place_keeping_checkpoint_keys() -> None:
     assert model.memory_encoder._compiled_call_impl is not None
     assert model.state_dict().keys() == keys
     assert config_from_dict(Sam2Config3D, {"compile": True}, "hparams").compile is True
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_first_layer_self_attention_runs_once_for_expanded_rows(train: bool) -> None:
+    """Objects' shared image features (a stride-0 view): layer 0's self-attention on one row in eval,
+    the same outputs as Meta's per-object path; in training, Meta's path itself (dropout differs per row)."""
+    meta, ours = _models()
+    assert use_eval_shortcuts(ours) and type(ours.memory_attention) is EvalMemoryAttention
+    assert ours.state_dict().keys() == meta.state_dict().keys()
+    meta.memory_attention.train(train)
+    ours.memory_attention.train(train)
+    inputs = _inputs()
+    k = inputs["curr"].shape[1]
+    for name in ("curr", "curr_pos"):  # one slice's features, expanded over the objects
+        inputs[name] = inputs[name][:, :1].detach().expand(-1, k, -1)
+    batches = []
+    ours.memory_attention.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: batches.append(out.shape[0]))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        expected = meta.memory_attention(**inputs)
+        torch.manual_seed(2)
+        got = ours.memory_attention(**inputs)
+    assert batches == [k if train else 1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(got[:, 0], got[:, 1], atol=1e-3)  # the memories make the objects differ

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
 import pytest
 
 from medsam2_hpc import checkpoints, spec
+from medsam2_hpc import data as medsam2_data
 from medsam2_hpc.cli import main
+from medsam2_hpc.data import synthetic
 from medsam2_hpc.hpc import image, launcher
-from medsam2_hpc.trainers.baselines import data as baseline_data
 
 GOOD = json.dumps({"epochs": 1, "image_size": 64, "batch_size": 2, "device": "cpu"})
 
@@ -81,8 +84,8 @@ def test_dry_run_reports_every_task_problem_at_once_and_writes_nothing(tmp_path,
 def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirater, btcv_slices,
                                                        monkeypatch):
     calls: list[str] = []
-    real = baseline_data._check_data
-    monkeypatch.setattr(baseline_data, "_check_data", lambda task, *rest: (calls.append(task.data_path),
+    real = medsam2_data._check_data
+    monkeypatch.setattr(medsam2_data, "_check_data", lambda task, *rest: (calls.append(task.data_path),
                                                                              real(task, *rest))[1])
     sweep = "sweep: {lr: [0.1, 0.01, 0.001]}, seeds: [0, 1]"
     path = _jobs(tmp_path, refuge_multirater, [
@@ -94,8 +97,8 @@ def test_data_checks_run_once_per_dataset_not_per_task(tmp_path, refuge_multirat
     launch = launcher.submit(study, dry_run=True, out=StringIO())
     assert launch.n_to_run == 18
     assert sorted(calls) == sorted([str(refuge_multirater), str(btcv_slices)])
-    baseline_data.check_data(study.tasks[0])  # outside a submit nothing is remembered
-    baseline_data.check_data(study.tasks[0])
+    medsam2_data.check_data(study.tasks[0])  # outside a submit nothing is remembered
+    medsam2_data.check_data(study.tasks[0])
     assert len(calls) == 4
 
 
@@ -194,3 +197,39 @@ def test_device_auto_in_a_gpu_job_without_a_visible_gpu_is_an_error(monkeypatch)
     assert pick_device("cpu").type == "cpu"
     monkeypatch.delenv("MEDSAM2_GPUS")
     assert pick_device("auto").type == "cpu"
+
+
+_IMPORTS_AFTER = """
+import json, sys
+from medsam2_hpc.cli import main
+code = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torchvision", "ultralytics", "monai"})
+print(json.dumps({"exit": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def _dry_run_imports(path: Path) -> tuple[dict, str]:
+    """``medsam2-hpc submit --dry-run`` in a fresh interpreter: (exit code and the heavy packages it
+    imported, stderr)."""
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER, "submit", "--dry-run", str(path)],
+                          capture_output=True, text=True, timeout=300, cwd=path.parent)
+    return json.loads(done.stderr.strip().splitlines()[-1]), done.stderr
+
+
+def test_checking_a_baseline_study_imports_no_torch(tmp_path, btcv_nifti):
+    """``submit`` checks every task on a login node: the baselines' checks (hparams, variant, device
+    spelling, resume checkpoints, one decoded file per split) need no torch, and importing it
+    would cost seconds on every submit. A corrupt image is still found, still without torch."""
+    refuge = synthetic.make_refuge(tmp_path / "REFUGE", "multirater", n_train=4, n_test=2, size=64, seed=0)
+    path = _jobs(tmp_path, refuge, [
+        f"model: resnet, variants: [resnet18, resnet50], dataset: refuge, seeds: [0, 1], hparams: {GOOD}",
+        f"model: resnet, variants: [resnet18], dataset: btcv, data_path: {btcv_nifti}, hparams: {GOOD}",
+        "model: yolo, variants: [yolo11n-seg], dataset: refuge, hparams: {image_size: 64}",
+        f"model: yolo, variants: [yolo11n-seg], dataset: btcv, data_path: {btcv_nifti}",
+    ])
+    result, err = _dry_run_imports(path)
+    assert result == {"exit": 0, "heavy": []}, err
+    for jpeg in refuge.rglob("*.jpg"):  # every image: whichever case a split starts with
+        jpeg.write_bytes(b"\xff\xd8 not a JPEG")
+    result, err = _dry_run_imports(path)
+    assert result == {"exit": 2, "heavy": []} and "corrupt or unreadable image" in err, err

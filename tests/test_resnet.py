@@ -57,7 +57,7 @@ def test_overfits_one_image(tmp_path):
     torch.manual_seed(0)
     cfg = resnet.ResNetConfig(image_size=64)
     model = build_network("resnet18", data.num_outputs)
-    loss_fn = resnet._Criterion(True, cfg)
+    loss_fn = resnet._criterion(True, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     predict = resnet.make_predictor(model, torch.device("cpu"), "none", True)
     x, y = item["image"][None], item["target"][None]

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sam2.modeling.memory_attention import MemoryAttention
 
 from medsam2_hpc import runner
 from medsam2_hpc.contract import validate_metrics
@@ -426,7 +427,8 @@ def test_training_step_makes_no_host_sync(kind):
                                                   "tolist"]
 
 
-def test_eval_computes_the_memory_encoders_image_projection_once_for_all_objects():
+def test_eval_computes_the_objects_shared_image_work_once():
+    """The memory encoder's image projection and layer 0's self-attention of the memory attention."""
     model = _tiny_model(1).eval()
     model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
     prop = VideoPropagator(model)
@@ -436,16 +438,52 @@ def test_eval_computes_the_memory_encoders_image_projection_once_for_all_objects
     boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
     prompts = {1: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes,
                                 torch.tensor([[2, 3]] * k, dtype=torch.int32))}
-    batches = []
+    batches, self_attn = [], []
     proj.register_forward_hook(lambda module, args, out: batches.append((args[0].shape[0], out.stride(0))))
+    model.memory_attention.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: self_attn.append(out.shape[0]))
     with torch.no_grad():
         feats = prop.encode(images)
         shared = dict(prop.propagate(feats, prompts, frames, k))
         proj.__class__ = torch.nn.Conv2d  # as before: one convolution per object
+        model.memory_attention.__class__ = MemoryAttention  # and Meta's memory attention
         per_object = dict(prop.propagate(feats, prompts, frames, k))
     # all objects in both runs: one row expanded (stride 0) when shared, k computed rows before
     assert batches[:frames] == [(k, 0)] * frames
     assert all(n == k and stride > 0 for n, stride in batches[frames:])
+    assert self_attn == [1] * (frames - 1) + [k] * (frames - 1)  # the prompted slice reads no memory
     for t in range(frames):
         torch.testing.assert_close(shared[t].high_res, per_object[t].high_res, atol=1e-6, rtol=0)
         torch.testing.assert_close(shared[t].object_score, per_object[t].object_score, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("max_cond, stride, cond", [(-1, 1, [4]), (2, 1, [2, 5, 8]), (-1, 2, [3, 7])],
+                         ids=["one_prompt", "unselected_cond", "stride2"])
+def test_eval_key_cache_reads_what_metas_memory_read_gives(max_cond, stride, cond):
+    """Per-frame keys (projected and rotated once, the temporal term added per read) against Meta's
+    ``_prepare_memory_conditioned_features``, forward and reverse, with conditioning frames left out
+    of the attention (max_cond_frames) and a memory stride."""
+    model = _tiny_model(1).eval()
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
+    model.memory_temporal_stride_for_eval = stride
+    prop = VideoPropagator(model, max_cond_frames=max_cond)
+    frames, k = 11, 3
+    images = torch.rand(frames, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[[5, 5], [30, 30]], [[20, 25], [50, 45]], [[2, 35], [25, 60]]], dtype=torch.float)
+    prompts = {c: ObjectPrompts(torch.zeros(k, dtype=torch.bool), None, boxes + c,
+                                torch.tensor([[2, 3]] * k, dtype=torch.int32)) for c in cond}
+    projected = []
+    model.memory_attention.layers[0].cross_attn_image.k_proj.register_forward_hook(
+        lambda module, args, out: projected.append(out.shape[0] * out.shape[1]))
+    with torch.no_grad():
+        feats = prop.encode(images)
+        cached = dict(prop.propagate(feats, prompts, frames, k))
+        rows_cached, projected[:] = sum(projected), []
+        model.memory_attention.__class__ = MemoryAttention  # Meta's read, keys projected at every read
+        assert prop._key_cache() is None
+        meta = dict(prop.propagate(feats, prompts, frames, k))
+    assert rows_cached < sum(projected) / 2  # each frame's keys projected once, not at every read
+    for t in range(frames):
+        torch.testing.assert_close(cached[t].low_res, meta[t].low_res, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cached[t].object_score, meta[t].object_score, atol=1e-5, rtol=0)
+        assert torch.equal(cached[t].high_res > 0, meta[t].high_res > 0)

@@ -12,10 +12,11 @@ from typing import Any
 
 from ..errors import InputError
 from ..options import look_up
-from ..registry import DatasetKind, dataset_names, register_dataset
+from ..precheck import once
+from ..registry import DatasetKind, dataset_kind, dataset_names, load_entry, register_dataset
 from .organs import ORGANS
 
-__all__ = ["check_dataset", "decode_first"]
+__all__ = ["check_dataset", "check_data", "decode_first"]
 
 register_dataset(DatasetKind(
     name="refuge", classes=("cup", "disc"), default_path="./data/REFUGE",
@@ -44,4 +45,26 @@ def decode_first(splits: Mapping[str, Any], root: Any) -> None:
     for split, items in splits.items():
         if not len(items):
             raise InputError(f"{root}: no cases in the {split} split")
-        items[0]
+        getattr(items, "decode", items.__getitem__)(0)  # the files alone where a loader can (no tensors)
+
+
+def check_data(task: Any, classes: list[str] | None = None, split_file: str | None = None) -> None:
+    """Pre-flight before anything is written: layout found, no split empty, and the first item of
+    each split decoded (a corrupt file fails now, not after the run directory is made).
+
+    Once per dataset (not per task) while a study is checked before queueing; imports no torch.
+    """
+    key = ("data", task.dataset, task.data_path, tuple(classes or ()), split_file)
+    once(key, lambda: _check_data(task, classes, split_file))
+
+
+def _check_data(task: Any, classes: list[str] | None, split_file: str | None) -> None:
+    kind = dataset_kind(task.dataset)
+    load = load_entry(kind.loader)
+    if kind.volumetric:
+        splits = load(task.data_path, split_file)
+    else:
+        splits = {split: load(task.data_path, split, image_size=64, out_size=64, classes=classes,
+                              split_file=split_file)
+                  for split in kind.splits}
+    decode_first(splits, task.data_path)

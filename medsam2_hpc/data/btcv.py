@@ -20,10 +20,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..atomic import atomic_write
 from ..errors import InputError
@@ -32,6 +31,9 @@ from . import nifti
 from .btcv_scan import LABEL_POLICIES, SPLITS, CaseFiles, detect_layout, scan_cases
 from .images import read_image, read_npy, resize_image, resize_labels
 from .organs import ORGANS
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ORGANS", "Volume", "BTCVVolumes", "training_volumes", "BTCVClips", "BTCVSlices",
            "write_prediction", "labelled_slices"]
@@ -169,6 +171,8 @@ def write_prediction(volume: Volume, label_volume: np.ndarray | torch.Tensor,
                      out_dir: str | Path) -> list[Path]:
     """Save ``label_volume`` (D,H,W) as ``<case>.npy`` and, for NIfTI sources, ``<case>.nii.gz``
     on the source grid (same shape, affine and orientation as the input image file)."""
+    import torch
+
     labels = label_volume.detach().cpu().numpy() if isinstance(label_volume, torch.Tensor) \
         else np.asarray(label_volume)
     if labels.shape != volume.image.shape:
@@ -184,8 +188,9 @@ def write_prediction(volume: Volume, label_volume: np.ndarray | torch.Tensor,
     return written
 
 
-class _VolumeItems(Dataset):
-    """Shared index building: decodes each volume once (into the cache) to find its slices."""
+class _VolumeItems:
+    """Shared index building: decodes each volume once (into the cache) to find its slices.
+    Map-style datasets of tensors (``len`` and ``[i]``); the volumes themselves need no torch."""
 
     def __init__(self, volumes: BTCVVolumes, image_size: int, labelled_only: bool) -> None:
         if image_size < 1:
@@ -193,10 +198,14 @@ class _VolumeItems(Dataset):
         self.volumes, self.image_size, self.labelled_only = volumes, int(image_size), labelled_only
 
     def _image(self, volume: Volume, lo: int, hi: int) -> torch.Tensor:
+        import torch
+
         x = torch.from_numpy(volume.image[lo:hi])[:, None]  # (T,1,H,W)
         return resize_image(x, self.image_size).expand(-1, 3, -1, -1).contiguous()
 
     def _label(self, volume: Volume, lo: int, hi: int) -> torch.Tensor:
+        import torch
+
         if volume.label is None:
             return torch.zeros(hi - lo, self.image_size, self.image_size, dtype=torch.long)
         return resize_labels(torch.from_numpy(volume.label[lo:hi]), self.image_size)

@@ -1,20 +1,23 @@
 """Decoding and resizing shared by the REFUGE and BTCV loaders.
 
 One place turns a broken file into one line naming it (InputError, exit 2), so a corrupt
-JPEG deep in a dataset stops a run with the path instead of a PIL traceback.
+JPEG deep in a dataset stops a run with the path instead of a PIL traceback. Decoding needs no
+torch (``submit``'s data check decodes files on a login node); the resizes import it.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["read_image", "read_npy", "resize_image", "resize_mask", "resize_labels"]
 
@@ -46,6 +49,8 @@ def read_npy(path: Path) -> np.ndarray:
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
     """(C,H,W) or (N,C,H,W) float -> ``size`` x ``size`` bilinear (antialiased when shrinking)."""
+    import torch.nn.functional as F
+
     batched = image.dim() == 4
     x = image if batched else image[None]
     if x.shape[-2:] != (size, size):
@@ -60,6 +65,8 @@ def resize_mask(soft: torch.Tensor, size: int) -> torch.Tensor:
     Averaging before thresholding keeps thin structures and boundary positions better than
     nearest-neighbour sampling when REFUGE's ~2000 px masks shrink to the model size.
     """
+    import torch.nn.functional as F
+
     x = soft[None].float()
     if x.shape[-2:] != (size, size):
         shrink = x.shape[-2] >= size and x.shape[-1] >= size
@@ -70,6 +77,8 @@ def resize_mask(soft: torch.Tensor, size: int) -> torch.Tensor:
 
 def resize_labels(label: torch.Tensor, size: int) -> torch.Tensor:
     """(..., H, W) integer label map -> nearest-neighbour resize (ids must stay ids)."""
+    import torch.nn.functional as F
+
     if label.shape[-2:] == (size, size):
         return label.long()
     lead = label.shape[:-2]

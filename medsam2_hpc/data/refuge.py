@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..options import look_up
@@ -79,8 +77,12 @@ def detect_layout(root: str | Path) -> tuple[str, Path]:
                      "or the challenge's Training400/ and REFUGE-Validation400/)")
 
 
-class RefugeDataset(Dataset):
-    """REFUGE samples: ``{"image": [3,S,S] in [0,1], "mask": [C,O,O] in {0,1}, "name": str}``."""
+class RefugeDataset:
+    """REFUGE samples: ``{"image": [3,S,S] in [0,1], "mask": [C,O,O] in {0,1}, "name": str}``.
+
+    A map-style dataset (``len`` and ``[i]``, what DataLoader takes). Scanning the layout and
+    :meth:`decode` need no torch, so checking a dataset before queueing imports none.
+    """
 
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 1024,
                  out_size: int = 1024, classes: tuple[str, ...] | list[str] | None = None,
@@ -110,10 +112,17 @@ class RefugeDataset(Dataset):
     def __len__(self) -> int:
         return len(self._cases)
 
-    def __getitem__(self, index: int) -> dict:
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Case ``index``'s files, decoded: the (H,W,3) uint8 image and its (C,H,W) soft masks."""
         case = self._cases[index]
         rgb = read_image(case.image, "RGB")
-        soft = np.stack([self._soft_mask(case, c, rgb.shape[:2]) for c in self.classes])
+        return rgb, np.stack([self._soft_mask(case, c, rgb.shape[:2]) for c in self.classes])
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        case = self._cases[index]
+        rgb, soft = self.decode(index)
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
         return {"image": resize_image(image, self.image_size),
                 "mask": resize_mask(torch.from_numpy(soft), self.out_size),

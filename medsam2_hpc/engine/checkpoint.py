@@ -3,6 +3,8 @@
 A checkpoint holds model, optimizer, scheduler, scaler, epoch, best Dice and every RNG
 state, so a requeued job continues as if it had not stopped. Only tensors and plain
 Python containers are stored, which is what ``torch.load(weights_only=True)`` accepts.
+torch is imported where a checkpoint is built or read: :func:`check_resumable` runs in the
+trainers' checks, thousands of times in ``submit``, mostly for runs that have no checkpoint yet.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..atomic import atomic_write
 from ..errors import InputError
@@ -23,6 +24,8 @@ __all__ = ["save_checkpoint", "load_checkpoint", "check_resumable", "rng_state",
 
 
 def rng_state() -> dict[str, Any]:
+    import torch
+
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -36,6 +39,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -51,11 +56,15 @@ def _as_tuple(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically (temp + rename): a kill mid-save keeps the old file."""
+    import torch
+
     return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict[str, Any]:
     """Load with ``weights_only=True``; unreadable files become one-line InputErrors."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
@@ -72,9 +81,13 @@ def load_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
 def check_resumable(run: Any) -> None:
     """A run's last.pt/best.pt, if present, is complete and names nothing but tensors (the header and
     the pickle's globals, not the weights): checked before a resumed run touches its status.json."""
+    if not run.checkpoints.is_dir():  # a new run, as most of a sweep's are when it is submitted
+        return
     for path in (run.last_ckpt, run.best_ckpt):
         if not path.exists():
             continue
+        import torch
+
         try:
             with zipfile.ZipFile(path) as archive:
                 archive.namelist()

@@ -1,4 +1,8 @@
-"""Device, precision, seeding and memory figures shared by every trainer."""
+"""Device, precision, seeding and memory figures shared by every trainer.
+
+torch is imported by the functions that use it: a trainer's check calls :func:`pick_device`
+while ``submit`` checks a study, which then imports no torch (only the spelling is checked).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ import random
 import re
 import resource
 from collections.abc import Iterator
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..jobenv import job_identity
 from ..precheck import before_queue
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "reset_peak_memory",
            "count_params_m", "AMP_MODES"]
@@ -22,17 +27,19 @@ __all__ = ["pick_device", "autocast", "seed_everything", "peak_memory_gb", "rese
 AMP_MODES = ("bf16", "fp16", "none")
 
 
-def pick_device(requested: str | None = None) -> torch.device:
+def pick_device(requested: str | None = None) -> torch.device | None:
     """CUDA when present (or when asked for), else the CPU.
 
-    Before queueing (on a login node without GPUs) only the spelling is checked: the job's
-    own check asks the node it runs on.
+    Before queueing (on a login node without GPUs) only the spelling is checked, and None
+    returned: the job's own check asks the node it runs on.
     """
     if before_queue():
         if requested in (None, "", "auto", "cpu") or str(requested).isdigit() or \
                 re.fullmatch(r"cuda(:\d+)?", str(requested)):
-            return torch.device("cpu")
+            return None
         raise InputError(f"hparams.device: {requested!r} is not auto, cpu, cuda, cuda:N or N")
+    import torch
+
     if requested in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -57,12 +64,17 @@ def autocast(device: torch.device, amp: str) -> Iterator[None]:
     if device.type != "cuda" or amp == "none":
         yield
         return
+    import torch
+
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     with torch.autocast("cuda", dtype=dtype):
         yield
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -71,12 +83,16 @@ def seed_everything(seed: int) -> None:
 
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
     """Peak CUDA memory in GiB; on the CPU the process's peak RSS (what limits a CPU job)."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device) / 2**30
     return None
 

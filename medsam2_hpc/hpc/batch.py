@@ -1,14 +1,16 @@
 """One file per Slurm array instead of one per element: submitit's element pickles, written by the jobs.
 
-submitit's ``map_array`` writes a pickle and a folder for every array element from the submitting
-process: for a 10,000-task study that is 10,000 file creations on the shared file system before
-the first ``sbatch``, most of ``submit``'s time. Here the submitting process pickles each element
+submitit's ``map_array`` writes a pickle for every array element from the submitting process:
+for a 10,000-task study that is 10,000 file creations on the shared file system before the first
+``sbatch``, most of ``submit``'s time. Here the submitting process pickles each element
 in memory (the same ``DelayedSubmission`` submitit would write) and writes one batch file per
 array: a JSON line of offsets, then the pickles back to back. Each element's command starts with
 ``python -m medsam2_hpc.hpc.batch <file> python``, which copies the element's own bytes (by its
 array index) to where submitit's job entry reads them, unless a requeue has already put a
 checkpointed submission there, and then becomes that entry (``exec``): signals, requeue and
-results are submitit's own. The copy step unpickles nothing and imports no torch.
+results are submitit's own. The copy step unpickles nothing and imports no torch. The elements of a
+submission share one folder, made before sbatch (``launcher._logs_folder``): Slurm opens each
+element's log file there when it starts.
 
 The array itself is submitted the way submitit's ``SlurmExecutor`` does it (its sbatch script,
 its job objects), through the private parts that ``setup.cfg``'s ``submitit<1.6`` pin covers.
@@ -76,7 +78,7 @@ def submit_array(executor: submitit.SlurmExecutor, fn: Callable[[Any], Any],
     """``executor.map_array(fn, items)`` with one batch file instead of one pickle per element."""
     if len(items) == 1:  # submitit sends one task as a plain job, with its own pickle
         return executor.map_array(fn, items)
-    folder = JobPaths.get_first_id_independent_folder(executor.folder)
+    folder = Path(executor.folder)  # made before sbatch, shared by the elements (launcher._logs_folder)
     timeout_min = executor.parameters.get("time", 5)
     blobs = []
     for item in items:
@@ -89,11 +91,8 @@ def submit_array(executor: submitit.SlurmExecutor, fn: Callable[[Any], Any],
     array.update_parameters(**executor.parameters)
     array.parameters["map_count"] = len(items)
     first = array._submit_command(array._submitit_command_str)
-    jobs = [SlurmJob(folder=executor.folder, job_id=f"{first.job_id}_{i}", tasks=list(range(first.num_tasks)))
+    return [SlurmJob(folder=executor.folder, job_id=f"{first.job_id}_{i}", tasks=list(range(first.num_tasks)))
             for i in range(len(items))]
-    for job in jobs:  # Slurm opens each element's log files there: they must exist when it starts
-        job.paths.folder.mkdir(parents=True, exist_ok=True)
-    return jobs
 
 
 def main(argv: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,7 @@ class SlurmBackend(Backend):
         waves = self.waves(list(tasks), profile)
         scripts = []
         python, entry = command.split(" -u -m submitit.core._submit ", 1)
-        batch = element_python(python, folder.parent / "batch-<id>.bin")  # named when the array is submitted
+        batch = element_python(python, folder / "batch-<id>.bin")  # named when the array is submitted
         for i, wave in enumerate(waves):
             count = len(wave) if len(wave) > 1 else None  # submitit sends one task as a plain job
             line = f"{batch} -u -m submitit.core._submit {entry}" if count else command
@@ -310,18 +311,21 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
     backend = backend_for(name)
     latest = latest_elements(study.study_dir)
     if name == "slurm":  # one query; runs whose job ended without a final state become failed first
-        slurm = settle(study.study_dir, {t: e["job"] for t, e in latest.items() if e["executor"] == name})
+        slurm = settle(study.study_dir, {t: e for t, e in latest.items() if e["executor"] == name})
         in_queue = {k: v.state for k, v in slurm.items() if v.active}
     else:
         in_queue = backend.active(e["job"] for e in latest.values() if e["executor"] == name)
     to_run: dict[str, list[Task]] = {}
     skipped: dict[str, str] = {}
+    present = _listing(study.study_dir)
     for task in study.tasks:
-        run = task.run_dir
-        run.claim(task)
+        done, state = False, "pending"
+        if task.task_id in present:  # a new run has no directory yet: nothing to read for it
+            run = task.run_dir
+            run.claim(task)
+            done, state = run.metrics_json.exists(), run.status().get("state", "pending")
         element = latest.get(task.task_id, {}).get("job")
-        state = run.status().get("state", "pending")
-        if run.metrics_json.exists():
+        if done:
             skipped[task.task_id] = "completed"
         elif element in in_queue:
             skipped[task.task_id] = f"in queue as {element} ({in_queue[element]})"
@@ -330,6 +334,15 @@ def plan(study: Study, executor: str | None = None, *, states: set[str] | None =
         else:
             to_run.setdefault(task.profile, []).append(task)
     return Launch(study=study, executor=name, to_run=to_run, skipped=skipped)
+
+
+def _listing(folder: Path) -> set[str]:
+    """The names in ``folder`` (none when it does not exist yet): one listing instead of three
+    file look-ups for each of thousands of tasks."""
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +395,14 @@ def _submitit_folder(study: Study) -> Path:
     return study.study_dir / SUBMITIT_DIR
 
 
+def _logs_folder(study: Study, profile: str) -> Path:
+    """A new folder for one profile's submission: its batch files, submitit pickles and the
+    elements' logs (``<array>_<index>_0_log.out``). Named before sbatch and made before it, since
+    Slurm creates an element's log file but not a missing folder; one folder per element would
+    be thousands of mkdirs, made only after sbatch has answered (a race with elements that start)."""
+    return _submitit_folder(study) / f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def _job_name(study: Study, profile: Profile, tasks: Sequence[Task]) -> str:
     """``<study>-<profile>-<model>`` (models joined by '+' when an array mixes them): what squeue shows."""
     models = "+".join(dict.fromkeys(t.model for t in tasks))
@@ -405,7 +426,7 @@ def render_dry_run(launch: Launch, out: IO[str]) -> None:
         action = f"skip: {launch.skipped[task.task_id]}" if task.task_id in launch.skipped else "submit"
         print(f"{i:>4}  {task.task_id:<48} {task.profile:<10} {action}", file=out)
     backend = backend_for(launch.executor)
-    folder = _submitit_folder(study) / "%j"
+    folder = _submitit_folder(study) / "<submission>"  # named when submitted (_logs_folder)
     for name, tasks in launch.to_run.items():
         profile = study.profiles[name]
         argv = python_argv(study, profile, tasks, backend, folder.parent)
@@ -463,10 +484,11 @@ def check_tasks(study: Study, tasks: Sequence[Task]) -> None:
         raise InputError(head + "; ".join(problems))
 
 
-def _record(study: Study, executor: str, profile: str, jobs: Sequence[Any], tasks: Sequence[Task]) -> str:
+def _record(study: Study, executor: str, profile: str, logs: Path, jobs: Sequence[Any],
+            tasks: Sequence[Task]) -> str:
     job_ids = [str(j.job_id) for j in jobs]
     array = job_ids[0].split("_")[0] if job_ids else ""
-    entry = {"job_id": array, "executor": executor, "profile": profile,
+    entry = {"job_id": array, "executor": executor, "profile": profile, "logs": logs.name,
              "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "tasks": {t.task_id: j for t, j in zip(tasks, job_ids, strict=True)}}
     write_json(study.study_dir / SUBMISSIONS, {"submissions": [*submissions(study.study_dir), entry]})
@@ -532,12 +554,14 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         profile = study.profiles[name]
         argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
         backend.prepare(folder, argv)
-        ex = backend.executor(folder / "%j", shlex.join(argv) if argv else None, profile)
+        logs = _logs_folder(study, name)
+        logs.mkdir(parents=True)
+        ex = backend.executor(logs, shlex.join(argv) if argv else None, profile)
         ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
                                                   contained=argv is not None))
         for wave in backend.waves(tasks, profile):
             jobs = backend.map_array(ex, call, wave)
-            array = _record(study, backend.name, name, jobs, wave)
+            array = _record(study, backend.name, name, logs, jobs, wave)
             launch.job_ids.append(array)
             print(f"profile {name}: submitted {len(wave)} task(s) as {backend.name} job {array}", file=out)
             launch.errors += backend.after_submit(jobs)

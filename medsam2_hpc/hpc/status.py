@@ -40,17 +40,20 @@ def submissions(study_dir: Path) -> list[dict[str, Any]]:
 
 
 def latest_elements(study_dir: Path) -> dict[str, dict[str, str]]:
-    """task id -> {'job': element id, 'executor': name} of its latest submission."""
+    """task id -> {'job': element id, 'executor': name, 'logs': its submission's log folder under
+    .submitit ('' for submissions recorded before that folder: one folder per element)}."""
     out: dict[str, dict[str, str]] = {}
     for sub in submissions(study_dir):
+        info = {"executor": sub.get("executor", ""), "logs": sub.get("logs", "")}
         for task_id, element in sub.get("tasks", {}).items():
-            out[task_id] = {"job": str(element), "executor": sub.get("executor", "")}
+            out[task_id] = {"job": str(element), **info}
     return out
 
 
-def log_paths(study_dir: Path, element: str) -> tuple[Path, Path]:
-    """submitit's stdout and stderr files of one array element (every attempt appends)."""
-    folder = Path(study_dir) / SUBMITIT_DIR / element
+def log_paths(study_dir: Path, element: str, logs: str = "") -> tuple[Path, Path]:
+    """submitit's stdout and stderr files of one array element (every attempt appends): in its
+    submission's folder ``logs``, made before sbatch; '' (older studies): a folder of its own."""
+    folder = Path(study_dir) / SUBMITIT_DIR / (logs or element)
     return folder / f"{element}_0_log.out", folder / f"{element}_0_log.err"
 
 
@@ -63,9 +66,9 @@ def _tail(path: Path, size: int = 8192) -> list[str]:
         return []
 
 
-def _slurm_reason(study_dir: Path, element: str, job: JobState | None) -> tuple[str, str]:
+def _slurm_reason(study_dir: Path, element: str, logs: str, job: JobState | None) -> tuple[str, str]:
     """(Slurm state, error line) of an element that left the queue without a final run state."""
-    lines = _tail(log_paths(study_dir, element)[1])
+    lines = _tail(log_paths(study_dir, element, logs)[1])
     if job is None:
         return "GONE", (lines[-1] if lines else f"job {element} left the queue without a final status "
                         "(no accounting to say why)")
@@ -89,20 +92,22 @@ def _ended_here(status: Mapping[str, Any], element: str) -> bool:
     return state == "completed" or (state == "failed" and _ended_in(status) in (element, None))
 
 
-def settle(study_dir: Path, elements: Mapping[str, str]) -> dict[str, JobState]:
-    """Ask Slurm about ``elements`` (task id -> array element id) once; mark the runs whose job
-    ended without a final state ``failed`` (reason: the Slurm state). Returns Slurm's answer."""
+def settle(study_dir: Path, elements: Mapping[str, Mapping[str, str]]) -> dict[str, JobState]:
+    """Ask Slurm about ``elements`` (task id -> its :func:`latest_elements` entry) once; mark the
+    runs whose job ended without a final state ``failed`` (reason: the Slurm state). Returns
+    Slurm's answer."""
     if not elements:
         return {}
-    states, accounting = slurm_states({e.split("_")[0] for e in elements.values()})
-    for task_id, element in elements.items():
+    states, accounting = slurm_states({e["job"].split("_")[0] for e in elements.values()})
+    for task_id, entry in elements.items():
+        element = entry["job"]
         job = states.get(element)
         if job is not None and job.active or (job is None and accounting):
             continue  # queued, or unknown to sacct as well (submitted a moment ago, or purged)
         run = RunDir(Path(study_dir) / task_id)
         if run.metrics_json.exists() or _ended_here(run.status(), element):
             continue
-        slurm, error = _slurm_reason(Path(study_dir), element, job)
+        slurm, error = _slurm_reason(Path(study_dir), element, entry.get("logs", ""), job)
         run.update_status(state="failed", slurm_state=slurm, error=error, element=element,
                           ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return states
@@ -122,12 +127,13 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
         found = {p.parent.name for p in study_dir.glob("*/status.json")}
         found |= {p.parent.name for p in study_dir.glob("*/task.yaml")}
         task_ids = sorted(found | set(latest))
-    states = settle(study_dir, {t: e["job"] for t, e in latest.items() if e.get("executor") == "slurm"})
+    states = settle(study_dir, {t: e for t, e in latest.items() if e.get("executor") == "slurm"})
     rows = []
     folder = str(study_dir / SUBMITIT_DIR)  # log_paths' layout, as strings: one row per task
     for task_id in task_ids:
         status = RunDir(study_dir / task_id).status()
-        element = latest.get(task_id, {}).get("job")
+        entry = latest.get(task_id, {})
+        element = entry.get("job")
         job = states.get(element or "")
         state = status.get("state", "pending")
         if job is not None and job.active and state in FINAL and not _ended_here(status, element or ""):
@@ -137,6 +143,7 @@ def status_rows(study_dir: Path, task_ids: Sequence[str] | None = None) -> list[
                      "attempts": int(status.get("attempts", 0)), "job": element,
                      "slurm": job.state if job else status.get("slurm_state", ""),
                      "reason": job.reason if job else "", "elapsed": job.elapsed if job else "",
-                     "log": os.path.join(folder, element, f"{element}_0_log.err") if element else None,
+                     "log": os.path.join(folder, entry.get("logs") or element, f"{element}_0_log.err")
+                     if element else None,
                      "error": error[-1] if error else None})
     return rows

@@ -41,6 +41,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_eval_shortcuts
+from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
@@ -237,15 +239,16 @@ class VideoPropagator:
     # one slice ------------------------------------------------------------------------
     def step(self, t: int, feats: FrameFeatures, num_objects: int, prompts: ObjectPrompts | None,
              memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int,
-             reverse: bool = False) -> FrameOutput:
+             reverse: bool = False, keys: KeyCache | None = None) -> FrameOutput:
         """Segment the K objects on slice ``t`` and add its memory to ``memory``.
 
         ``prompts`` given: a conditioning slice (no memory read, SAM2's initial-frame path);
-        otherwise the slice attends to the stored memories of the other slices.
+        otherwise the slice attends to the stored memories of the other slices, their keys
+        from ``keys`` when given (:meth:`_key_cache`).
         """
         if prompts is not None:
             return self.step_prompted({t: prompts}, [feats], num_objects, memory, num_frames)[0]
-        return self._run([t], [feats], num_objects, None, memory, num_frames, reverse)[0]
+        return self._run([t], [feats], num_objects, None, memory, num_frames, reverse, keys)[0]
 
     def step_prompted(self, prompts: dict[int, ObjectPrompts], feats: Sequence[FrameFeatures],
                       num_objects: int, memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int
@@ -256,11 +259,11 @@ class VideoPropagator:
         decoder and one memory-encoder call instead of P, each row computing what it would alone.
         """
         return self._run(list(prompts), feats, num_objects, merge_prompts(list(prompts.values())), memory,
-                         num_frames, False)
+                         num_frames, False, None)
 
     def _run(self, frames: list[int], feats: Sequence[FrameFeatures], k: int, prompts: ObjectPrompts | None,
-             memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool
-             ) -> list[FrameOutput]:
+             memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool,
+             keys: KeyCache | None) -> list[FrameOutput]:
         """Slices ``frames`` (several only when prompted) as one batch of ``len(frames) * k`` objects."""
         # what these slices may read: a recomputation in the backward pass must see the same
         past = {bank: dict(frames) for bank, frames in memory.items()}
@@ -270,7 +273,7 @@ class VideoPropagator:
         def attend(vision: Tensor, pos: Tensor) -> Tensor:  # also what the backward pass recomputes
             with self._kernels(), _uncached_autocast(vision.device):
                 return self._attend(frames[0], _per_object(vision, k, 1), pos, sizes[-1], rows, is_cond,
-                                    past, num_frames, reverse)
+                                    past, num_frames, reverse, keys)
 
         def finish(pix: Tensor, *vision: Tensor) -> tuple:
             with self._kernels():
@@ -303,8 +306,14 @@ class VideoPropagator:
         return contextlib.nullcontext()
 
     def _attend(self, t: int, vision: Tensor, pos: Tensor, size: tuple[int, int], k: int, is_cond: bool,
-                memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool) -> Tensor:
+                memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool,
+                keys: KeyCache | None) -> Tensor:
         """Memory attention of the K objects on one slice (SAM2's no-memory embedding when prompted)."""
+        if keys is not None and not is_cond:
+            read = select_memories(self.model, t, memory, num_frames, reverse)
+            pix = self.model.memory_attention.read(vision.expand(-1, k, -1), pos.expand(-1, k, -1),
+                                                   read.values(vision.device), keys.keys(read, vision.device))
+            return pix.permute(1, 2, 0).view(k, -1, *size)
         return self.model._prepare_memory_conditioned_features(
             frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[vision.expand(-1, k, -1)],
             current_vision_pos_embeds=[pos.expand(-1, k, -1)], feat_sizes=[size], output_dict=memory,
@@ -391,6 +400,7 @@ class VideoPropagator:
         get = features if callable(features) else features.__getitem__
         memory: dict[str, dict[int, dict[str, Tensor]]] = {"cond_frame_outputs": {},
                                                             "non_cond_frame_outputs": {}}
+        keys = self._key_cache()
         order = propagation_order(num_frames, list(prompts))
         if batch_prompted:
             cond = [t for t, is_cond, _ in order if is_cond]
@@ -400,8 +410,19 @@ class VideoPropagator:
             order = [o for o in order if not o[1]]
         for t, is_cond, reverse in order:
             out = self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory,
-                            num_frames, reverse)
+                            num_frames, reverse, keys)
             yield t, out
+
+    def _key_cache(self) -> KeyCache | None:
+        """A cache of the memory frames' keys for one propagation: in eval without gradients (the
+        weights stay as they are), with the eval memory attention and the rank-64 value path."""
+        m = self.model
+        attention = m.memory_attention
+        low_rank = all(isinstance(lay.cross_attn_image, LowRankValueAttention) for lay in attention.layers)
+        if m.training or torch.is_grad_enabled() or m.num_maskmem == 0 \
+                or not isinstance(attention, EvalMemoryAttention) or not low_rank:
+            return None
+        return KeyCache(attention, m.maskmem_tpos_enc)
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
@@ -461,11 +482,14 @@ class _RowSharedConv2d(torch.nn.Conv2d):
 
 
 def _share_expanded_rows(model: torch.nn.Module) -> None:
-    """Swap the class of the memory encoder's ``pix_feat_proj`` to :class:`_RowSharedConv2d` (same
-    parameters and state-dict keys; Meta's package is not modified)."""
+    """Swap the classes of the memory encoder's ``pix_feat_proj`` to :class:`_RowSharedConv2d` and of
+    the memory attention to :class:`~.memory_attention.EvalMemoryAttention` (same parameters
+    and state-dict keys; Meta's package is not modified): in eval both compute once what the
+    objects' shared image features give them all."""
     proj = getattr(getattr(model, "memory_encoder", None), "pix_feat_proj", None)
     if type(proj) is torch.nn.Conv2d:
         proj.__class__ = _RowSharedConv2d
+    use_eval_shortcuts(model)
 
 
 def _cat_batch(parts: list[Tensor]) -> Tensor:

@@ -23,15 +23,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from medsam2_hpc.atomic import atomic_write
-from medsam2_hpc.data import btcv, decode_first
+from medsam2_hpc.data import btcv
 from medsam2_hpc.data.images import resize_image
 from medsam2_hpc.engine.loop import progress
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.precheck import once
 from medsam2_hpc.registry import dataset_kind, load_entry
 from medsam2_hpc.scoring import Scorer, Scores, resize_scores
 
-__all__ = ["BaselineData", "Predict", "check_data", "load_data", "to_uint8_rgb"]
+__all__ = ["BaselineData", "Predict", "load_data", "to_uint8_rgb"]
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B,3,S,S] in [0,1] -> [B,K,S,S] scores in [0,1]
 
@@ -134,28 +133,6 @@ class BaselineData:
             scores = resize_scores(predict(batch), (h, w))
             out[start:start + len(batch)] = scores.argmax(1).numpy().astype(np.uint8)
         return out
-
-
-def check_data(task: Any, classes: list[str] | None = None, split_file: str | None = None) -> None:
-    """Pre-flight before anything is written: layout found, no split empty, and the first item of
-    each split decoded (a corrupt file fails now, not after the run directory is made).
-
-    Once per dataset (not per task) while a study is checked before queueing.
-    """
-    key = ("baseline-data", task.dataset, task.data_path, tuple(classes or ()), split_file)
-    once(key, lambda: _check_data(task, classes, split_file))
-
-
-def _check_data(task: Any, classes: list[str] | None, split_file: str | None) -> None:
-    kind = dataset_kind(task.dataset)
-    load = load_entry(kind.loader)
-    if kind.volumetric:
-        splits = load(task.data_path, split_file)
-    else:
-        splits = {split: load(task.data_path, split, image_size=64, out_size=64, classes=classes,
-                              split_file=split_file)
-                  for split in kind.splits}
-    decode_first(splits, task.data_path)
 
 
 def load_data(task: Any, image_size: int, out_size: int | None = None, classes: list[str] | None = None,

@@ -5,39 +5,32 @@ so the classes overlap and a softmax would not fit), Dice+focal or weighted BCE 
 BTCV: softmax over background + 13 organs with Dice+CE, slice by slice; test volumes are
 predicted slice by slice, stacked and scored volumetrically (trainers/baselines/data.py), exactly
 like the SAM2 3D trainer. The shared TrainLoop gives resume, TensorBoard and best/last.
+``check`` imports no torch (``submit`` runs it for every task on a login node); ``train`` does.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal
 
 from medsam2_hpc.contract import RunCost, Selection, build_metrics
-from medsam2_hpc.engine import (
-    LoopConfig,
-    TrainLoop,
-    autocast,
-    count_params_m,
-    load_checkpoint,
-    peak_memory_gb,
-    pick_device,
-    progress,
-    seed_everything,
-)
+from medsam2_hpc.data import check_data
 from medsam2_hpc.engine.checkpoint import check_resumable
-from medsam2_hpc.engine.distributed import epoch_loader, on_main, shard_size
-from medsam2_hpc.engine.runtime import reset_peak_memory
+from medsam2_hpc.engine.runtime import pick_device
 from medsam2_hpc.errors import InputError
-from medsam2_hpc.losses import check_loss, make_loss
 from medsam2_hpc.options import config_from_dict, look_up
+from medsam2_hpc.registry import model_kind
 from medsam2_hpc.task import RunDir, Task
-from medsam2_hpc.trainers.baselines.data import Predict, check_data, load_data
-from medsam2_hpc.trainers.baselines.resnet_net import VARIANTS, build_network
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from medsam2_hpc.trainers.baselines.data import Predict
 
 __all__ = ["ResNetConfig", "check", "train", "make_predictor"]
 
@@ -70,6 +63,8 @@ def _config(task: Task) -> ResNetConfig:
     for key in ("epochs", "batch_size", "image_size", "val_freq"):
         if getattr(cfg, key) < 1:
             raise InputError(f"hparams.{key}: must be >= 1, got {getattr(cfg, key)}")
+    if not 0 < cfg.pos_weight < math.inf:  # what losses.make_loss would refuse in the job
+        raise InputError(f"hparams.pos_weight: {cfg.pos_weight!r} must be a number > 0")
     if cfg.pretrained_weights and not Path(cfg.pretrained_weights).is_file():
         raise InputError(f"hparams.pretrained_weights {cfg.pretrained_weights}: no such file")
     return cfg
@@ -78,34 +73,46 @@ def _config(task: Task) -> ResNetConfig:
 def check(task: Task) -> None:
     """Hyper-parameters, variant, weights file and data (a non-empty training split); writes nothing."""
     cfg = _config(task)
-    look_up(task.variant, VARIANTS, "variant")
+    look_up(task.variant, model_kind("resnet").variants, "variant")  # torchvision's builders of these names
     if task.variant.startswith("deeplab") and cfg.batch_size < 2:  # its ASPP pooling has BatchNorm on 1x1
         raise InputError(f"hparams.batch_size: {task.variant} needs >= 2 images per batch, "
                          f"got {cfg.batch_size}")
     pick_device(cfg.device)
     check_resumable(task.run_dir)
-    check_loss(cfg.loss, cfg.pos_weight)
     check_data(task, cfg.classes, cfg.split_file)
 
 
-class _Criterion(nn.Module):
+def _criterion(multilabel: bool, cfg: ResNetConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Multi-label loss on [B,C,H,W] masks (REFUGE) or Dice+CE on [B,H,W] label maps (BTCV)."""
+    if multilabel:
+        from medsam2_hpc.losses import make_loss
 
-    def __init__(self, multilabel: bool, cfg: ResNetConfig) -> None:
-        from monai.losses import DiceCELoss  # MONAI imports in seconds: built here, not where submit checks
+        loss = make_loss(cfg.loss, cfg.pos_weight)
+        return lambda logits, target: loss(logits.float(), target.float())
+    from monai.losses import DiceCELoss  # MONAI imports in seconds: built here, not where submit checks
 
-        super().__init__()
-        self.multilabel = multilabel
-        self.loss = make_loss(cfg.loss, cfg.pos_weight) if multilabel else DiceCELoss(to_onehot_y=True,
-                                                                                        softmax=True)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.multilabel:
-            return self.loss(logits.float(), target.float())
-        return self.loss(logits.float(), target[:, None].long())
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    return lambda logits, target: dice_ce(logits.float(), target[:, None].long())
 
 
 def train(task: Task, run: RunDir) -> dict[str, Any]:
+    import torch
+
+    from medsam2_hpc.engine import (
+        LoopConfig,
+        TrainLoop,
+        autocast,
+        count_params_m,
+        load_checkpoint,
+        peak_memory_gb,
+        progress,
+        seed_everything,
+    )
+    from medsam2_hpc.engine.distributed import epoch_loader, on_main, shard_size
+    from medsam2_hpc.engine.runtime import reset_peak_memory
+    from medsam2_hpc.trainers.baselines.data import load_data
+    from medsam2_hpc.trainers.baselines.resnet_net import build_network
+
     cfg = _config(task)
     seed_everything(task.seed)
     device = pick_device(cfg.device)
@@ -114,7 +121,7 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and cfg.amp == "fp16" else None
-    criterion = _Criterion(data.multilabel, cfg)
+    criterion = _criterion(data.multilabel, cfg)
     loop = TrainLoop(run, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                      config=LoopConfig(epochs=cfg.epochs, val_freq=cfg.val_freq, select=cfg.select),
                      extra_state={"config": asdict(cfg)})
@@ -163,6 +170,9 @@ def train(task: Task, run: RunDir) -> dict[str, Any]:
 
 def make_predictor(model: nn.Module, device: torch.device, amp: str, multilabel: bool) -> Predict:
     """``images -> scores in [0,1]`` on the CPU: sigmoid per class, or softmax over the label set."""
+    import torch
+
+    from medsam2_hpc.engine.runtime import autocast
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:

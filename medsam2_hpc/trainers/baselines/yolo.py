@@ -25,24 +25,24 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from medsam2_hpc.atomic import read_json, write_json
 from medsam2_hpc.contract import RunCost, Selection, build_metrics, checkpoint_record
-from medsam2_hpc.engine import peak_memory_gb, pick_device, seed_everything
+from medsam2_hpc.data import check_data
 from medsam2_hpc.engine.checkpoint import link_into
-from medsam2_hpc.engine.runtime import reset_peak_memory
+from medsam2_hpc.engine.runtime import peak_memory_gb, pick_device, reset_peak_memory, seed_everything
 from medsam2_hpc.engine.stop import StopRequested, stop_requested
 from medsam2_hpc.errors import InputError
 from medsam2_hpc.options import config_from_dict, look_up
 from medsam2_hpc.registry import model_kind
 from medsam2_hpc.task import RunDir, Task
-from medsam2_hpc.trainers.baselines.data import BaselineData, Predict, check_data, load_data, to_uint8_rgb
-from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
 from medsam2_hpc.trainers.baselines.yolo_weights import check_yolo_checkpoint, safe_load_switch
+
+if TYPE_CHECKING:  # the check imports no torch (``submit`` runs it for every task); training does
+    import torch
+
+    from medsam2_hpc.trainers.baselines.data import BaselineData, Predict
 
 __all__ = ["VARIANTS", "YoloConfig", "check", "train", "offline_environment"]
 
@@ -194,6 +194,10 @@ def _epochs_done(results_csv: Path) -> int:
 def make_predictor(model: Any, data: BaselineData, cfg: YoloConfig, device: torch.device) -> Predict:
     """``images [B,3,S,S] -> scores [B,K,S,S]``: instance masks unioned per class (REFUGE) or painted
     into a label map in increasing confidence, so the most confident instance wins (BTCV)."""
+    import numpy as np
+    import torch
+
+    from medsam2_hpc.trainers.baselines.data import to_uint8_rgb
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         size = images.shape[-2:]
@@ -222,6 +226,9 @@ def make_predictor(model: Any, data: BaselineData, cfg: YoloConfig, device: torc
 
 
 def train(task: Task, run: RunDir) -> dict[str, Any]:
+    from medsam2_hpc.trainers.baselines.data import load_data, to_uint8_rgb
+    from medsam2_hpc.trainers.baselines.yolo_labels import export_dataset
+
     cfg = _config(task)
     seed_everything(task.seed)
     device = pick_device(cfg.device)

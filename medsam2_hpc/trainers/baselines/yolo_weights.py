@@ -22,8 +22,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from medsam2_hpc.errors import InputError
 
 __all__ = ["check_yolo_checkpoint", "safe_load_switch"]
@@ -61,6 +59,8 @@ def _allowed(name: str) -> bool:
 
 def check_yolo_checkpoint(path: str | os.PathLike, what: str) -> None:
     """Refuse ``path`` (InputError, one line) unless it is a complete weights-only model checkpoint."""
+    import torch  # here, not at import: the trainer's check is torch-free unless there is a file to read
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path}: no such file")
