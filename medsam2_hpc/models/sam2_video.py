@@ -96,11 +96,16 @@ class ObjectPrompts:
     masks: Tensor | None = None  # (K, 1, S, S) float in {0, 1}
     point_coords: Tensor | None = None  # (K, P, 2) as (x, y)
     point_labels: Tensor | None = None  # (K, P) int32, on the host
+    plan: list[tuple[Tensor, str, int]] | None = None  # the groups, when the maker already knows them
 
     def __post_init__(self) -> None:
-        self.use_mask = self.use_mask.cpu()
-        if self.point_labels is not None:
+        if self.use_mask.device.type != "cpu":
+            self.use_mask = self.use_mask.cpu()
+        if self.point_labels is not None and self.point_labels.device.type != "cpu":
             self.point_labels = self.point_labels.cpu()
+        if self.plan is not None:
+            self._groups = self.plan
+            return
         if bool(self.use_mask.any()) and self.masks is None:
             raise ValueError("ObjectPrompts: use_mask set but no masks given")
         if bool((~self.use_mask).any()) and self.point_coords is None:
@@ -509,6 +514,8 @@ def merge_prompts(prompts: Sequence[ObjectPrompts]) -> ObjectPrompts:
     """Several slices' prompts as one :class:`ObjectPrompts` of all their objects, slice by slice.
 
     Point lists are padded with label -1 to the longest (a group reads only its first n points).
+    The groups come from the slices' own (host work done when they were made), so merging in
+    the training step reads nothing back from the device.
     """
     if len(prompts) == 1:
         return prompts[0]
@@ -526,7 +533,12 @@ def merge_prompts(prompts: Sequence[ObjectPrompts]) -> ObjectPrompts:
         labels = torch.cat([torch.full((k, n), -1, dtype=torch.int32) if p.point_labels is None
                             else F.pad(p.point_labels, (0, n - p.point_labels.shape[1]), value=-1)
                             for p in prompts])
-    return ObjectPrompts(torch.cat([p.use_mask for p in prompts]), masks, coords, labels)
+    groups: dict[tuple[str, int], list[Tensor]] = {}  # each slice's groups, offset to its rows
+    for i, p in enumerate(prompts):
+        for idx, kind, n in p.groups():
+            groups.setdefault((kind, n), []).append(idx + i * k)
+    plan = [(torch.cat(groups[key]), *key) for key in sorted(groups, key=lambda g: (g[0] != "mask", g[1]))]
+    return ObjectPrompts(torch.cat([p.use_mask for p in prompts]), masks, coords, labels, plan)
 
 
 def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
