@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,9 +95,42 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_GUARD] = (guard_dir, log, _checkout_state(ROOT))
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `apptainer` run last, and the image they need starts building in the
+    background now (`python -m tests.real_apptainer`; half an hour when its dependency layer is
+    not cached), so that the build overlaps the rest of the suite instead of adding to it."""
+    image_tests = [item for item in items if item.get_closest_marker("apptainer")]
+    if not image_tests or config.option.collectonly:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("apptainer")] + image_tests
+    if os.geteuid() != 0 or real_apptainer_host.missing_host_tools():
+        return  # the fixtures say why: a skip, or with CI=true a failure
+    fd, log = tempfile.mkstemp(prefix="medsam2-image-build-", suffix=".log")
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.real_apptainer"], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    config.stash[_IMAGE_BUILD] = (proc, Path(log))
+
+
+def _stop_image_build(config: pytest.Config) -> None:
+    """A background build still running when the session ends (it stopped early): interrupt it
+    (SIGINT, so that `container build` removes its scratch files from the checkout)."""
+    proc, _ = config.stash.get(_IMAGE_BUILD, (None, None))
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session when a test called a cluster command outside its sandbox or changed
     the checkout; the lines say which."""
+    _stop_image_build(session.config)
     if _GUARD not in session.config.stash:
         return
     guard_dir, log, before = session.config.stash[_GUARD]
@@ -121,6 +156,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 _GUARD = pytest.StashKey[tuple[Path, Path, "set[str] | None"]]()
+_IMAGE_BUILD = pytest.StashKey[tuple[subprocess.Popen, Path]]()
 _PROBLEMS = pytest.StashKey[list[str]]()
 
 
@@ -202,13 +238,19 @@ def apptainer_on_path(real_apptainer, monkeypatch) -> real_apptainer_host.RealAp
 
 
 @pytest.fixture(scope="session")
-def medsam2_image(real_apptainer: real_apptainer_host.RealApptainer) -> Path:
-    """containers/medsam2.def built by `medsam2-hpc container build --bootstrap debootstrap`.
+def medsam2_image(request: pytest.FixtureRequest, real_apptainer: real_apptainer_host.RealApptainer) -> Path:
+    """containers/medsam2.def built by `medsam2-hpc container build`, in two layers: the
+    dependencies (`--deps-only --bootstrap debootstrap`), then our package (`--base`).
 
-    Cached outside the checkout by the hash of what goes in (the rendered definition, with its
-    revision label, and every file its %files copies), so CI right after a session reuses it;
-    a machine without it builds it from nothing (measured: see README, "Building the image").
+    Both are cached outside the checkout by the hash of what goes in (tests/real_apptainer.py),
+    so CI right after a session reuses them; usually only the package layer is built (minutes).
     """
+    background = request.config.stash.get(_IMAGE_BUILD, None)
+    if background is not None:  # started at collection (pytest_collection_modifyitems)
+        proc, log = background
+        if proc.wait() != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+            pytest.fail(f"background image build failed ({log}):\n{tail}", pytrace=False)
     image = real_apptainer_host.image_path(real_apptainer)
     if not image.exists():
         log = image.with_suffix(".log")

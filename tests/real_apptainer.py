@@ -29,9 +29,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medsam2_hpc.hpc import containers
 from medsam2_hpc.hpc.containers import git_revision
 from medsam2_hpc.hpc.image import record_path
 
@@ -245,19 +247,31 @@ def _rewrite_paths(work: Path, home: Path) -> None:
 # Our image, built with it
 
 REPO = Path(__file__).resolve().parents[1]
+DEFINITION = REPO / "containers" / "medsam2.def"
 # What %files copies (containers/medsam2.def), plus the definition itself.
 IMAGE_SOURCES = ("containers/medsam2.def", "setup.cfg", "pyproject.toml", "README.md", "medsam2_hpc")
 # zstd level 3: squashes the GBs of CUDA wheels several times faster than the default gzip.
-BUILD_FLAGS = ("--bootstrap", "debootstrap", "--fakeroot", "--pip-config", "host", "--compression", "zstd")
+# The image is built in two layers, as a site rebuilding after each code change would: the
+# dependencies once (`--deps-only`, half an hour: GBs of CUDA wheels), our package on top (`--base`).
+DEPS_FLAGS = ("--deps-only", "--bootstrap", "debootstrap", "--fakeroot", "--pip-config", "host",
+              "--compression", "zstd")
+PACKAGE_FLAGS = ("--fakeroot", "--pip-config", "host", "--compression", "zstd")
+
+
+def deps_digest() -> str:
+    """Hash of the dependency layer's inputs: its flags, the mirror and the definition's deps part
+    (containers.deps_key); a change to our package alone keeps it."""
+    key = containers.deps_key(DEFINITION.read_text(encoding="utf-8"))
+    return hashlib.sha256(json.dumps([DEPS_FLAGS, host_mirror(), key]).encode()).hexdigest()[:16]
 
 
 def image_digest(repo: Path = REPO) -> str:
-    """Hash of the image's inputs: build flags, mirror and every file it copies.
+    """Hash of the image's inputs: the deps layer, the package layer's flags and every file it copies.
 
     Not the revision: a commit that changes none of them reuses the image, whose revision
     label (and build record) then names the earlier commit it was built from.
     """
-    h = hashlib.sha256(json.dumps([BUILD_FLAGS, host_mirror()]).encode())
+    h = hashlib.sha256(json.dumps([PACKAGE_FLAGS, deps_digest()]).encode())
     for source in IMAGE_SOURCES:
         root = repo / source
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
@@ -271,15 +285,46 @@ def image_path(host: RealApptainer, cache: Path = CACHE) -> Path:
     return cache / "images" / f"medsam2-{image_digest()}.sif"
 
 
+def deps_path(cache: Path = CACHE) -> Path:
+    return cache / "images" / f"medsam2-deps-{deps_digest()}.sif"
+
+
 def image_record(image: Path) -> dict:
-    """What :func:`build_image` wrote beside the image: build time, size, revision, log."""
+    """What :func:`build_image` wrote beside the image: build times, size, revision, logs."""
     return json.loads(image.with_suffix(".json").read_text())
 
 
-def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
-    """`medsam2-hpc container build` with :data:`BUILD_FLAGS` into ``image``; returns time and size.
+def _container_build(host: RealApptainer, flags: Sequence[str], out: Path, log: Path) -> dict:
+    """`medsam2-hpc container build <flags>` into ``out`` (built aside, then renamed); its record."""
+    partial = out.with_name(f".{out.stem}.{os.getpid()}.sif")
+    argv = [sys.executable, "-m", "medsam2_hpc.cli", "container", "build", *flags, "--out", str(partial),
+            "--force"]
+    revision = git_revision(REPO)
+    start = time.monotonic()
+    with open(log, "wb") as fh:
+        # the base image a package layer names in its definition must be visible in the hosting root
+        env = {**os.environ, "PATH": f"{host.bindir}{os.pathsep}{os.environ['PATH']}",
+               "MEDSAM2_APPTAINER_BINDS": str(out.parent)}
+        proc = subprocess.run(argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        partial.unlink(missing_ok=True)
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"container build failed ({proc.returncode}) after {seconds:.0f} s; "
+                           f"{log}:\n{tail}")
+    record = {"build_seconds": round(seconds, 1), "size_bytes": partial.stat().st_size,
+              "flags": list(flags), "revision": revision, "log": str(log)}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    record_path(partial).rename(record_path(out))  # the build's own record: digest, checkpoints
+    partial.rename(out)
+    return record
 
-    Built under a temporary name and renamed, under a lock; older images are removed (GBs each).
+
+def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
+    """Our image into ``image``: the deps layer (cached by :func:`deps_digest`, built when missing),
+    then `container build --base` with :data:`PACKAGE_FLAGS`. Returns build times and size.
+
+    Under a lock; images of other inputs are removed (GBs each).
     """
     image.parent.mkdir(parents=True, exist_ok=True)
     os.chown(image.parent, host.uid, host.gid)  # apptainer, as its user, writes the .sif there
@@ -287,28 +332,32 @@ def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if image.exists():
             return image_record(image)
-        partial = image.with_name(f".{image.stem}.{os.getpid()}.sif")
-        argv = [sys.executable, "-m", "medsam2_hpc.cli", "container", "build", *BUILD_FLAGS,
-                "--mirror", host_mirror(), "--out", str(partial), "--force"]
-        revision = git_revision(REPO)
-        start = time.monotonic()
-        with open(log, "wb") as fh:
-            env = {**os.environ, "PATH": f"{host.bindir}{os.pathsep}{os.environ['PATH']}"}
-            proc = subprocess.run(argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        seconds = time.monotonic() - start
-        if proc.returncode != 0:
-            partial.unlink(missing_ok=True)
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-            raise RuntimeError(f"container build failed ({proc.returncode}) after {seconds:.0f} s; "
-                               f"{log}:\n{tail}")
-        record = {"build_seconds": round(seconds, 1), "size_bytes": partial.stat().st_size,
-                  "flags": list(BUILD_FLAGS), "revision": revision, "log": str(log)}
-        image.with_suffix(".json").write_text(json.dumps(record, indent=1))
-        record_path(partial).rename(record_path(image))  # the build's own record: digest, checkpoints
-        partial.rename(image)
-        for old in image.parent.glob("medsam2-*.sif"):
-            if old != image:
+        deps = deps_path(image.parent.parent)
+        for old in image.parent.glob("medsam2-*"):  # images of other inputs, their records and logs
+            if old.name.split(".", 1)[0] not in (image.stem, deps.stem):
                 old.unlink()
-                old.with_suffix(".json").unlink(missing_ok=True)
-                record_path(old).unlink(missing_ok=True)
+        if not deps.exists():
+            _container_build(host, DEPS_FLAGS, deps, deps.with_suffix(".log"))
+        record = _container_build(host, (*PACKAGE_FLAGS, "--base", str(deps)), image, log)
+        record["deps"] = {"image": str(deps), **image_record(deps)}
+        image.with_suffix(".json").write_text(json.dumps(record, indent=1))
         return record
+
+
+def main() -> int:
+    """``python -m tests.real_apptainer``: the image for this checkout, built if missing (the
+    session's background build, tests/conftest.py). Exit 1 with the reason when it cannot be."""
+    try:
+        host = ensure()
+        image = image_path(host)
+        if not image.exists():
+            build_image(host, image, image.with_suffix(".log"))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from medsam2_hpc import __version__, spec
+from medsam2_hpc.cli import main
 from medsam2_hpc.contract import validate_metrics
 from medsam2_hpc.hpc import containers, image, launcher
 
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.apptainer, pytest.mark.slow]
 
 
 def apptainer(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["apptainer", *args], capture_output=True, text=True, timeout=timeout)
+    """Run from /: Apptainer's user must be able to open the working directory (a test's is 0700)."""
+    return subprocess.run(["apptainer", *args], capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 @contextmanager
@@ -61,12 +63,32 @@ def test_built_image_passes_its_test_and_carries_our_labels(medsam2_image, appta
     git = subprocess.run(["git", "-C", str(containers.REPO_ROOT), "cat-file", "-e", commit],
                          capture_output=True)
     assert git.returncode == 0, f"label {revision!r} is no commit of this repository"
-    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm"
+    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm"  # the deps layer's
+    definition = containers.DEF_PATH.read_text()
+    assert labels[containers.DEPS_LABEL] == containers.deps_key(definition)  # built on today's deps layer
     probe = apptainer("exec", str(medsam2_image), "python", "-c",
                       "import medsam2_hpc, torch; print(medsam2_hpc.__file__); print(torch.version.cuda)")
     where, cuda = probe.stdout.split()
     assert where.startswith("/usr/local/lib/python3.11/dist-packages/medsam2_hpc/")  # the image's copy
     assert cuda != "None"  # PyPI's CUDA-enabled torch wheels
+
+
+def test_package_layer_refuses_a_deps_image_of_another_definition(medsam2_image, apptainer_on_path,
+                                                                   tmp_path, capsys):
+    """`container build --base` reads the base's medsam2.deps label with the real `apptainer inspect`
+    and stops before building when the definition's dependency part has changed since."""
+    deps = Path(real_apptainer_host.image_record(medsam2_image)["deps"]["image"])
+    changed = tmp_path / "repo" / "containers" / "medsam2.def"
+    changed.parent.mkdir(parents=True)
+    changed.write_text(containers.DEF_PATH.read_text().replace("export YOLO_OFFLINE=1",
+                                                               "export YOLO_OFFLINE=1\n    export EXTRA=1"))
+    out = tmp_path / "never.sif"
+    assert main(["container", "build", "--fakeroot", "--base", str(deps), "--def", str(changed),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--base: {deps} was not built with --deps-only from this definition's requirements" in err
+    assert f"{containers.DEPS_LABEL} {containers.deps_key(containers.DEF_PATH.read_text())}," in err
+    assert not out.exists()
 
 
 def shared_copy(data: Path, tmp_path: Path, host: real_apptainer_host.RealApptainer) -> Path:

@@ -182,6 +182,8 @@ def test_image_record_is_a_cache_that_follows_the_image(tmp_path):
 
 STANDIN = """#!/usr/bin/env bash
 # Stand-in for the apptainer binary (none exists here): records what it was asked to do.
+if [ "$1" = inspect ]; then echo "org.opencontainers.image.title: medsam2-hpc"; \
+    [ -z "${STANDIN_DEPS:-}" ] || echo "medsam2.deps: $STANDIN_DEPS"; exit 0; fi
 printf '%s\\n' "$@" > "$RECORD/argv"
 pwd > "$RECORD/cwd"
 cp "${@: -1}" "$RECORD/build.def"
@@ -419,6 +421,71 @@ def test_render_rejects_a_bad_mirror_and_bootstrap():
     with pytest.raises(InputError, match="--bootstrap 'yum'"):
         c.render(c.DEF_PATH.read_text(), revision="x", bootstrap="yum")
     assert c.torch_version("pytorch/pytorch:2.14.1-cuda12.6-cudnn9-runtime") == "2.14.1"
+
+
+# ------------------------------------------------------------------------------ layers
+
+def test_deps_and_package_layers_add_up_to_the_full_image():
+    text = c.DEF_PATH.read_text()
+    full = c.render(text, revision="abc123", bootstrap="debootstrap", mirror="http://mirror.example/debian")
+    deps = c.render(text, revision="abc123", bootstrap="debootstrap", mirror="http://mirror.example/debian",
+                    layer="deps")
+    package = c.render(text, revision="abc123", layer="package", base="/images/deps.sif",
+                       checkpoints=["checkpoints/sam2_hiera_tiny.pt"])
+    assert [x for x in c._section_body(deps, "post") + c._section_body(package, "post") if x.strip()] == [
+        x for x in c._section_body(full, "post") if x.strip()]  # the same %post, cut in two
+    assert any(x.strip().startswith(c.REQUIRES_MARKER) for x in c._section_body(deps, "post"))
+    assert "pip install --no-cache-dir --break-system-packages --no-deps /opt/medsam2-hpc" in package
+    assert deps.startswith("Bootstrap: debootstrap\n")
+    assert package.startswith("Bootstrap: localimage\nFrom: /images/deps.sif\n\n%")
+    # the deps image has nothing of our package: no sources, no %test importing it, no runscript
+    assert [x for x in c._section_body(deps, "files") if x.strip()] == []
+    assert "%test" not in deps and "%runscript" not in deps and "MEDSAM2_GIT_SHA" not in deps
+    assert f"    {c.DEPS_LABEL} {c.deps_key(text)}\n" in c.render(text, revision="x", layer="deps")
+    # the package layer: every other section as the full image has it; base.name stays the base's
+    for section in ("files", "environment", "test", "runscript", "help"):
+        whole = c.render(text, revision="abc123", checkpoints=["checkpoints/sam2_hiera_tiny.pt"])
+        wanted = c._section_body(whole, section)
+        assert c._section_body(package, section) == wanted, section
+    assert "org.opencontainers.image.base.name" not in package
+    with pytest.raises(InputError, match="--base"):
+        c.render(text, revision="x", layer="package")
+    with pytest.raises(InputError, match="control characters"):
+        c.render(text, revision="x", layer="package", base="/images/a b.sif")
+    with pytest.raises(InputError, match="package layer:"):
+        c.render(text.replace(c.PACKAGE_MARKER, "# our package"), revision="x", layer="deps")
+
+
+def test_deps_key_follows_the_dependency_layer_only():
+    text = c.DEF_PATH.read_text()
+    key = c.deps_key(text)
+    assert c.deps_key(text.replace("mkdir -p /opt/medsam2-hpc/checkpoints", "mkdir -p /opt/ckpt")) == key
+    assert c.deps_key(text.replace("medsam2_hpc /opt/medsam2-hpc/medsam2_hpc", "x /opt/x")) == key
+    assert c.deps_key(text.replace('"pandas>=2.1"', '"pandas>=2.2"')) != key
+    assert c.deps_key(text.replace("export YOLO_OFFLINE=1", "export YOLO_OFFLINE=0")) != key
+
+
+def test_build_on_a_base_checks_its_deps_label_with_standin_apptainer(
+        tmp_path, standin_apptainer, monkeypatch, capsys):
+    ctx = _repo_copy(tmp_path)
+    definition = str(ctx / "containers" / "medsam2.def")
+    base = _write(tmp_path / "deps.sif", "a deps image")
+    build = ["container", "build", "--def", definition, "--out", str(tmp_path / "m.sif"), "--base", str(base)]
+    monkeypatch.setenv("STANDIN_DEPS", "0123456789abcdef")  # built from other requirements
+    assert main(build) == 2
+    err = capsys.readouterr().err
+    assert f"--base: {base} was not built with --deps-only from this definition's requirements" in err
+    assert f"needed {c.deps_key(c.DEF_PATH.read_text())}" in err and err.count("\n") == 1
+    assert not (standin_apptainer / "argv").exists()  # the build never ran
+    monkeypatch.setenv("STANDIN_DEPS", c.deps_key(c.DEF_PATH.read_text()))
+    assert main(build) == 0
+    built = (standin_apptainer / "build.def").read_text()
+    assert built.startswith(f"Bootstrap: localimage\nFrom: {base}\n")
+    for args, message in ((["--base", str(tmp_path / "none.sif")], "does not exist; build it with"),
+                          (["--base", str(base), "--bootstrap", "docker"], "--bootstrap: with --base"),
+                          (["--deps-only", "--with-checkpoints"], "--with-checkpoints: checkpoints go into")):
+        assert main(["container", "build", "--def", definition, "--out", str(tmp_path / "n.sif"), *args]) == 2
+        assert message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ --pip-config host

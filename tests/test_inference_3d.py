@@ -276,7 +276,8 @@ def test_label_volume_with_key_cache_equals_metas_memory_read():
     prop = VideoPropagator(model)
     image = np.random.default_rng(0).random((9, 48, 48), dtype=np.float32)
     boxes = {1: (4, 4, 20, 20), 2: (24, 6, 44, 30), 3: (8, 28, 30, 46)}
-    prompts = {o: {3: SlicePrompt("box", box=box), 7: SlicePrompt("box", box=box)} for o, box in boxes.items()}
+    prompts = {o: {3: SlicePrompt("box", box=box), 7: SlicePrompt("box", box=box)}
+               for o, box in boxes.items()}
 
     def labels() -> np.ndarray:
         return predict_volume(prop, image, prompts, image_size=SIZE, device=torch.device("cpu"), amp="none")

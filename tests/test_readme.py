@@ -153,6 +153,16 @@ CLUSTER_FILES = ("jobs.yaml", "slurm", "containers")
 CLUSTER_STANDINS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sacct", "apptainer", "singularity")
 
 
+# What the README's layered build needs of `apptainer` besides the record: `build` leaves an (empty)
+# image at its output, which `--base` then names, and `inspect` shows the deps label such a build
+# would carry ($STANDIN_DEPS_KEY: the copied definition's containers.deps_key).
+IMAGE_STANDIN = """case "$1" in
+  build) touch "${@: -2:1}";;
+  inspect) echo "medsam2.deps: $STANDIN_DEPS_KEY";;
+esac
+"""
+
+
 def run_cluster_commands(checkout: Path, work: Path) -> tuple[dict[str, subprocess.CompletedProcess],
                                                               list[str]]:
     """README's cluster commands in ``work``, a copy of ``checkout``'s jobs.yaml, slurm/ and containers/.
@@ -173,16 +183,21 @@ def run_cluster_commands(checkout: Path, work: Path) -> tuple[dict[str, subproce
     for name in CLUSTER_STANDINS:
         (bin_dir / name).write_text(f"#!/bin/bash\n# Stand-in for {name} (tests/test_readme.py): records the "
                                     f"call, runs nothing.\nprintf '%s\\n' \"{name} $*\" >> "
-                                    f"{shlex.quote(str(calls))}\n")
+                                    f"{shlex.quote(str(calls))}\n" + IMAGE_STANDIN * (name == "apptainer"))
         (bin_dir / name).chmod(0o755)
     _stage_inputs(work)
+    from medsam2_hpc.hpc.containers import deps_key
+
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "MEDSAM2_CHECKPOINTS": str(work / "checkpoints")}
+           "MEDSAM2_CHECKPOINTS": str(work / "checkpoints"),
+           "STANDIN_DEPS_KEY": deps_key((work / "containers" / "medsam2.def").read_text())}
     results = {}
     for command in _runnable(("medsam2-hpc", "bash slurm")):
         argv = _argv(command, work)
         if command.startswith("medsam2-hpc container"):
             argv += ["--def", str(work / "containers" / "medsam2.def")]
+        if command.startswith("medsam2-hpc container build"):  # the README's builds, one after another
+            argv += ["--force"]
         if command.startswith("medsam2-hpc submit"):  # the image a real build would have left
             (work / "containers" / "medsam2.sif").touch()
         results[command] = _run(command, work, argv, env)
@@ -246,7 +261,10 @@ def test_readme_cluster_commands_run_without_a_cluster(tmp_path):
     assert _files(runs) == before
     # the dry run reads MaxArraySize (read-only); nothing reached sbatch, squeue, scancel, nor job 4242
     builds = [c for c in calls if c != "scontrol show config"]
-    pattern = rf"apptainer build --fakeroot (\S+ )*{re.escape(f'{work}/containers/medsam2.sif')} " \
-              r"\.medsam2-build-\d+\.def"
+    sif = rf"{re.escape(f'{work}/containers/')}medsam2(-deps)?\.sif"
+    pattern = (rf"apptainer build --fakeroot (\S+ )*{sif} \.medsam2-build-\d+\.def"
+               rf"|apptainer inspect --labels {sif}")
     assert builds and all(re.fullmatch(pattern, b) for b in builds), builds
+    assert sum("-deps.sif .medsam2-build" in b for b in builds) == 1  # the layered build, both steps
+    assert sum(b.startswith("apptainer inspect") for b in builds) == 1
     assert not list(work.glob(".medsam2-build-*"))  # the rendered definition is cleaned up

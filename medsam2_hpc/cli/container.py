@@ -4,6 +4,8 @@
 sources it copies and runs ``apptainer build`` (or ``singularity build``) from the repository
 root, so %files paths resolve the same way as in ``docker build .``; then it writes the image's
 record beside it (``<image>.json``: digest, revision, baked checkpoints; hpc/image.py).
+A full build takes half an hour (GBs of CUDA wheels); ``--deps-only`` builds everything but our
+package once, and ``--base <that image>`` layers the package on it after each code change.
 """
 
 from __future__ import annotations
@@ -38,9 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", help="image path (default: containers/medsam2.sif, or build/medsam2-sandbox "
                                  "with --sandbox)")
     b.add_argument("--force", action="store_true", help="overwrite an existing image")
-    b.add_argument("--bootstrap", choices=containers.BOOTSTRAPS, default="docker",
+    b.add_argument("--bootstrap", choices=containers.BOOTSTRAPS,
                    help="docker: the pinned PyTorch image (default); debootstrap: Debian bookworm from "
                         "--mirror plus Python and CUDA-enabled torch wheels from PyPI (no Docker Hub needed)")
+    layer = b.add_mutually_exclusive_group()
+    layer.add_argument("--deps-only", action="store_true",
+                       help="build everything but medsam2-hpc itself (Python, torch, sam2, the "
+                            "requirements): a base for --base, rebuilt only when the requirements change")
+    layer.add_argument("--base", metavar="IMAGE",
+                       help="install medsam2-hpc on IMAGE, a --deps-only build of this definition's "
+                            "requirements (minutes instead of a full build; checked by its medsam2.deps "
+                            "label)")
     b.add_argument("--mirror", help=f"Debian archive for --bootstrap debootstrap "
                                     f"(default {containers.DEFAULT_MIRROR})")
     b.add_argument("--pip-config", choices=("none", "host"), default="none",
@@ -90,6 +100,13 @@ def build(args: argparse.Namespace) -> int:
     context = definition.parent.parent
     if args.mirror and args.bootstrap != "debootstrap":
         raise InputError("--mirror: only used with --bootstrap debootstrap")
+    if args.base and args.bootstrap:
+        raise InputError("--bootstrap: with --base the base image is the bootstrap; drop one of them")
+    if args.deps_only and args.with_checkpoints:
+        raise InputError("--with-checkpoints: checkpoints go into the package layer, not --deps-only")
+    base = Path(args.base).resolve() if args.base else None
+    if base is not None and not base.exists():
+        raise InputError(f"--base: {base} does not exist; build it with --deps-only")
     runtime = containers.find_runtime(args.runtime)
     problems = containers.check(definition, dockerfile=None)
     if problems:
@@ -106,9 +123,17 @@ def build(args: argparse.Namespace) -> int:
     text = definition.read_text(encoding="utf-8")
     revision = containers.git_revision(context)
     baked = checkpoints if args.with_checkpoints else []
-    render = partial(containers.render, text, revision=revision, checkpoints=baked, bootstrap=args.bootstrap,
-                     mirror=args.mirror or containers.DEFAULT_MIRROR)
+    layer = "deps" if args.deps_only else "package" if base is not None else "full"
+    render = partial(containers.render, text, revision=revision, checkpoints=baked,
+                     bootstrap=args.bootstrap or "docker", mirror=args.mirror or containers.DEFAULT_MIRROR,
+                     layer=layer, base=None if base is None else str(base))
     render()  # bad --mirror etc. fail here, before anything is written
+    if base is not None:
+        have, want = containers.base_deps_key(runtime, base), containers.deps_key(text)
+        if have != want:
+            raise InputError(f"--base: {base} was not built with --deps-only from this definition's "
+                             f"requirements ({containers.DEPS_LABEL} {have or 'missing'}, needed {want}); "
+                             "rebuild it with --deps-only")
     if pip is not None:
         print(pip.describe(), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ call ``apptainer``/``singularity`` directly with an argv we build.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import os
 import re
@@ -45,7 +46,8 @@ from ..spec import Bind, ContainerSpec
 __all__ = ["REPO_ROOT", "DEF_PATH", "DOCKERFILE_PATH", "Definition", "parse", "check", "setup_requires",
            "def_requires", "to_dockerfile", "git_revision", "render", "find_runtime", "build_argv",
            "cache_env", "exec_prefix", "exec_prefix_str", "BOOTSTRAPS", "DEFAULT_MIRROR",
-           "debootstrap_post", "torch_version", "compare_renderings"]
+           "debootstrap_post", "torch_version", "compare_renderings", "LAYERS", "DEPS_LABEL", "deps_key",
+           "base_deps_key"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEF_PATH = REPO_ROOT / "containers" / "medsam2.def"
@@ -57,6 +59,12 @@ REQUIRED_ENV = ("TORCH_HOME", "HF_HOME", "MPLCONFIGDIR", "XDG_CACHE_HOME", "YOLO
                 "YOLO_OFFLINE", "YOLO_AUTOINSTALL")
 # The %post comment that introduces the install_requires command (see containers/medsam2.def).
 REQUIRES_MARKER = "# install_requires of setup.cfg"
+# The %post comment after which only medsam2-hpc itself is installed: the package layer.
+PACKAGE_MARKER = "# package layer:"
+# full: the whole image; deps: all but our package (cached, rebuilt when the requirements change);
+# package: our package on top of a deps image (`container build --base`), minutes instead of half an hour.
+LAYERS = ("full", "deps", "package")
+DEPS_LABEL = "medsam2.deps"  # on a deps image: deps_key() of the definition it was built from
 CHECKPOINT_DIR = str(BAKED_DIR)  # where the trainers look (checkpoints.py), so bake there
 CHECKPOINTS_LABEL = "medsam2.checkpoints"  # the file names baked there (also in the image record)
 DOCKER_HEADER = ("# Generated from containers/medsam2.def by `medsam2-hpc container dockerfile --write`;\n"
@@ -261,7 +269,8 @@ def git_revision(root: Path = REPO_ROOT) -> str:
 
 
 def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstrap: str = "docker",
-           mirror: str = DEFAULT_MIRROR, pip_files: Sequence[str] = ()) -> str:
+           mirror: str = DEFAULT_MIRROR, pip_files: Sequence[str] = (), layer: str = "full",
+           base: str | None = None) -> str:
     """The definition as built: the revision label filled in and stamped into %environment as
     ``MEDSAM2_GIT_SHA`` (metrics.json's ``git_sha`` inside the image, which has no .git; not for
     an unknown revision), checkpoints added to %files and named in the ``medsam2.checkpoints`` label.
@@ -271,7 +280,18 @@ def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstr
     installs what the base image would have brought (:func:`debootstrap_post`); every other line
     stays the definition's. ``pip_files`` (relative to the context: a pip.conf, optionally a CA
     bundle) are copied to :data:`BUILD_DIR` for %post's pip and deleted at its end.
+
+    ``layer="deps"`` renders everything but our package: %post up to :data:`PACKAGE_MARKER`, no
+    %files, %test or %runscript, labelled with :func:`deps_key`. ``layer="package"`` renders the
+    rest on top of the image ``base`` (``Bootstrap: localimage``): the %post after the marker and
+    every other section; the base's ``base.name`` label stays the base's.
     """
+    if layer not in LAYERS:
+        raise InputError(f"layer {layer!r} is not one of {', '.join(LAYERS)}")
+    if (layer == "package") != (base is not None):
+        raise InputError("--base: the package layer needs a base image, and only it takes one")
+    key = deps_key(text) if layer == "deps" else None
+    text = _layer_text(text, layer)
     text, n = re.subn(r"^(\s*org\.opencontainers\.image\.revision)\s+\S+\s*$",
                       lambda m: f"{m.group(1)} {revision}", text, count=1, flags=re.MULTILINE)
     if n != 1:
@@ -279,7 +299,13 @@ def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstr
     files = [f"{c} {CHECKPOINT_DIR}/{Path(c).name}" for c in checkpoints]
     files += [f"{f} {BUILD_DIR}/{Path(f).name}" for f in pip_files]
     post = [f"export PIP_CONFIG_FILE={BUILD_DIR}/pip.conf"] if pip_files else []
-    if bootstrap == "debootstrap":
+    if base is not None:
+        if re.search(r"[\s\x00-\x1f]", base):
+            raise InputError(f"--base {base!r}: the path may not contain spaces or control characters")
+        text = f"Bootstrap: localimage\nFrom: {base}\n\n%" + text.split("\n%", 1)[1]
+        text = re.sub(r"^\s*org\.opencontainers\.image\.base\.name\s+\S+\s*\n", "", text, count=1,
+                      flags=re.MULTILINE)
+    elif bootstrap == "debootstrap":
         header, rest = text.split("\n%", 1)
         base = _header_value(header, "From")
         text = _debootstrap_header(mirror) + "\n%" + rest
@@ -290,8 +316,10 @@ def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstr
         raise InputError(f"--bootstrap {bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
     text = _prepend(text, "files", files)
     text = _prepend(text, "post", post)
-    if revision != "unknown":
+    if revision != "unknown" and layer != "deps":
         text = _prepend(text, "environment", [f"export {GIT_SHA_ENV}={shlex.quote(revision)}"])
+    if key is not None:
+        text = _prepend(text, "labels", [f"{DEPS_LABEL} {key}"])
     if checkpoints:
         names = ",".join(Path(c).name for c in checkpoints)
         text = _prepend(text, "labels", [f"{CHECKPOINTS_LABEL} {names}"])
@@ -299,6 +327,53 @@ def render(text: str, *, revision: str, checkpoints: Iterable[str] = (), bootstr
         text = re.sub(r"^(%post\b.*?)(?=^%|\Z)", lambda m: m.group(1).rstrip("\n")
                       + f"\n    rm -rf {BUILD_DIR}\n\n", text, count=1, flags=re.MULTILINE | re.DOTALL)
     return text
+
+
+def _layer_text(text: str, layer: str) -> str:
+    """The definition cut to one layer (see :func:`render`); ``full`` is the definition itself."""
+    if layer == "full":
+        return text
+    post = _section_body(text, "post")
+    cut = next((i for i, line in enumerate(post) if line.strip().startswith(PACKAGE_MARKER)), None)
+    if cut is None:
+        raise InputError(f"containers/medsam2.def: %post has no {PACKAGE_MARKER!r} line before the "
+                         "install of medsam2-hpc itself")
+    keep = post[:cut] if layer == "deps" else post[cut:]
+    text = _replace_section(text, "post", keep + [""])
+    if layer == "deps":
+        text = _replace_section(text, "files", [""])  # emptied: pip.conf and the CA bundle may come in
+        for section in ("test", "runscript"):
+            text = _replace_section(text, section, None)
+    return text
+
+
+def _replace_section(text: str, section: str, lines: Sequence[str] | None) -> str:
+    """``lines`` as the body of ``%section`` (None: drop the section; a missing one is added)."""
+    pattern = re.compile(rf"^%{section}\b[^\n]*\n.*?(?=^%|\Z)", re.MULTILINE | re.DOTALL)
+    new = "" if lines is None else f"%{section}\n" + "".join(f"{line}\n" for line in lines)
+    if pattern.search(text):
+        return pattern.sub(lambda m: new, text, count=1)
+    return text.rstrip("\n") + "\n\n" + new if new else text
+
+
+def deps_key(text: str) -> str:
+    """Identity of the definition's dependency layer: its text cut to the deps layer. A deps image
+    carries it as :data:`DEPS_LABEL`; ``container build --base`` refuses a base whose key differs
+    (other requirements, environment or set-up), so a stale base is never built upon silently."""
+    return hashlib.sha256(_layer_text(text, "deps").encode()).hexdigest()[:16]
+
+
+def base_deps_key(runtime: str, base: str | os.PathLike) -> str | None:
+    """The :data:`DEPS_LABEL` of a built image (``<runtime> inspect --labels``); None when absent."""
+    out = subprocess.run([runtime, "inspect", "--labels", os.fspath(base)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise InputError(f"--base {base}: {Path(runtime).name} inspect cannot read it: "
+                         + (out.stderr.strip().splitlines() or ["no message"])[-1])
+    for line in out.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == DEPS_LABEL:
+            return value.strip()
+    return None
 
 
 def _prepend(text: str, section: str, lines: Sequence[str]) -> str:

@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.apptainer, pytest.mark.slow]
 
 def _wrapper_child(folder: Path) -> int:
     """The pid the host wrapper started (``apptainer exec ...``), found as the child of the bash
-    running ``<folder>/requeue-host.sh``: the process the wrapper itself signals before a time limit."""
+    running ``<folder>/requeue-host.sh``: the process the wrapper itself signals before a time limit.
+    The wrapper's timer is a subshell of that bash (same argv, its own ``sleep`` child): skipped."""
     wrapper = str(folder / "requeue-host.sh").encode()
     procs = {}
     for proc in Path("/proc").iterdir():
@@ -37,9 +38,10 @@ def _wrapper_child(folder: Path) -> int:
         except (OSError, AttributeError, ValueError):
             continue
         procs[int(proc.name) if proc.name.isdigit() else -1] = (ppid, argv)
-    bash = [pid for pid, (_, argv) in procs.items() if wrapper in argv[:2]]
-    children = [pid for pid, (ppid, argv) in procs.items() if ppid in bash and wrapper not in argv[:2]]
-    assert len(children) == 1, (bash, children)
+    bash = {pid for pid, (_, argv) in procs.items() if wrapper in argv[:2]}
+    main = {pid for pid in bash if procs[pid][0] not in bash}
+    children = [pid for pid, (ppid, _) in procs.items() if ppid in main and pid not in bash]
+    assert len(main) == 1 and len(children) == 1, (bash, main, children)
     return children[0]
 
 
