@@ -175,9 +175,9 @@ def test_organs_unprompted_in_a_clip_are_not_trained(monkeypatch):
     seen: list[int] = []
     original = prop.propagate
 
-    def spy(features, prompts, frames, k):
+    def spy(features, prompts, frames, k, **kwargs):
         seen.append(k)
-        yield from original(features, prompts, frames, k)
+        yield from original(features, prompts, frames, k, **kwargs)
 
     monkeypatch.setattr(prop, "propagate", spy)
     loss_fn, cpu = MultimaskLoss(make_loss("bce")), torch.device("cpu")
