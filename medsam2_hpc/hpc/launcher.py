@@ -9,7 +9,9 @@ one list (jobs.yaml's ``executor``, ``--executor``, ``status`` and ``cancel`` re
 
 Submitting is idempotent: tasks with metrics.json are skipped, and so are tasks whose recorded
 Slurm job is still in squeue. Each submission is appended to ``<study dir>/submissions.json``
-(array job id, profile, task id -> element id), which ``status`` and ``cancel`` read.
+(array job id, profile, its log folder, task id -> element id), which ``status`` and ``cancel`` read.
+A submission's batch file, submitit pickles and element logs live in one folder of its own,
+``<study dir>/.submitit/<profile>-<YYYYmmdd-HHMMSS>-<hex6>/``; the requeue wrapper beside them.
 """
 
 from __future__ import annotations
