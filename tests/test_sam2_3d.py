@@ -213,6 +213,7 @@ def test_box_jitter_moves_corners_as_sam2train():
     ({"hparams": {"prompt_frq": 2}}, "did you mean 'prompt_freq'"),
     ({"hparams": {"max_cond_frames": 1}}, "max_cond_frames"),
     ({"hparams": {"checkpoint_keeps_attention": "yes"}}, "checkpoint_keeps_attention"),
+    ({"hparams": {"compile": True}}, "compile: needs checkpoint_keeps_attention: false"),
     ({"dataset": "refuge"}, "btcv"),
     ({"hparams": {"loss": "sam3"}}, "did you mean 'sam2'"),
     ({"hparams": {"multimask_loss": "yes"}}, "multimask_loss"),

@@ -190,7 +190,10 @@ class VideoPropagator:
         compile: compile the memory attention and memory encoder with ``torch.compile(dynamic=
             True)`` in place (parameters and checkpoints unchanged; the memory count varies by
             slice, ``dynamic`` keeps it from recompiling). Off by default: the first slices pay
-            the compilation, and no GPU measurement has shown the gain yet.
+            the compilation, and no GPU measurement has shown the gain yet. With ``checkpoint`` it
+            needs ``keep_attention=False``: the selective recompute of the compiled memory attention
+            fails in backward ("Tensor cached during selective activation checkpoint has been
+            mutated", torch 2.14, CPU).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
@@ -200,6 +203,9 @@ class VideoPropagator:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
             raise ValueError(f"attention {attention!r} is not one of {ATTENTION}")
+        if compile and checkpoint and keep_attention:  # the recompute fails on the compiled modules
+            raise ValueError("compile needs plain checkpointing (keep_attention=False): the selective "
+                             "recompute's cached tensors are mutated by the compiled memory attention")
         self.model = model
         self.checkpoint = checkpoint
         self._context_fn = _SAVE_SEEDED if keep_attention else torch.utils.checkpoint.noop_context_fn
