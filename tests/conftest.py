@@ -115,16 +115,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _stop_image_build(config: pytest.Config) -> None:
     """A background build still running when the session ends (it stopped early): interrupt it
-    (SIGINT, so that `container build` removes its scratch files from the checkout)."""
-    proc, _ = config.stash.get(_IMAGE_BUILD, (None, None))
-    if proc is None or proc.poll() is not None:
+    (SIGINT, so that `container build` removes its scratch files from the checkout). Its log
+    stays only when the build failed (the failing test names it)."""
+    proc, log = config.stash.get(_IMAGE_BUILD, (None, None))
+    if proc is None:
         return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode == 0:
+        log.unlink(missing_ok=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -337,7 +337,8 @@ def build_image(host: RealApptainer, image: Path, log: Path) -> dict:
             if old.name.split(".", 1)[0] not in (image.stem, deps.stem):
                 old.unlink()
         if not deps.exists():
-            _container_build(host, DEPS_FLAGS, deps, deps.with_suffix(".log"))
+            # the archive apt uses here (deps_digest has it): the build's debootstrap can reach it
+            _container_build(host, (*DEPS_FLAGS, "--mirror", host_mirror()), deps, deps.with_suffix(".log"))
         record = _container_build(host, (*PACKAGE_FLAGS, "--base", str(deps)), image, log)
         record["deps"] = {"image": str(deps), **image_record(deps)}
         image.with_suffix(".json").write_text(json.dumps(record, indent=1))

@@ -481,6 +481,11 @@ def test_build_on_a_base_checks_its_deps_label_with_standin_apptainer(
     assert main(build) == 0
     built = (standin_apptainer / "build.def").read_text()
     assert built.startswith(f"Bootstrap: localimage\nFrom: {base}\n")
+    # without --out a deps image goes beside the image, never over it (jobs.yaml's container.image)
+    assert main(["container", "build", "--def", definition, "--deps-only"]) == 0
+    deps = ctx / "containers" / "medsam2-deps.sif"
+    assert (standin_apptainer / "argv").read_text().splitlines()[1] == str(deps) and deps.is_file()
+    assert not (ctx / "containers" / "medsam2.sif").exists()
     for args, message in ((["--base", str(tmp_path / "none.sif")], "does not exist; build it with"),
                           (["--base", str(base), "--bootstrap", "docker"], "--bootstrap: with --base"),
                           (["--deps-only", "--with-checkpoints"], "--with-checkpoints: checkpoints go into")):

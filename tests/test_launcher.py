@@ -483,6 +483,13 @@ def test_slurm_without_sbatch_is_bad_input(tmp_path, tiny_trainer, monkeypatch):
     study = make_study(tmp_path, executor="slurm")
     with pytest.raises(InputError, match="sbatch/srun are not on PATH"):
         launcher.submit(study, out=StringIO())
+    assert not study.study_dir.exists()  # bad input: nothing written, not even a log folder
+    container = f"container: {{runtime: apptainer, image: {tmp_path / 'm.sif'}}}\n"
+    (tmp_path / "m.sif").write_text("an image")
+    study = make_study(tmp_path, executor="slurm", container=container)
+    with pytest.raises(InputError, match="sbatch/srun are not on PATH"):
+        launcher.submit(study, out=StringIO())
+    assert not study.output_root.exists()  # nor the requeue wrapper or the image's cache folder
 
 
 def _signalled_element(tmp_path: Path, max_requeues: int) -> tuple[Task, int, Path]:

@@ -176,9 +176,9 @@ def test_organs_unprompted_in_a_clip_are_not_trained(monkeypatch):
     seen: list[int] = []
     original = prop.propagate
 
-    def spy(features, prompts, frames, k):
+    def spy(features, prompts, frames, k, **kwargs):
         seen.append(k)
-        yield from original(features, prompts, frames, k)
+        yield from original(features, prompts, frames, k, **kwargs)
 
     monkeypatch.setattr(prop, "propagate", spy)
     loss_fn, cpu = MultimaskLoss(make_loss("bce")), torch.device("cpu")
@@ -214,6 +214,7 @@ def test_box_jitter_moves_corners_as_sam2train():
     ({"hparams": {"prompt_frq": 2}}, "did you mean 'prompt_freq'"),
     ({"hparams": {"max_cond_frames": 1}}, "max_cond_frames"),
     ({"hparams": {"checkpoint_keeps_attention": "yes"}}, "checkpoint_keeps_attention"),
+    ({"hparams": {"compile": True}}, "compile: needs checkpoint_keeps_attention: false"),
     ({"dataset": "refuge"}, "btcv"),
     ({"hparams": {"loss": "sam3"}}, "did you mean 'sam2'"),
     ({"hparams": {"multimask_loss": "yes"}}, "multimask_loss"),

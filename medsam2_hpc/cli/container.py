@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--with-checkpoints", action="store_true",
                    help=f"bake {CHECKPOINT_GLOB} into the image (run checkpoints/download_ckpts.sh first)")
     b.add_argument("--out", help="image path (default: containers/medsam2.sif, or build/medsam2-sandbox "
-                                 "with --sandbox)")
+                                 "with --sandbox; medsam2-deps.sif / medsam2-deps-sandbox with --deps-only)")
     b.add_argument("--force", action="store_true", help="overwrite an existing image")
     b.add_argument("--bootstrap", choices=containers.BOOTSTRAPS,
                    help="docker: the pinned PyTorch image (default); debootstrap: Debian bookworm from "
@@ -111,7 +111,9 @@ def build(args: argparse.Namespace) -> int:
     problems = containers.check(definition, dockerfile=None)
     if problems:
         raise InputError(f"{definition}: {len(problems)} problem(s): " + "; ".join(problems))
-    default = "build/medsam2-sandbox" if args.sandbox else "containers/medsam2.sif"
+    # a deps image lacks our package: never where jobs.yaml's container.image points by default
+    name = "medsam2-deps" if args.deps_only else "medsam2"
+    default = f"build/{name}-sandbox" if args.sandbox else f"containers/{name}.sif"
     out = Path(args.out or context / default).resolve()
     if out.exists() and not args.force:
         raise InputError(f"--out: {out} exists; remove it or pass --force")

@@ -9,7 +9,9 @@ one list (jobs.yaml's ``executor``, ``--executor``, ``status`` and ``cancel`` re
 
 Submitting is idempotent: tasks with metrics.json are skipped, and so are tasks whose recorded
 Slurm job is still in squeue. Each submission is appended to ``<study dir>/submissions.json``
-(array job id, profile, task id -> element id), which ``status`` and ``cancel`` read.
+(array job id, profile, its log folder, task id -> element id), which ``status`` and ``cancel`` read.
+A submission's batch file, submitit pickles and element logs live in one folder of its own,
+``<study dir>/.submitit/<profile>-<YYYYmmdd-HHMMSS>-<hex6>/``; the requeue wrapper beside them.
 """
 
 from __future__ import annotations
@@ -543,6 +545,15 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
         return launch
     backend = backend_for(launch.executor)
     folder = _submitit_folder(study)
+    executors = []  # every profile's first: one refused (no sbatch, nodes > 1 locally) writes nothing
+    for name, tasks in launch.to_run.items():
+        profile = study.profiles[name]
+        argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
+        logs = _logs_folder(study, name)
+        ex = backend.executor(logs, shlex.join(argv) if argv else None, profile)
+        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
+                                                  contained=argv is not None))
+        executors.append((name, tasks, argv, logs, ex))
     if backend.in_process and study.container.enabled:
         print(f"note: the {backend.name} executor runs in this process; the container is not used", file=out)
     elif study.container.enabled:
@@ -550,16 +561,10 @@ def submit(study: Study, *, executor: str | None = None, dry_run: bool = False,
     from .requeue import TaskCall
 
     call = TaskCall(fn)
-    for name, tasks in launch.to_run.items():
-        profile = study.profiles[name]
-        argv = None if backend.in_process else python_argv(study, profile, tasks, backend, folder)
+    for name, tasks, argv, logs, ex in executors:
         backend.prepare(folder, argv)
-        logs = _logs_folder(study, name)
-        logs.mkdir(parents=True)
-        ex = backend.executor(logs, shlex.join(argv) if argv else None, profile)
-        ex.update_parameters(**backend.parameters(profile, _job_name(study, profile, tasks),
-                                                  contained=argv is not None))
-        for wave in backend.waves(tasks, profile):
+        logs.mkdir(parents=True, exist_ok=True)  # submitit's LocalExecutor makes its folder itself
+        for wave in backend.waves(tasks, study.profiles[name]):
             jobs = backend.map_array(ex, call, wave)
             array = _record(study, backend.name, name, logs, jobs, wave)
             launch.job_ids.append(array)

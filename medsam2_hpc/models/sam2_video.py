@@ -19,6 +19,8 @@ Counted with PyTorch's FLOP counter for Hiera-S, 13 organs, 8-slice 1024 px clip
 per clip without recompute, 129 with a full one, 106 with the selective one, which keeps
 about 0.6 GiB more per organ (dropout outputs and masks, mostly).
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
+A clip's prompted slices read no memory, so training runs them as one batch of slices x objects
+(``propagate(batch_prompted=True)``): one decoder and memory-encoder call, not one per slice.
 
 Built on SAM2Base's own pieces (``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``, ``_use_mask_as_output``, ``_encode_new_memory``) as Meta's SAM2Train
@@ -46,7 +48,7 @@ from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 Memory = dict[str, dict[int, dict[str, Tensor]]]  # SAM2's output_dict: bank -> slice -> entry
 
 __all__ = ["FrameFeatures", "ObjectPrompts", "FrameOutput", "VideoPropagator", "propagation_order",
-           "normalise_images", "ATTENTION"]
+           "merge_prompts", "normalise_images", "ATTENTION"]
 
 # attention kernels to try first: "default" = PyTorch's own order (flash first on recent GPUs);
 # "cudnn" = cuDNN's fused attention first (a candidate on Hopper, where flash is not tuned for
@@ -96,11 +98,16 @@ class ObjectPrompts:
     masks: Tensor | None = None  # (K, 1, S, S) float in {0, 1}
     point_coords: Tensor | None = None  # (K, P, 2) as (x, y)
     point_labels: Tensor | None = None  # (K, P) int32, on the host
+    plan: list[tuple[Tensor, str, int]] | None = None  # the groups, when the maker already knows them
 
     def __post_init__(self) -> None:
-        self.use_mask = self.use_mask.cpu()
-        if self.point_labels is not None:
+        if self.use_mask.device.type != "cpu":
+            self.use_mask = self.use_mask.cpu()
+        if self.point_labels is not None and self.point_labels.device.type != "cpu":
             self.point_labels = self.point_labels.cpu()
+        if self.plan is not None:
+            self._groups = self.plan
+            return
         if bool(self.use_mask.any()) and self.masks is None:
             raise ValueError("ObjectPrompts: use_mask set but no masks given")
         if bool((~self.use_mask).any()) and self.point_coords is None:
@@ -185,7 +192,10 @@ class VideoPropagator:
         compile: compile the memory attention and memory encoder with ``torch.compile(dynamic=
             True)`` in place (parameters and checkpoints unchanged; the memory count varies by
             slice, ``dynamic`` keeps it from recompiling). Off by default: the first slices pay
-            the compilation, and no GPU measurement has shown the gain yet.
+            the compilation, and no GPU measurement has shown the gain yet. With ``checkpoint`` it
+            needs ``keep_attention=False``: the selective recompute of the compiled memory attention
+            fails in backward ("Tensor cached during selective activation checkpoint has been
+            mutated", torch 2.14, CPU).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
@@ -195,6 +205,9 @@ class VideoPropagator:
             raise ValueError("max_cond_frames must be -1 or >= 2 (SAM2 keeps the one before and after)")
         if attention not in ATTENTION:
             raise ValueError(f"attention {attention!r} is not one of {ATTENTION}")
+        if compile and checkpoint and keep_attention:  # the recompute fails on the compiled modules
+            raise ValueError("compile needs plain checkpointing (keep_attention=False): the selective "
+                             "recompute's cached tensors are mutated by the compiled memory attention")
         self.model = model
         self.checkpoint = checkpoint
         self._context_fn = _SAVE_SEEDED if keep_attention else torch.utils.checkpoint.noop_context_fn
@@ -246,55 +259,73 @@ class VideoPropagator:
         otherwise the slice attends to the stored memories of the other slices, their keys
         from ``keys`` when given (:meth:`_key_cache`).
         """
-        # what this slice may read: a recomputation in the backward pass must see the same
+        if prompts is not None:
+            return self.step_prompted({t: prompts}, [feats], num_objects, memory, num_frames)[0]
+        return self._run([t], [feats], num_objects, None, memory, num_frames, reverse, keys)[0]
+
+    def step_prompted(self, prompts: dict[int, ObjectPrompts], feats: Sequence[FrameFeatures],
+                      num_objects: int, memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int
+                      ) -> list[FrameOutput]:
+        """:meth:`step` for several prompted slices at once (``feats`` in the order of ``prompts``).
+
+        A prompted slice reads no memory, so P of them are one batch of P x K objects: one
+        decoder and one memory-encoder call instead of P, each row computing what it would alone.
+        """
+        return self._run(list(prompts), feats, num_objects, merge_prompts(list(prompts.values())), memory,
+                         num_frames, False, None)
+
+    def _run(self, frames: list[int], feats: Sequence[FrameFeatures], k: int, prompts: ObjectPrompts | None,
+             memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool,
+             keys: KeyCache | None) -> list[FrameOutput]:
+        """Slices ``frames`` (several only when prompted) as one batch of ``len(frames) * k`` objects."""
+        # what these slices may read: a recomputation in the backward pass must see the same
         past = {bank: dict(frames) for bank, frames in memory.items()}
-        is_cond, sizes = prompts is not None, feats.feat_sizes
+        is_cond, sizes, rows = prompts is not None, feats[0].feat_sizes, len(frames) * k
+        levels = [_cat_batch([f.vision_feats[i] for f in feats]) for i in range(len(sizes))]
 
         def attend(vision: Tensor, pos: Tensor) -> Tensor:  # also what the backward pass recomputes
             with self._kernels(), _uncached_autocast(vision.device):
-                return self._attend(t, vision, pos, sizes[-1], num_objects, is_cond, past, num_frames,
-                                    reverse, keys)
+                return self._attend(frames[0], _per_object(vision, k, 1), pos, sizes[-1], rows, is_cond,
+                                    past, num_frames, reverse, keys)
 
         def finish(pix: Tensor, *vision: Tensor) -> tuple:
             with self._kernels():
-                return self._finish(pix, list(vision), sizes, num_objects, prompts)
+                return self._finish(pix, list(vision), sizes, k, prompts)
 
         if self.checkpoint and torch.is_grad_enabled():
             # two regions: the selective recompute's dispatch mode costs host time on every op, so
             # it covers only the memory attention, where the kept outputs save the arithmetic.
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
-            pix = torch.utils.checkpoint.checkpoint(attend, feats.vision_feats[-1], feats.vision_pos[-1],
+            pix = torch.utils.checkpoint.checkpoint(attend, levels[-1], feats[0].vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            outs = torch.utils.checkpoint.checkpoint(finish, pix, *feats.vision_feats, use_reentrant=False)
+            outs = torch.utils.checkpoint.checkpoint(finish, pix, *levels, use_reentrant=False)
         else:
-            outs = finish(attend(feats.vision_feats[-1], feats.vision_pos[-1]), *feats.vision_feats)
-        return _remember(t, memory, prompts is not None, outs)
+            outs = finish(attend(levels[-1], feats[0].vision_pos[-1]), *levels)
+        return _remember(frames, [memory] * len(frames), is_cond, k, outs)
 
     def _step_pair(self, steps: list[tuple[int, bool, Memory, KeyCache]], get: Callable[[int], FrameFeatures],
                    k: int, num_frames: int) -> list[tuple[int, FrameOutput]]:
-        """Unprompted slices (t, reverse, memory, keys) that do not read each other, their memory
-        attention in one pass of len(steps) k objects where their memories are as long (else one
-        by one); decoder and memory encoder per slice. Eval only."""
+        """Unprompted slices (t, reverse, memory, keys) that do not read each other as one batch of
+        len(steps) x k objects where their memories are as long (else one by one). Eval only."""
         reads = [select_memories(self.model, t, memory, num_frames, reverse)
                  for t, reverse, memory, _ in steps] if len(steps) > 1 else []
         if len({read.length() for read in reads}) != 1:
             return [(t, self.step(t, get(t), k, None, memory, num_frames, reverse, keys))
                     for t, reverse, memory, keys in steps]
         feats = [get(t) for t, *_ in steps]
-        device = feats[0].vision_feats[-1].device
-        memories = [keys.read(read, device) for (*_, keys), read in zip(steps, reads, strict=True)]
+        sizes = feats[0].feat_sizes
+        levels = [_cat_batch([f.vision_feats[i] for f in feats]) for i in range(len(sizes))]
+        memories = [keys.read(read, levels[-1].device) for (*_, keys), read in zip(steps, reads, strict=True)]
         values, layer_keys = zip(*memories, strict=True)
         with self._kernels():
             pix = self.model.memory_attention.read(
-                torch.cat([f.vision_feats[-1] for f in feats], dim=1), feats[0].vision_pos[-1], k,
-                torch.cat(values), [torch.cat(per_layer) for per_layer in zip(*layer_keys, strict=True)])
-        pix = pix.permute(1, 2, 0).view(len(steps) * k, -1, *feats[0].feat_sizes[-1])
-        out = []
-        for i, ((t, _, memory, _), f) in enumerate(zip(steps, feats, strict=True)):
-            with self._kernels():
-                outs = self._finish(pix[i * k:(i + 1) * k], list(f.vision_feats), f.feat_sizes, k, None)
-            out.append((t, _remember(t, memory, False, outs)))
-        return out
+                levels[-1], feats[0].vision_pos[-1], k, torch.cat(values),
+                [torch.cat(per_layer) for per_layer in zip(*layer_keys, strict=True)])
+            pix = pix.permute(1, 2, 0).view(len(steps) * k, -1, *sizes[-1])
+            outs = self._finish(pix, levels, sizes, k, None)
+        frames = [t for t, *_ in steps]
+        return list(zip(frames, _remember(frames, [memory for _, _, memory, _ in steps], False, k, outs),
+                        strict=True))
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         if self.attention == "cudnn":
@@ -307,7 +338,7 @@ class VideoPropagator:
         """Memory attention of the K objects on one slice (SAM2's no-memory embedding when prompted)."""
         if keys is not None and not is_cond:
             read = select_memories(self.model, t, memory, num_frames, reverse)
-            pix = self.model.memory_attention.read(vision, pos, k, *keys.read(read, vision.device))
+            pix = self.model.memory_attention.read(vision[:, :1], pos, k, *keys.read(read, vision.device))
             return pix.permute(1, 2, 0).view(k, -1, *size)
         return self.model._prepare_memory_conditioned_features(
             frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[vision.expand(-1, k, -1)],
@@ -316,20 +347,22 @@ class VideoPropagator:
 
     def _finish(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
                 prompts: ObjectPrompts | None) -> tuple:
-        """The rest of one slice's per-object work: mask decoder and memory encoder."""
+        """The rest of the slices' per-object work (``k`` objects each): mask decoder and memory encoder."""
         m = self.model
-        vf = [x.expand(-1, k, -1) for x in vision_feats]
+        vf = [_per_object(x, k, 1) for x in vision_feats]
         high_res = None
         if len(vf) > 1:
-            high_res = [x.permute(1, 2, 0).reshape(1, x.size(2), *s).expand(k, -1, -1, -1)
+            high_res = [_per_object(x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *s), k, 0)
                         for x, s in zip(vision_feats[:-1], sizes[:-1], strict=True)]
+        rows = pix.shape[0]  # k objects on each of the batch's slices
         if prompts is None:
             outs = m._forward_sam_heads(pix, high_res_features=high_res,
                                         multimask_output=m._use_multimask(False, None))
             multi, ious, low, high, ptr, score = outs[1:]
-            from_decoder = torch.ones(k, dtype=torch.bool, device=low.device)
+            from_decoder = torch.ones(rows, dtype=torch.bool, device=low.device)
         else:
-            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts, k)
+            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts,
+                                                                                     rows)
         meta = self.postprocess == "meta" and not m.training
         if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
             low = _fill_holes(low) if meta else low
@@ -380,25 +413,34 @@ class VideoPropagator:
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
-                  prompts: dict[int, ObjectPrompts], num_frames: int, num_objects: int,
-                  ) -> Iterator[tuple[int, FrameOutput]]:
+                  prompts: dict[int, ObjectPrompts], num_frames: int, num_objects: int, *,
+                  batch_prompted: bool = False) -> Iterator[tuple[int, FrameOutput]]:
         """Yield ``(slice, output)`` for every slice, in :func:`propagation_order` (in eval without
         gradients the reverse sweep interleaved with the forward one, :meth:`_lockstep`: the same
         outputs, another order).
 
         ``features`` is a list (clip already encoded) or a function of the slice index
         (encode lazily). Memories live only for this call, so gradients reach back through
-        every slice of the clip when autograd is on.
+        every slice of the clip when autograd is on. ``batch_prompted``: the prompted slices go
+        through as one batch (:meth:`step_prompted`), for a clip whose features are all at hand;
+        a long volume's many prompted slices would make that batch too large.
         """
         get = features if callable(features) else features.__getitem__
+        memory: Memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         order = propagation_order(num_frames, list(prompts))
         if self._key_cache() is not None:  # eval without gradients
             yield from self._lockstep(get, prompts, order, num_frames, num_objects)
             return
-        memory: Memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        if batch_prompted:
+            cond = [t for t, is_cond, _ in order if is_cond]
+            outs = self.step_prompted({t: prompts[t] for t in cond}, [get(t) for t in cond], num_objects,
+                                      memory, num_frames)
+            yield from zip(cond, outs, strict=True)
+            order = [o for o in order if not o[1]]
         for t, is_cond, reverse in order:
-            yield t, self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory, num_frames,
-                               reverse)
+            out = self.step(t, get(t), num_objects, prompts[t] if is_cond else None, memory,
+                            num_frames, reverse)
+            yield t, out
 
     def _lockstep(self, get: Callable[[int], FrameFeatures], prompts: dict[int, ObjectPrompts],
                   order: list[tuple[int, bool, bool]], num_frames: int, k: int
@@ -411,7 +453,8 @@ class VideoPropagator:
         the forward sweep is past that, beside the forward slice then due (neither reads the
         other). Forward slices must not see reverse ones (in SAM2's order they do not exist yet):
         they read a memory of the prompted and forward slices only, the reverse sweep one with all.
-        Each direction caches its own keys.
+        Each direction caches its own keys. Paired only where both read as many memory tokens: in
+        a 100-slice volume prompted in the middle, 18 of 99 passes (none in 24 slices).
         """
         m = self.model
         forward: Memory = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
@@ -446,14 +489,21 @@ class VideoPropagator:
         return KeyCache(attention, m.maskmem_tpos_enc)
 
 
-def _remember(t: int, memory: Memory, is_cond: bool, outs: tuple) -> FrameOutput:
-    """Store slice ``t``'s memory (from :meth:`VideoPropagator._finish`'s ``outs``); its output."""
-    low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = outs
-    # the memory's positional encoding is the same for every object: keep one row
-    mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
+def _remember(frames: list[int], memories: list[Memory], is_cond: bool, k: int, outs: tuple
+              ) -> list[FrameOutput]:
+    """Store each slice's memory (k rows each of :meth:`VideoPropagator._finish`'s ``outs``) in its
+    ``memories`` entry; the slices' outputs."""
     bank = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
-    memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
-    return FrameOutput(low, high, score, from_decoder, is_cond, multi, ious)
+    results = []
+    for i, (t, memory) in enumerate(zip(frames, memories, strict=True)):
+        low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = outs if len(frames) == 1 \
+            else ([p[i * k:(i + 1) * k] for p in o] if isinstance(o, list) else o[i * k:(i + 1) * k]
+                  for o in outs)
+        # the memory's positional encoding is the same for every object: keep one row
+        mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
+        memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
+        results.append(FrameOutput(low, high, score, from_decoder, is_cond, multi, ious))
+    return results
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
@@ -521,6 +571,50 @@ def _share_expanded_rows(model: torch.nn.Module) -> None:
     if type(proj) is torch.nn.Conv2d:
         proj.__class__ = _RowSharedConv2d
     use_eval_shortcuts(model)
+
+
+def _cat_batch(parts: list[Tensor]) -> Tensor:
+    """Slices' (HW, 1, C) features side by side as (HW, P, C); one slice stays as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _per_object(x: Tensor, k: int, dim: int) -> Tensor:
+    """Each of ``x``'s entries along ``dim`` repeated for ``k`` objects: a view for one slice (rows
+    sharing memory, which :class:`_RowSharedConv2d` relies on), a copy for several."""
+    if x.shape[dim] == 1:
+        return x.expand(*x.shape[:dim], k, *x.shape[dim + 1:])
+    return x.repeat_interleave(k, dim=dim)
+
+
+def merge_prompts(prompts: Sequence[ObjectPrompts]) -> ObjectPrompts:
+    """Several slices' prompts as one :class:`ObjectPrompts` of all their objects, slice by slice.
+
+    Point lists are padded with label -1 to the longest (a group reads only its first n points).
+    The groups come from the slices' own (host work done when they were made), so merging in
+    the training step reads nothing back from the device.
+    """
+    if len(prompts) == 1:
+        return prompts[0]
+    k = prompts[0].use_mask.shape[0]
+    masks = coords = labels = None
+    if any(p.masks is not None for p in prompts):
+        like = next(p.masks for p in prompts if p.masks is not None)
+        masks = torch.cat([like.new_zeros(like.shape) if p.masks is None else p.masks for p in prompts])
+    if any(p.point_coords is not None for p in prompts):
+        like = next(p.point_coords for p in prompts if p.point_coords is not None)
+        n = max(p.point_coords.shape[1] for p in prompts if p.point_coords is not None)
+        coords = torch.cat([like.new_zeros(k, n, 2) if p.point_coords is None
+                            else F.pad(p.point_coords, (0, 0, 0, n - p.point_coords.shape[1]))
+                            for p in prompts])
+        labels = torch.cat([torch.full((k, n), -1, dtype=torch.int32) if p.point_labels is None
+                            else F.pad(p.point_labels, (0, n - p.point_labels.shape[1]), value=-1)
+                            for p in prompts])
+    groups: dict[tuple[str, int], list[Tensor]] = {}  # each slice's groups, offset to its rows
+    for i, p in enumerate(prompts):
+        for idx, kind, n in p.groups():
+            groups.setdefault((kind, n), []).append(idx + i * k)
+    plan = [(torch.cat(groups[key]), *key) for key in sorted(groups, key=lambda g: (g[0] != "mask", g[1]))]
+    return ObjectPrompts(torch.cat([p.use_mask for p in prompts]), masks, coords, labels, plan)
 
 
 def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:

@@ -152,7 +152,7 @@ def propagated_loss(propagator: VideoPropagator, clip: dict[str, Any], organs: S
     feats = propagator.encode(clip["image"].to(device, non_blocking=True))
     ids = torch.tensor(list(organs)).to(device, non_blocking=True).view(1, k, 1, 1)
     outs: list[Any] = [None] * frames
-    for t, out in propagator.propagate(feats, prompts, frames, k):
+    for t, out in propagator.propagate(feats, prompts, frames, k, batch_prompted=True):
         outs[t] = out
     weight = torch.stack([o.from_decoder for o in outs]).flatten().float()  # (T K)
     width = max(o.multimasks.shape[1] for o in outs)  # 1 on box-prompted slices, 3 where SAM2 proposes 3

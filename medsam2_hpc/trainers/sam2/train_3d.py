@@ -72,7 +72,8 @@ class Sam2Config3D(Sam2Config):
     recomputing them: fewer FLOPs for more memory, see ``sam2_video._save_seeded_ops``),
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``),
     compile (torch.compile the memory attention and memory encoder, ``dynamic=True``; off by
-    default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes).
+    default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes; with
+    activation_checkpointing it needs checkpoint_keeps_attention false).
     """
 
     trainable: TrainableParts = "decoder+memory"
@@ -99,6 +100,9 @@ class Sam2Config3D(Sam2Config):
             raise InputError(f"hparams.clips_per_epoch: {self.clips_per_epoch} must be >= 0")
         if not (self.memory_lr > 0 and self.encoder_lr > 0):
             raise InputError("hparams: memory_lr and encoder_lr must be > 0")
+        if self.compile and self.activation_checkpointing and self.checkpoint_keeps_attention:
+            raise InputError("hparams.compile: needs checkpoint_keeps_attention: false (the selective "
+                             "recompute fails on the compiled memory attention)")
 
 
 def config(task: Task) -> Sam2Config3D:
