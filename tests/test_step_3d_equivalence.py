@@ -72,8 +72,11 @@ def test_prompted_slices_in_one_batch_give_the_same_loss_and_gradients():
     torch.testing.assert_close(loss_all, loss_one, atol=1e-6, rtol=1e-5)
     assert grads_all.keys() == grads_one.keys()
     assert any(n.startswith("memory_attention") for n in grads_one)  # the memories carry gradients
+    # fp32 sums in another order: elementwise differences reach 1e-6 on 5e-4 gradients with one
+    # thread (1.8e-4 of the norm); a wrong merge or other dropout masks differ by the norm's order
     for name, grad in grads_one.items():
-        torch.testing.assert_close(grads_all[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        error = torch.linalg.vector_norm(grads_all[name] - grad)
+        assert error <= 1e-3 * torch.linalg.vector_norm(grad) + 1e-9, (name, float(error))
 
 
 def test_merged_prompts_keep_each_slices_objects_and_kinds():
