@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+from medsam2_hpc.errors import InputError
 from medsam2_hpc.models.memory_attention import (
     EvalMemoryAttention,
     LowRankValueAttention,
@@ -148,7 +149,10 @@ def test_compile_flag_compiles_in_place_keeping_checkpoint_keys() -> None:
     assert model.memory_attention._compiled_call_impl is not None
     assert model.memory_encoder._compiled_call_impl is not None
     assert model.state_dict().keys() == keys
-    assert config_from_dict(Sam2Config3D, {"compile": True}, "hparams").compile is True
+    hparams = {"compile": True, "checkpoint_keeps_attention": False}
+    assert config_from_dict(Sam2Config3D, hparams, "hparams").compile is True
+    with pytest.raises(InputError, match="hparams.compile: needs checkpoint_keeps_attention: false"):
+        config_from_dict(Sam2Config3D, {"compile": True}, "hparams")  # the selective recompute crashes
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
