@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from .heads import use_lean_heads
 from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_eval_shortcuts
 from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
@@ -216,6 +217,7 @@ class VideoPropagator:
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
         _share_expanded_rows(model)
+        use_lean_heads(model)
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
