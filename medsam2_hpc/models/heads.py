@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from sam2.modeling.memory_encoder import CXBlock
-from sam2.modeling.position_encoding import PositionEmbeddingRandom, PositionEmbeddingSine
+from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import Attention
@@ -153,8 +153,7 @@ class LeanPromptEncoder(PromptEncoder):
     def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
         """Meta's point embeddings: encoded coordinates (zero for padding) plus the label's embedding."""
         table = torch.cat([self.not_a_point_embed.weight, *[e.weight for e in self.point_embeddings]])
-        scale = _coords_scale(self.pe_layer, self.input_image_size, points.device)
-        encoded = self.pe_layer._pe_encoding(((points + 0.5) / scale).to(torch.float))
+        encoded = self.pe_layer._pe_encoding(_normalised(points + 0.5, self.input_image_size).to(torch.float))
         encoded = encoded.masked_fill((labels == -1).unsqueeze(-1), 0.0)
         embedding = encoded + F.embedding(labels.long() + 1, table)
         if pad:  # Meta appends a padding point (label -1): its embedding is not_a_point's
@@ -182,14 +181,15 @@ class LeanPromptEncoder(PromptEncoder):
         return sparse_embeddings, dense_embeddings
 
 
-def _coords_scale(layer: PositionEmbeddingRandom, size: tuple[int, int], device: torch.device) -> Tensor:
-    """(W, H) as a float32 tensor on ``device``, made once: Meta divides x by W and y by H."""
-    cache = layer.__dict__.setdefault("_coords_scale", {})
-    key = (tuple(size), device)
-    if key not in cache:
-        with torch.inference_mode(False):
-            cache[key] = torch.tensor([size[1], size[0]], dtype=torch.float32, device=device)
-    return cache[key]
+def _normalised(points: Tensor, size: tuple[int, int]) -> Tensor:
+    """x / W and y / H as Meta divides them, with no tensor made on the host (that would wait for
+    the device): one division by a scalar for SAM2's square inputs."""
+    h, w = size
+    if h == w:
+        return points / w
+    scale = torch.full((2,), float(w), device=points.device)
+    scale[1] = h
+    return points / scale
 
 
 class LeanCXBlock(CXBlock):
