@@ -41,7 +41,12 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_eval_shortcuts
+from .memory_attention import (
+    EvalMemoryAttention,
+    LowRankValueAttention,
+    use_eval_shortcuts,
+    use_fused_training,
+)
 from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
@@ -216,6 +221,7 @@ class VideoPropagator:
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
         _share_expanded_rows(model)
+        use_fused_training(model)  # the memory attention's training path with fewer host ops
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
