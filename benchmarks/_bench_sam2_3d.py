@@ -10,10 +10,18 @@ optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice vo
 box per organ on the middle slice, and the encoder's share of the time. After the timing, one
 more run counts the FLOPs (``tflop_per_run``, by PyTorch's FLOP counter with grouped
 convolutions corrected) and the aten ops (``aten_ops_per_step``: per training step, or per slice
-of the volume) and gives the rate achieved (``achieved_tflops``); another runs under the
-profiler for the host's time (``host_seconds_per_step``: CPU self time of every op, per step or
-slice). Far below the GPU's peak, with host seconds near the step's, means the host's issuing
-of ops, not arithmetic, sets the speed. ``--profile FILE`` also writes the profiler's table.
+of the volume, by OpCounter) and gives the rate achieved (``achieved_tflops``); another runs under
+the profiler for the host's time (``host_seconds_per_step``: CPU self time of every op, per step
+or slice) and its ops (``host_ops_per_step``: what the host issues one by one, the operators the
+dispatcher runs plus each call of a compiled kernel, ``engine.benchmark.count_host_ops``; of them
+``compiled_kernels_per_step``; on a GPU also ``kernel_launches_per_step``, else null). Far below
+the GPU's peak, with host seconds near the step's, means the host's issuing of ops, not
+arithmetic, sets the speed. ``--profile FILE`` also writes the profiler's table.
+
+With ``--compile`` only ``host_ops_per_step`` counts the step that runs: ``aten_ops_per_step`` is
+null, since under OpCounter's dispatch mode the compiled regions run eagerly. On an eager step
+the two differ by the ``detach`` that the mode itself causes for each output autograd saves
+(OpCounter counts them, plain eager runs none: about 15 % of its count on a training step).
 """
 
 from __future__ import annotations
@@ -26,7 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam2_hpc.engine.benchmark import OpCounter, count_flops, memory_figures, profile_ops, sync, timed
+from medsam2_hpc.engine.benchmark import (
+    OpCounter,
+    count_flops,
+    memory_figures,
+    profile_ops,
+    record_compiled_kernels,
+    sync,
+    timed,
+)
 
 __all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
 
@@ -84,6 +100,8 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
     model = _model(args, device)
     trainable = set_trainable(model, args.trainable)
     model.train()
+    if args.compile:  # before the first compiled call: its C++ kernels then show in the profiler
+        record_compiled_kernels()
     propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
                                  attention=args.attention, compile=args.compile)
     optimizer = adamw(model, 1e-4, 1e-5, 1e-5)  # as the trainer's
@@ -106,7 +124,8 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
         return float(parts["loss"].detach())
 
     seconds, losses = timed(step, args.steps, args.warmup, device)
-    work = _work_figures(step, device, args.profile, 1)  # after the timing: the counters slow the step
+    # after the timing: the counters slow the step
+    work = _work_figures(step, device, args.profile, 1, args.compile)
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
             "keep_attention": args.keep_attention, "attention": args.attention, "compile": args.compile,
@@ -127,6 +146,8 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     frames = args.frames or 100
     model = _model(args, device).eval()
+    if args.compile:
+        record_compiled_kernels()
     propagator = VideoPropagator(model, attention=args.attention, compile=args.compile)
     image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
     mid = frames // 2
@@ -141,7 +162,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds, preds = timed(run, args.steps, args.warmup, device)
     seconds, pred = seconds / args.steps, preds[-1]
-    work = _work_figures(run, device, args.profile, frames)
+    work = _work_figures(run, device, args.profile, frames, args.compile)
     with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
         t1 = time.perf_counter()
         for lo in range(0, frames, 8):
@@ -156,13 +177,21 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
             **_compute_figures(work.pop("flops"), seconds), **work, **memory_figures(device)}
 
 
-def _work_figures(run: Any, device: torch.device, table: Path | None, per: int) -> dict[str, Any]:
-    """FLOPs of one ``run``; its aten ops and host seconds per step (``per`` steps in a run)."""
+def _work_figures(run: Any, device: torch.device, table: Path | None, per: int, compiled: bool
+                  ) -> dict[str, Any]:
+    """FLOPs of one ``run``; its host ops, launches and host seconds per step (``per`` steps in a run).
+
+    ``aten_ops_per_step`` (OpCounter) is None when compiled: under its dispatch mode the compiled
+    regions run eagerly, so it would count the eager step's ops.
+    """
     with OpCounter() as ops:
         _, flops = count_flops(run)
-    top, host = profile_ops(run, device, table)
-    return {"flops": flops, "aten_ops_per_step": ops.total / per, "host_seconds_per_step": host / per,
-            "profile_top": top if table else None}
+    prof = profile_ops(run, device, table)
+    return {"flops": flops, "aten_ops_per_step": None if compiled else ops.total / per,
+            "host_ops_per_step": prof.host_ops.total / per,
+            "compiled_kernels_per_step": prof.host_ops.kernels / per,
+            "kernel_launches_per_step": prof.host_ops.launches / per if device.type == "cuda" else None,
+            "host_seconds_per_step": prof.host_seconds / per, "profile_top": prof.top if table else None}
 
 
 def _compute_figures(flops: int, seconds: float) -> dict[str, float]:
