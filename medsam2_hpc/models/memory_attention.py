@@ -300,16 +300,14 @@ _MAX_TABLES = 64  # (grid, memory count, pointer count, device) entries: a clip 
 def _rope_tables(dim: int, theta: float, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Meta's ``compute_axial_cis`` for a square grid of ``n`` tokens as real tables (n, dim):
     cos of each pair's angle in both its places, and sin negated in the first (see :func:`_rotate`)."""
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"TrainMemoryAttention: RoPE needs a square grid, got {n} tokens")
-    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
-    t = torch.arange(n, dtype=torch.float32)
+    side = math.sqrt(n)  # as Meta's RoPEAttention (a float: no graph break under torch.compile)
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4, device=device)[: dim // 4].float() / dim))
+    t = torch.arange(n, dtype=torch.float32, device=device)  # made where used: no upload to wait for
     angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"),
                                                                    freqs)], dim=-1)  # (n, dim / 2)
     cos = angles.cos().repeat_interleave(2, dim=-1)
     sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
-    return cos.to(device), sin.to(device)
+    return cos, sin
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
