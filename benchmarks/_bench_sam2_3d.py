@@ -22,6 +22,10 @@ With ``--compile`` only ``host_ops_per_step`` counts the step that runs: ``aten_
 null, since under OpCounter's dispatch mode the compiled regions run eagerly. On an eager step
 the two differ by the ``detach`` that the mode itself causes for each output autograd saves
 (OpCounter counts them, plain eager runs none: about 15 % of its count on a training step).
+
+``memory3d`` runs no step: it counts what train3d's autograd graph holds after a clip's forward
+on a GPU (``activation_gib_estimate``), on fake tensors, so 1024 px clips can be compared on
+any machine (``--no-checkpoint`` / ``--recompute-attention`` as for train3d).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from medsam2_hpc.engine.benchmark import (
     timed,
 )
 
-__all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d"]
+__all__ = ["MODES_3D", "add_arguments", "synthetic_volume", "bench_train3d", "bench_infer3d",
+           "bench_memory3d"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -199,4 +204,58 @@ def _compute_figures(flops: int, seconds: float) -> dict[str, float]:
     return {"tflop_per_run": flops / 1e12, "achieved_tflops": flops / seconds / 1e12}
 
 
-MODES_3D = {"train3d": bench_train3d, "infer3d": bench_infer3d}
+def bench_memory3d(args: argparse.Namespace) -> dict[str, Any]:
+    """train3d's activation memory on a GPU, counted without one (:mod:`~medsam2_hpc.engine.fake_memory`).
+
+    One clip's forward (``clip_loss``'s device part, bf16 autocast unless ``--amp none``) on fake
+    CUDA tensors: ``activation_gib_estimate`` is what the autograd graph holds for the backward
+    pass, ``state_gib`` the weights with the trainable ones' gradients and AdamW's two moments
+    (fp32). Any size runs in seconds on the CPU: compare the recompute settings at 1024 px.
+    """
+    import dataclasses
+
+    from medsam2_hpc.engine.fake_memory import DEVICE, fake_cuda, held_bytes, to_fake
+    from medsam2_hpc.losses import MultimaskLoss, make_loss
+    from medsam2_hpc.models.sam2 import set_trainable
+    from medsam2_hpc.models.sam2_video import VideoPropagator
+    from medsam2_hpc.trainers.sam2.step_3d import clip_organs, clip_prompts, prompt_slices, propagated_loss
+
+    frames = args.frames or 8
+    model = _model(args, torch.device("cpu"))
+    trainable = set_trainable(model, args.trainable)
+    model.train()
+    image, label = synthetic_volume(frames, args.organs, args.image_size, np.random.default_rng(0))
+    label = torch.from_numpy(label).long()
+    organs = clip_organs(label[prompt_slices(frames, args.prompt_freq)])
+    # the host part of clip_loss on real tensors (it reads the label), then the device part on fake ones
+    prompts = clip_prompts(label, organs, "bbox", args.prompt_freq, np.random.default_rng(0),
+                           torch.device("cpu"))
+    with fake_cuda() as mode:
+        to_fake(model, mode)
+        clip = {"image": to_fake(torch.from_numpy(image)[:, None].expand(-1, 3, -1, -1), mode, None),
+                "label": to_fake(label, mode, None)}
+        fake = {t: dataclasses.replace(p, use_mask=to_fake(p.use_mask, mode, None),
+                                       masks=to_fake(p.masks, mode),
+                                       point_coords=to_fake(p.point_coords, mode),
+                                       point_labels=to_fake(p.point_labels, mode, None),
+                                       plan=[(to_fake(i, mode, None), kind, n) for i, kind, n in p.groups()])
+                for t, p in prompts.items()}
+        propagator = VideoPropagator(model, checkpoint=args.checkpoint, keep_attention=args.keep_attention,
+                                     attention=args.attention)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+
+        def forward() -> torch.Tensor:
+            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                return propagated_loss(propagator, clip, organs, fake, MultimaskLoss(make_loss("bce")),
+                                       DEVICE)["loss"]
+
+        held = held_bytes(forward)
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": len(organs),
+            "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
+            "keep_attention": args.keep_attention, "amp": args.amp, "trainable": args.trainable,
+            "trainable_m": trainable / 1e6,
+            "activation_gib_estimate": held / 2**30, "state_gib": (weights + 3 * trainable * 4) / 2**30}
+
+
+MODES_3D = {"train3d": bench_train3d, "infer3d": bench_infer3d, "memory3d": bench_memory3d}

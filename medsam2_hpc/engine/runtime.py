@@ -89,7 +89,7 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
-    """Peak CUDA memory in GiB; on the CPU the process's peak RSS (what limits a CPU job)."""
+    """Peak CUDA memory in GiB; None on the CPU (:func:`peak_rss_gb` gives the process's peak there)."""
     if device.type == "cuda":
         import torch
 

@@ -11,13 +11,22 @@ The same generator runs with gradients (training flows through the memories) and
 
 Memory: with ``checkpoint=True`` each slice's per-object work (memory attention, heads, memory
 encoder) is recomputed in the backward pass instead of stored. Its activations grow with the
-object count (about 3.3 GiB per organ on an 8-slice 1024 px clip: 44.9 GiB with 13 organs,
-11.6 with 3, on an H100), far above 24 GiB. The memory attention's recompute is selective by
-default (``keep_attention``): the fused attention kernels' outputs are kept, with dropout's,
-and only the cheap rest runs again; decoder and memory encoder are recomputed in full.
-Counted with PyTorch's FLOP counter for Hiera-S, 13 organs, 8-slice 1024 px clips: 102 TFLOP
-per clip without recompute, 129 with a full one, 106 with the selective one, which keeps
-about 0.6 GiB more per organ (dropout outputs and masks, mostly).
+object count (an H100's peak without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far
+above 24 GiB. What the autograd graph holds after an 8-slice 1024 px clip's
+forward (Hiera-S, bf16, 13 organs; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
+tensors): 41.2 GiB with no recompute, 10.5 with the selective one, 3.2 with the full one (state
+0.3 GiB; a measured H100 peak of 10.2 GiB with the full recompute puts the selective one near
+17.5). Checkpointing only the memory attention (decoder and memory encoder stored) holds 21.5,
+only those two 23.0: neither fits with the backward's transients, so both regions recompute.
+The memory attention's recompute is selective by default (``keep_attention``): the fused
+attention kernels' outputs are kept, with dropout's, and only the cheap rest runs again; decoder
+and memory encoder are recomputed in full. Counted with PyTorch's FLOP counter: 102 TFLOP per
+clip without recompute, 129 with a full one, 106 with the selective one. Both recomputes fit the
+budget, so the faster one should be the default, and that needs a GPU: on the CPU they issue as
+many ops (``host_ops_per_step`` 22.6k per 128 px clip, 16.8k with none; the CPU's attention with
+dropout is unfused, so nothing is kept), while the selective one saves 23 TFLOP of GPU
+arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
+(``benchmarks/gpu_session.sh`` runs each), the selective one stays the default.
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
 A clip's prompted slices read no memory, so training runs them as one batch of slices x objects
 (``propagate(batch_prompted=True)``): one decoder and memory-encoder call, not one per slice.
@@ -41,7 +50,12 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_eval_shortcuts
+from .memory_attention import (
+    EvalMemoryAttention,
+    LowRankValueAttention,
+    use_eval_shortcuts,
+    use_fused_training,
+)
 from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
@@ -177,7 +191,10 @@ class VideoPropagator:
             pass instead of storing it (activation checkpointing; same gradients, dropout
             included, as the RNG state is replayed).
         keep_attention: with ``checkpoint``, keep the attention kernels' and dropout's outputs
-            and recompute only the rest (:func:`_save_seeded_ops`): fewer FLOPs, more memory.
+            and recompute only the rest (:func:`_save_seeded_ops`): 23 fewer TFLOP per 1024 px
+            clip, 7.3 GiB more held at 13 organs (still within 24 GiB), a dispatch mode's host
+            cost on every op of the attention. The default until a GPU shows which is faster
+            (module docstring).
         attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
             and decoder try first (memory attention is most of the per-object time).
         postprocess: ``meta`` = what Meta's ``build_sam2_video_predictor`` adds, in eval mode:
@@ -216,6 +233,7 @@ class VideoPropagator:
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
         _share_expanded_rows(model)
+        use_fused_training(model)  # the memory attention's training path with fewer host ops
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
@@ -295,6 +313,11 @@ class VideoPropagator:
         if self.checkpoint and torch.is_grad_enabled():
             # two regions: the selective recompute's dispatch mode costs host time on every op, so
             # it covers only the memory attention, where the kept outputs save the arithmetic.
+            # Not reentrant, though that would skip the detach of each recomputed saved tensor
+            # (one region per slice, memories passed in: OpCounter 23.7k ops per 128 px clip, not
+            # 26.5k, much of it the counter's own detaches): its bf16 gradients differ (2.6e-3 of
+            # a norm; equal in fp32), as the gradients of autocast's weight casts are summed per
+            # slice, not over the clip.
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, levels[-1], feats[0].vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
