@@ -14,9 +14,10 @@
 # commands instead. The budget, estimated from the figures (a training clip 1.3 s, a
 # 100-slice volume 4.5 s) plus about 20 s of start-up and 15-30 s of counting and profiling per run:
 # eager train3d runs about 60 s each, infer3d about 90 s, the attention kernels 80 s; a compiled
-# run adds the inductor's compilation (guessed at 1-2 minutes; the second compiled training run
-# reuses the on-disk cache of the first). In 570 s that is the eager runs, the attention kernels
-# and the first compiled ones; the rest goes to a second call with RUNS.
+# run adds the inductor's compilation and one more untimed step (compilation guessed at 1-2
+# minutes on the GPU machine's 16 cores, against 8-14 on a shared 2-core CPU at 128 px; the second
+# compiled training run reuses the on-disk cache of the first). In 570 s that is the eager runs,
+# the attention kernels and the first compiled ones; the rest goes to a second call with RUNS.
 #
 # On a GPU machine without the project's venv, put the pure-Python dependencies (sam2, hydra,
 # omegaconf, antlr4, iopath, portalocker, monai, nibabel) in a folder and set GPU_SITE to it.
@@ -41,9 +42,12 @@ bench() {  # bench NAME TIMEOUT SCRIPT FLAGS...: fails when it did not run (not 
 }
 common=(--config sam2_hiera_s --image-size 1024 --amp bf16 --organs 13)
 sam2() {  # sam2 NAME TIMEOUT ATTENTION FLAGS...: a bench_sam2.py run with the script's extra flags last
-  local name="$1" limit="$2" att="$3"; shift 3
+  local name="$1" limit="$2" att="$3" after=(); shift 3
+  # compiled: the second step still recompiles the memory encoder (seen on the CPU: expanded pix_feat,
+  # filled position-encoding cache), so COMPILE_WARMUP (2) untimed steps whatever the extra flags say
+  [[ " $* " == *" --compile "* ]] && after=(--warmup "${COMPILE_WARMUP:-2}")
   bench "$name" "$limit" bench_sam2.py "$@" "${common[@]}" --attention "$att" --profile "$out/$name.ops.txt" \
-    "${extra[@]}"
+    "${extra[@]}" "${after[@]}"
 }
 extra=("$@")
 eager="${BENCH_TIMEOUT:-170}" compiled="${COMPILE_TIMEOUT:-300}"

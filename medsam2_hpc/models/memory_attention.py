@@ -29,7 +29,8 @@ from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
 from torch import Tensor
 
-__all__ = ["LowRankValueAttention", "use_low_rank_values", "EvalMemoryAttention", "use_eval_shortcuts"]
+__all__ = ["LowRankValueAttention", "use_low_rank_values", "EvalMemoryAttention", "use_eval_shortcuts",
+           "TrainMemoryAttention", "use_fused_training"]
 
 _ALIGN = 8  # fused attention kernels want head dims in multiples of 8 (64 + ones column -> 72)
 
@@ -204,4 +205,183 @@ def use_eval_shortcuts(model: torch.nn.Module) -> bool:
     if type(attention) is not MemoryAttention:
         return False
     attention.__class__ = EvalMemoryAttention
+    return True
+
+
+class TrainMemoryAttention(EvalMemoryAttention):
+    """:class:`EvalMemoryAttention` with a training path that issues far fewer host ops.
+
+    Meta's layers cost about 690 aten ops forward and 990 backward per slice (Hiera-T, CPU), and the
+    selective recompute runs the forward again: the training step is host-bound. This path computes
+    the same thing (same parameters, same dropout draws in the same order) with:
+
+    - activations as 2-D (B N, C) rows between the attentions, so each linear is ``t`` + ``addmm``;
+    - one q/k/v projection for the self-attention (weights concatenated at call time; q = k = v =
+      ``norm1`` output, as SAM2's configs have no positional encoding there);
+    - every layer's memory keys projected in one ``baddbmm`` and rotated in one call (the memories
+      and their encoding are the same in all layers), the raw rank-64 values built once;
+    - real-valued RoPE (cos/sin tables cached per grid, memory count and pointer count; pairs
+      interleaved as in Meta's ``view_as_complex``; fp32, then cast back as Meta's), queries and
+      keys of the self-attention rotated in one call;
+    - the value and output projections of the cross-attention folded into one (C, 72) matrix,
+      applied once to the attended raw memories (and their row sums, which scale the bias).
+
+    Installed by :func:`use_fused_training` where every layer fits (:func:`_fits`); eval keeps the
+    shortcuts of :class:`EvalMemoryAttention`.
+    """
+
+    def forward(self, curr: Tensor | list[Tensor], memory: Tensor,
+                curr_pos: Tensor | list[Tensor] | None = None, memory_pos: Tensor | None = None,
+                num_obj_ptr_tokens: int = 0) -> Tensor:
+        if not self.training:
+            return super().forward(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)
+        if isinstance(curr, list):
+            (curr,), (curr_pos,) = curr, curr_pos
+        n, b, c = curr.shape
+        x = torch.add(curr, curr_pos, alpha=0.1) if self.pos_enc_at_input and curr_pos is not None else curr
+        x = x.transpose(0, 1).reshape(b * n, c)  # batch-major rows: attention wants (B, N, C)
+        qkv_rope = self._tables("qkv", n, device=memory.device)
+        q_rope = self._tables("q", n, device=memory.device)
+        keys = self._keys(memory, memory_pos, num_obj_ptr_tokens, n)
+        values = _raw_values(memory, keys[0].dtype)
+        for layer, layer_keys in zip(self.layers, keys, strict=True):
+            x = _self_attention(layer, x, b, *qkv_rope)
+            x = _cross_attention(layer, x, b, *q_rope, layer_keys, values)
+            hidden = layer.dropout(layer.activation(layer.linear1(layer.norm3(x))))
+            x = x + layer.dropout3(layer.linear2(hidden))
+        return self.norm(x).view(b, n, c).transpose(0, 1)
+
+    def _keys(self, memory: Tensor, memory_pos: Tensor, n_ptrs: int, n: int) -> tuple[Tensor, ...]:
+        """Every layer's rotated keys, (B, 1, N_k, C) each: one projection, one rotation."""
+        nk, b, c_mem = memory.shape
+        if (nk - n_ptrs) % n:
+            raise ValueError(f"TrainMemoryAttention: {nk - n_ptrs} memory tokens, not whole frames of {n}")
+        x = memory + memory_pos if self.layers[0].pos_enc_at_cross_attn_keys else memory
+        x = x.transpose(0, 1).reshape(1, b * nk, c_mem)
+        proj = [layer.cross_attn_image.k_proj for layer in self.layers]
+        weight = torch.stack([p.weight for p in proj])  # (layers, C, c_mem)
+        bias = torch.stack([p.bias for p in proj]).unsqueeze(1)
+        keys = torch.baddbmm(bias, x.expand(len(proj), -1, -1), weight.transpose(1, 2))
+        cos, sin = self._tables("keys", n, (nk - n_ptrs) // n, n_ptrs, memory.device)
+        return _rotate(keys.view(len(proj), b, nk, -1), cos, sin).unsqueeze(2).unbind(0)
+
+    def _tables(self, kind: str, n: int, repeats: int = 0, n_ptrs: int = 0, device: torch.device | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """RoPE's cos and signed sin, fp32, for a grid of ``n`` tokens: ``q`` (n, C); ``qkv`` (n, 3, C),
+        the self-attention's q, k and v side by side, v unrotated; ``keys`` (repeats n + n_ptrs, C),
+        the grid repeated, then the unrotated pointer tokens. Cached, except while ``torch.compile``
+        traces (the tables are then part of the graph)."""
+        if torch.compiler.is_compiling():
+            return self._make_tables(kind, n, repeats, n_ptrs, device)
+        key = (kind, n, repeats, n_ptrs, device)
+        cache = self.__dict__.setdefault("_rope_tables", {})
+        if key not in cache:
+            if len(cache) >= _MAX_TABLES:
+                cache.clear()
+            cache[key] = self._make_tables(kind, n, repeats, n_ptrs, device)
+        return cache[key]
+
+    def _make_tables(self, kind: str, n: int, repeats: int, n_ptrs: int, device: torch.device | None
+                     ) -> tuple[Tensor, Tensor]:
+        rope = self.layers[0].self_attn.compute_cis.keywords  # alike in every attention (_fits)
+        cos, sin = _rope_tables(rope["dim"], rope["theta"], n, device)
+        if kind == "keys":
+            return (torch.cat([cos.repeat(repeats, 1), cos.new_ones(n_ptrs, cos.shape[1])]),
+                    torch.cat([sin.repeat(repeats, 1), sin.new_zeros(n_ptrs, sin.shape[1])]))
+        if kind == "qkv":
+            return (torch.stack([cos, cos, torch.ones_like(cos)], dim=1),
+                    torch.stack([sin, sin, torch.zeros_like(sin)], dim=1))
+        return cos, sin
+
+
+_MAX_TABLES = 64  # (grid, memory count, pointer count, device) entries: a clip uses a handful
+
+
+def _rope_tables(dim: int, theta: float, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Meta's ``compute_axial_cis`` for a square grid of ``n`` tokens as real tables (n, dim):
+    cos of each pair's angle in both its places, and sin negated in the first (see :func:`_rotate`)."""
+    side = math.sqrt(n)  # as Meta's RoPEAttention (a float: no graph break under torch.compile)
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4, device=device)[: dim // 4].float() / dim))
+    t = torch.arange(n, dtype=torch.float32, device=device)  # made where used: no upload to wait for
+    angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"),
+                                                                   freqs)], dim=-1)  # (n, dim / 2)
+    cos = angles.cos().repeat_interleave(2, dim=-1)
+    sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
+    return cos, sin
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Meta's rotary encoding of ``x`` (..., C) with pairs (2j, 2j+1) as complex numbers, in real
+    arithmetic: x * cos + swap(x) * sin, where swap exchanges each pair. fp32, then x's dtype."""
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+
+
+def _raw_values(memory: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N_k, B, c_mem) memories -> (B, 1, N_k, c_mem + pad) values of the rank-64 path, with ones
+    in the pad: each attended row then holds its weights' sum there (it scales the bias)."""
+    c_mem = memory.shape[-1]
+    extra = -(-(c_mem + 1) // _ALIGN) * _ALIGN - c_mem
+    return F.pad(memory, (0, extra), value=1.0).to(dtype).transpose(0, 1).unsqueeze(1)
+
+
+def _self_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor) -> Tensor:
+    """Meta's ``_forward_sa`` on rows x (B N, C), one head: fused q/k/v, rotated in one call."""
+    attn = layer.self_attn
+    weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+    bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+    qkv = F.linear(layer.norm1(x), weight, bias).view(b, 1, -1, 3, x.shape[1])
+    q, k, v = _rotate(qkv, cos, sin).unbind(3)  # v too (by the identity): one unbind, no slices
+    dropout_p = attn.dropout_p if layer.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return x + layer.dropout1(attn.out_proj(out.reshape(x.shape)))
+
+
+def _cross_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor, keys: Tensor,
+                     values: Tensor) -> Tensor:
+    """Meta's ``_forward_ca`` on rows x (B N, C) with the layer's rotated ``keys`` and the raw
+    ``values``: attend in the memories' width, then one matrix does value and output projection."""
+    attn = layer.cross_attn_image
+    q = _rotate(attn.q_proj(layer.norm2(x)).view(b, 1, -1, x.shape[1]), cos, sin)
+    dropout_p = attn.dropout_p if layer.training else 0.0
+    out = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p)
+    v_proj = attn.v_proj
+    weight = torch.cat([v_proj.weight, v_proj.bias.unsqueeze(1)], dim=1)  # (C, c_mem + 1)
+    weight = F.pad(attn.out_proj.weight @ weight, (0, values.shape[-1] - weight.shape[1]))
+    return x + layer.dropout2(F.linear(out.view(-1, weight.shape[1]), weight, attn.out_proj.bias))
+
+
+def _fits(attention: torch.nn.Module) -> bool:
+    """Whether :class:`TrainMemoryAttention` computes what Meta's layers do for ``attention``: SAM2's
+    configs (one head, RoPE alike in all attentions, no positional encoding on the self-attention or
+    cross-attention queries, biases everywhere, the rank-64 value path on the cross-attention)."""
+    layers = list(getattr(attention, "layers", []))
+    if not layers or not attention.batch_first:
+        return False
+    ropes = set()
+    for layer in layers:
+        sa, ca = layer.self_attn, layer.cross_attn_image
+        if type(sa) is not RoPEAttention or type(ca) is not LowRankValueAttention or sa.rope_k_repeat:
+            return False
+        if layer.pos_enc_at_attn or layer.pos_enc_at_cross_attn_queries \
+                or layer.pos_enc_at_cross_attn_keys != layers[0].pos_enc_at_cross_attn_keys:
+            return False
+        if sa.num_heads != 1 or ca.num_heads != 1 or sa.internal_dim != sa.embedding_dim \
+                or ca.internal_dim != ca.embedding_dim:
+            return False
+        linears = [sa.q_proj, sa.k_proj, sa.v_proj, sa.out_proj, ca.q_proj, ca.k_proj, ca.v_proj, ca.out_proj]
+        if any(lin.bias is None for lin in linears):
+            return False
+        ropes |= {(a.compute_cis.keywords["dim"], a.compute_cis.keywords["theta"]) for a in (sa, ca)}
+    return len(ropes) == 1
+
+
+def use_fused_training(model: torch.nn.Module) -> bool:
+    """Swap the class of ``model.memory_attention`` to :class:`TrainMemoryAttention` where its layers
+    fit (same parameters and state-dict keys; Meta's package is not modified). Returns whether it changed."""
+    attention = getattr(model, "memory_attention", None)
+    if type(attention) not in (MemoryAttention, EvalMemoryAttention) or not _fits(attention):
+        return False
+    attention.__class__ = TrainMemoryAttention
     return True

@@ -23,10 +23,10 @@ attention kernels' outputs are kept, with dropout's, and only the cheap rest run
 and memory encoder are recomputed in full. Counted with PyTorch's FLOP counter: 102 TFLOP per
 clip without recompute, 129 with a full one, 106 with the selective one. Both recomputes fit the
 budget, so the faster one should be the default, and that needs a GPU: on the CPU they issue as
-many ops (26.5k per 128 px clip, 17.2k with none; the CPU's attention with dropout is unfused, so
-nothing is kept), while the selective one saves 23 TFLOP of GPU arithmetic for a Python dispatch
-mode on each of its ops. Until a GPU times both (``benchmarks/gpu_session.sh`` runs each), the
-selective one stays the default.
+many ops (``host_ops_per_step`` 22.6k per 128 px clip, 16.8k with none; the CPU's attention with
+dropout is unfused, so nothing is kept), while the selective one saves 23 TFLOP of GPU
+arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
+(``benchmarks/gpu_session.sh`` runs each), the selective one stays the default.
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
 A clip's prompted slices read no memory, so training runs them as one batch of slices x objects
 (``propagate(batch_prompted=True)``): one decoder and memory-encoder call, not one per slice.
@@ -51,7 +51,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from .heads import use_lean_heads
-from .memory_attention import EvalMemoryAttention, LowRankValueAttention, use_eval_shortcuts
+from .memory_attention import (
+    EvalMemoryAttention,
+    LowRankValueAttention,
+    use_eval_shortcuts,
+    use_fused_training,
+)
 from .memory_read import KeyCache, select_memories
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
@@ -229,7 +234,8 @@ class VideoPropagator:
         set_postprocess(model, postprocess)
         self.postprocess = postprocess
         _share_expanded_rows(model)
-        use_lean_heads(model)
+        use_fused_training(model)  # the memory attention's training path with fewer host ops
+        use_lean_heads(model)  # prompt encoder, mask decoder and memory encoder with fewer host ops
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
@@ -310,9 +316,10 @@ class VideoPropagator:
             # two regions: the selective recompute's dispatch mode costs host time on every op, so
             # it covers only the memory attention, where the kept outputs save the arithmetic.
             # Not reentrant, though that would skip the detach of each recomputed saved tensor
-            # (one region per slice, memories passed in: 23.7k ops per 128 px clip, not 26.5k):
-            # its bf16 gradients differ (2.6e-3 of a norm; equal in fp32), as autocast's casts
-            # of the weights are summed per slice, not over the clip.
+            # (one region per slice, memories passed in: OpCounter 23.7k ops per 128 px clip, not
+            # 26.5k, much of it the counter's own detaches): its bf16 gradients differ (2.6e-3 of
+            # a norm; equal in fp32), as the gradients of autocast's weight casts are summed per
+            # slice, not over the clip.
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, levels[-1], feats[0].vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
