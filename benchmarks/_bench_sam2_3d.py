@@ -9,19 +9,20 @@ slice, random pixels (speed does not depend on them). ``train3d`` reports slices
 optimizer steps on one clip of N slices; ``infer3d`` slices/s over an N-slice volume with one
 box per organ on the middle slice, and the encoder's share of the time. After the timing, one
 more run counts the FLOPs (``tflop_per_run``, by PyTorch's FLOP counter with grouped
-convolutions corrected) and the aten ops (``aten_ops_per_step``: per training step, or per slice
-of the volume, by OpCounter) and gives the rate achieved (``achieved_tflops``); another runs under
+convolutions corrected) and gives the rate achieved (``achieved_tflops``); another runs under
 the profiler for the host's time (``host_seconds_per_step``: CPU self time of every op, per step
 or slice) and its ops (``host_ops_per_step``: what the host issues one by one, the operators the
 dispatcher runs plus each call of a compiled kernel, ``engine.benchmark.count_host_ops``; of them
-``compiled_kernels_per_step``; on a GPU also ``kernel_launches_per_step``, else null). Far below
-the GPU's peak, with host seconds near the step's, means the host's issuing of ops, not
-arithmetic, sets the speed. ``--profile FILE`` also writes the profiler's table.
+``compiled_kernels_per_step`` and the operators, ``aten_ops_per_step``, per training step or per
+slice of the volume; on a GPU also ``kernel_launches_per_step``, else null). Far below the GPU's
+peak, with host seconds near the step's, means the host's issuing of ops, not arithmetic, sets
+the speed. ``--profile FILE`` also writes the profiler's table.
 
-With ``--compile`` only ``host_ops_per_step`` counts the step that runs: ``aten_ops_per_step`` is
-null, since under OpCounter's dispatch mode the compiled regions run eagerly. On an eager step
-the two differ by the ``detach`` that the mode itself causes for each output autograd saves
-(OpCounter counts them, plain eager runs none: about 15 % of its count on a training step).
+``aten_ops_per_step`` is counted from the profiler's events, not by a dispatch mode
+(:class:`~medsam2_hpc.engine.benchmark.OpCounter`): under a mode the compiled regions run
+eagerly, and the mode itself makes autograd issue a ``detach`` for every output it saves, which
+plain eager does not (about 3.2k of OpCounter's 18.9k on the 128 px, 13-organ training step).
+On an eager step it equals ``host_ops_per_step``.
 
 ``memory3d`` runs no step: it counts what train3d's autograd graph holds after a clip's forward
 on a GPU (``activation_gib_estimate``), on fake tensors, so 1024 px clips can be compared on
@@ -39,7 +40,6 @@ import numpy as np
 import torch
 
 from medsam2_hpc.engine.benchmark import (
-    OpCounter,
     count_flops,
     memory_figures,
     profile_ops,
@@ -130,7 +130,7 @@ def bench_train3d(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds, losses = timed(step, args.steps, args.warmup, device)
     # after the timing: the counters slow the step
-    work = _work_figures(step, device, args.profile, 1, args.compile)
+    work = _work_figures(step, device, args.profile, 1)
     return {"config": args.config, "image_size": args.image_size, "frames": frames, "organs": args.organs,
             "prompt_freq": args.prompt_freq, "checkpoint": args.checkpoint,
             "keep_attention": args.keep_attention, "attention": args.attention, "compile": args.compile,
@@ -167,7 +167,7 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
 
     seconds, preds = timed(run, args.steps, args.warmup, device)
     seconds, pred = seconds / args.steps, preds[-1]
-    work = _work_figures(run, device, args.profile, frames, args.compile)
+    work = _work_figures(run, device, args.profile, frames)
     with torch.inference_mode(), autocast(device, args.amp):  # the encoder's share alone
         t1 = time.perf_counter()
         for lo in range(0, frames, 8):
@@ -182,20 +182,15 @@ def bench_infer3d(args: argparse.Namespace) -> dict[str, Any]:
             **_compute_figures(work.pop("flops"), seconds), **work, **memory_figures(device)}
 
 
-def _work_figures(run: Any, device: torch.device, table: Path | None, per: int, compiled: bool
+def _work_figures(run: Any, device: torch.device, table: Path | None, per: int
                   ) -> dict[str, Any]:
-    """FLOPs of one ``run``; its host ops, launches and host seconds per step (``per`` steps in a run).
-
-    ``aten_ops_per_step`` (OpCounter) is None when compiled: under its dispatch mode the compiled
-    regions run eagerly, so it would count the eager step's ops.
-    """
-    with OpCounter() as ops:
-        _, flops = count_flops(run)
+    """FLOPs of one ``run``; its host ops, launches and host seconds per step (``per`` steps in a run)."""
+    _, flops = count_flops(run)
     prof = profile_ops(run, device, table)
-    return {"flops": flops, "aten_ops_per_step": None if compiled else ops.total / per,
-            "host_ops_per_step": prof.host_ops.total / per,
-            "compiled_kernels_per_step": prof.host_ops.kernels / per,
-            "kernel_launches_per_step": prof.host_ops.launches / per if device.type == "cuda" else None,
+    ops = prof.host_ops
+    return {"flops": flops, "aten_ops_per_step": (ops.total - ops.kernels) / per,
+            "host_ops_per_step": ops.total / per, "compiled_kernels_per_step": ops.kernels / per,
+            "kernel_launches_per_step": ops.launches / per if device.type == "cuda" else None,
             "host_seconds_per_step": prof.host_seconds / per, "profile_top": prof.top if table else None}
 
 

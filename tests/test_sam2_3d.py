@@ -254,6 +254,9 @@ def test_benchmark_modes_smoke(mode, extra, tmp_path, capsys):
     assert record["tflop_per_run"] > 0 and record["achieved_tflops"] > 0
     # host figures: a slice runs SAM2's heads and memory (hundreds of ops) on the host's time
     assert record["aten_ops_per_step"] > 100 and record["host_seconds_per_step"] > 0
+    # eager: every host op is an operator (no compiled kernel), counted once from the profiler
+    assert record["compiled_kernels_per_step"] == 0
+    assert record["aten_ops_per_step"] == record["host_ops_per_step"]
     if profile:
         assert record["profile_top"] and "Self CPU" in (tmp_path / "ops.txt").read_text()
     else:
