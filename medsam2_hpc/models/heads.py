@@ -5,8 +5,10 @@ and the activation checkpoint runs them again in the backward pass: at 13 organs
 clip they issued about half of a step's aten ops, each a host-side dispatch whatever its size.
 Here the same arithmetic goes out in fewer, larger ops:
 
-- the decoder transformer's attention projects (B N, C) token matrices, one reshape fewer per
-  projection than a linear on (B, N, C) followed by the heads' split;
+- the decoder transformer keeps tokens and image rows as (B N, C) and (B HW, C) matrices from
+  entry to exit: a projection is one ``addmm`` (a linear on (B, N, C) reshapes in and out), the
+  projections that read the same rows are one matmul over their weights concatenated at call time,
+  and the image rows' encoding is added once per layer where Meta adds it for each attention;
 - ``LayerNorm2d`` (13 elementwise ops forward, about twice as many backward) is one fused
   ``layer_norm`` over the channels, read through a permuted view (same normalisation; the fused
   kernel's summation order differs in the last bits);
@@ -40,7 +42,7 @@ from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWa
 from sam2.modeling.sam2_utils import LayerNorm2d
 from torch import Tensor
 
-__all__ = ["LeanLayerNorm2d", "LeanAttention", "LeanTwoWayTransformer", "LeanTwoWayAttentionBlock",
+__all__ = ["LeanLayerNorm2d", "LeanTwoWayTransformer", "LeanTwoWayAttentionBlock",
            "LeanMaskDecoder", "LeanPromptEncoder", "LeanCXBlock",
            "SharedSinePE", "use_lean_heads"]
 
@@ -51,22 +53,6 @@ class LeanLayerNorm2d(LayerNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         out = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
         return out.permute(0, 3, 1, 2).to(x.dtype)  # autocast runs layer_norm in fp32; keep x's type
-
-
-class LeanAttention(Attention):
-    """Meta's decoder ``Attention`` with its projections on (B N, C) matrices: a linear on 3-D tokens
-    reshapes in and out around its matmul, and the heads' split reshapes once more."""
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        b, n, _ = q.shape
-        q, k, v = self._heads(self.q_proj, q), self._heads(self.k_proj, k), self._heads(self.v_proj, v)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b * n, -1)).view(b, n, -1)
-
-    def _heads(self, proj: torch.nn.Linear, x: Tensor) -> Tensor:
-        """(B, N, C) -> projected and split, (B, heads, N, C / heads)."""
-        b, n, c = x.shape
-        return proj(x.reshape(b * n, c)).view(b, n, self.num_heads, -1).transpose(1, 2)
 
 
 class LeanTwoWayTransformer(TwoWayTransformer):
@@ -299,7 +285,7 @@ class SharedSinePE(PositionEmbeddingSine):
         return cache[key].expand(x.shape[0], -1, -1, -1)
 
 
-_SWAPS = ((LayerNorm2d, LeanLayerNorm2d), (Attention, LeanAttention), (MaskDecoder, LeanMaskDecoder),
+_SWAPS = ((LayerNorm2d, LeanLayerNorm2d), (MaskDecoder, LeanMaskDecoder),
           (TwoWayTransformer, LeanTwoWayTransformer), (TwoWayAttentionBlock, LeanTwoWayAttentionBlock),
           (PromptEncoder, LeanPromptEncoder), (CXBlock, LeanCXBlock), (PositionEmbeddingSine, SharedSinePE))
 
