@@ -17,7 +17,9 @@ aten ops per slice) and fewer FLOPs (the keys of a frame projected once, not at 
 
 :func:`select_memories` is step 1 of Meta's function (which frames, at which temporal place,
 which object pointers), line for line, so that the frames are known by name; the tests check
-the whole read against Meta's function.
+the whole read against Meta's function. :func:`training_memory` is its step 2 for training: the
+memories and their encodings concatenated in a few batched ops instead of four per frame (the
+selective recompute runs it again, and autograd differentiates each op).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import torch
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 from torch import Tensor
 
-__all__ = ["MemoryRead", "select_memories", "KeyCache"]
+__all__ = ["MemoryRead", "select_memories", "training_memory", "KeyCache"]
 
 Memory = dict[str, dict[int, dict[str, Tensor]]]  # SAM2's output_dict: bank -> frame -> entry
 _MAX_PLACES = 64  # temporal terms kept per cache, (layer, frame places, pointer count) each
+_PLACE_INDEX: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}  # constant indices of reads' places
 
 
 @dataclass
@@ -98,12 +101,43 @@ def select_memories(model: torch.nn.Module, frame_idx: int, memory: Memory, num_
         obj_pos = torch.tensor(pos_list).to(device=device, non_blocking=True)
         obj_pos = m.obj_ptr_tpos_proj(get_1d_sine_pe(obj_pos / (max_ptrs - 1), dim=tpos_dim))
         obj_pos = obj_pos.unsqueeze(1).expand(-1, b, m.mem_dim)
-    else:
-        obj_pos = ptrs.new_zeros(len(pos_list), b, m.mem_dim)
+    else:  # zeros: made at their final size (one op, not zeros then their copies per token)
+        obj_pos = ptrs.new_zeros(len(pos_list) * max(1, c // m.mem_dim), b, m.mem_dim)
     if m.mem_dim < c:  # a pointer becomes c // mem_dim tokens
         ptrs = ptrs.reshape(-1, b, c // m.mem_dim, m.mem_dim).permute(0, 2, 1, 3).flatten(0, 1)
-        obj_pos = obj_pos.repeat_interleave(c // m.mem_dim, dim=0)
+        if m.add_tpos_enc_to_obj_ptrs:
+            obj_pos = obj_pos.repeat_interleave(c // m.mem_dim, dim=0)
     return MemoryRead(frames, ptrs, obj_pos)
+
+
+def training_memory(model: torch.nn.Module, read: MemoryRead) -> tuple[Tensor, Tensor, int]:
+    """Step 2 of Meta's ``_prepare_memory_conditioned_features`` for ``read``: the memory (N_k, K,
+    mem_dim), its encoding and the pointer-token count, as the memory attention takes them.
+
+    Meta flattens each frame, and adds its temporal encoding, one frame at a time; here all frames
+    are one concatenation and the temporal encodings (picked by one index) are added in one
+    broadcast add: the same values in the same order (frames, then pointer tokens).
+    """
+    n = len(read.frames)
+    feats = torch.cat([entry["maskmem_features"] for entry, _ in read.frames], dim=2)  # (K, C, n H, W)
+    pos = torch.cat([entry["maskmem_pos_enc"][-1] for entry, _ in read.frames], dim=2)
+    memory = feats.flatten(2).permute(2, 0, 1)
+    tau = model.maskmem_tpos_enc.index_select(0, _place_index(tuple(p for _, p in read.frames), feats.device))
+    memory_pos = (pos.flatten(2).permute(2, 0, 1).unflatten(0, (n, -1)) + tau).flatten(0, 1)
+    if read.ptrs is None:
+        return memory, memory_pos, 0
+    return (torch.cat([memory, read.ptrs]), torch.cat([memory_pos, read.ptr_pos]), read.ptrs.shape[0])
+
+
+def _place_index(places: tuple[int, ...], device: torch.device) -> Tensor:
+    """The places as an index tensor on ``device``, made once per pattern (a read's places repeat)."""
+    key = (places, device)
+    if key not in _PLACE_INDEX:
+        if len(_PLACE_INDEX) >= _MAX_PLACES:
+            _PLACE_INDEX.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            _PLACE_INDEX[key] = torch.tensor(places).to(device, non_blocking=True)
+    return _PLACE_INDEX[key]
 
 
 class KeyCache:

@@ -57,7 +57,7 @@ from .memory_attention import (
     use_eval_shortcuts,
     use_fused_training,
 )
-from .memory_read import KeyCache, select_memories
+from .memory_read import KeyCache, select_memories, training_memory
 from .sam2 import META_FILL_HOLE_AREA, set_postprocess
 
 Memory = dict[str, dict[int, dict[str, Tensor]]]  # SAM2's output_dict: bank -> slice -> entry
@@ -361,11 +361,17 @@ class VideoPropagator:
                 memory: dict[str, dict[int, dict[str, Tensor]]], num_frames: int, reverse: bool,
                 keys: KeyCache | None) -> Tensor:
         """Memory attention of the K objects on one slice (SAM2's no-memory embedding when prompted)."""
-        if keys is not None and not is_cond:
-            read = select_memories(self.model, t, memory, num_frames, reverse)
-            pix = self.model.memory_attention.read(vision[:, :1], pos, k, *keys.read(read, vision.device))
+        m = self.model
+        if (keys is not None or m.training) and not is_cond and m.num_maskmem > 0:
+            read = select_memories(m, t, memory, num_frames, reverse)
+            if keys is not None:
+                pix = m.memory_attention.read(vision[:, :1], pos, k, *keys.read(read, vision.device))
+            else:  # training: Meta's memories and encodings, built in a few batched ops
+                mem, mem_pos, n_ptrs = training_memory(m, read)
+                pix = m.memory_attention(curr=[vision], curr_pos=[pos.expand(-1, k, -1)], memory=mem,
+                                         memory_pos=mem_pos, num_obj_ptr_tokens=n_ptrs)
             return pix.permute(1, 2, 0).view(k, -1, *size)
-        return self.model._prepare_memory_conditioned_features(
+        return m._prepare_memory_conditioned_features(
             frame_idx=t, is_init_cond_frame=is_cond, current_vision_feats=[vision.expand(-1, k, -1)],
             current_vision_pos_embeds=[pos.expand(-1, k, -1)], feat_sizes=[size], output_dict=memory,
             num_frames=num_frames, track_in_reverse=reverse)
@@ -519,13 +525,16 @@ def _remember(frames: list[int], memories: list[Memory], is_cond: bool, k: int, 
     """Store each slice's memory (k rows each of :meth:`VideoPropagator._finish`'s ``outs``) in its
     ``memories`` entry; the slices' outputs."""
     bank = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
+    if len(frames) > 1:  # each output cut into the slices' rows by one split
+        outs = [list(zip(*(p.split(k) for p in o), strict=True)) if isinstance(o, list) else o.split(k)
+                for o in outs]
     results = []
     for i, (t, memory) in enumerate(zip(frames, memories, strict=True)):
         low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos = outs if len(frames) == 1 \
-            else ([p[i * k:(i + 1) * k] for p in o] if isinstance(o, list) else o[i * k:(i + 1) * k]
-                  for o in outs)
-        # the memory's positional encoding is the same for every object: keep one row
-        mem_pos = [p[:1].clone().expand_as(p) for p in mem_pos]
+            else (o[i] for o in outs)
+        # the memory's positional encoding is the same for every object: keep one row (it is one
+        # already where the encoder expands a shared map)
+        mem_pos = [p if p.stride(0) == 0 else p[:1].clone().expand_as(p) for p in mem_pos]
         memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
         results.append(FrameOutput(low, high, score, from_decoder, is_cond, multi, ious))
     return results
@@ -557,12 +566,14 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
     The fused attention kernels are tagged ``nondeterministic_seeded`` (they take dropout's
     seed), so keeping them skips the memory attention's big matmuls in the recompute: about
-    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout is kept with them on the
-    GPU (``native_dropout``): a recompute that skipped a seeded kernel would otherwise draw the
-    next dropout mask from a shifted random stream. The CPU's dropout fills a mask in place
-    (``bernoulli_``), which cannot be cached; it is recomputed from the restored random state,
-    which is exact there because the CPU's fused attention draws nothing (it runs without
-    dropout; attention with dropout takes the unfused path, recomputed as a whole).
+    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
+    too) is kept with them: a recompute that skipped a seeded kernel would otherwise draw the next
+    dropout mask from a shifted random stream. The memory attention's training path
+    (:class:`~medsam2_hpc.models.memory_attention.TrainMemoryAttention`) issues that same op on the
+    CPU and composes its attention with dropout around it there, so on the CPU as on the GPU the
+    recompute keeps every dropout of the region and draws nothing. ``F.dropout``'s own CPU form
+    (elsewhere) fills a mask in place (``bernoulli_``), which cannot be cached; it is recomputed from
+    the restored random state, exact because the CPU's fused attention draws nothing.
     """
     tags = op.tags
     if torch.Tag.nondeterministic_seeded in tags and torch.Tag.inplace not in tags:

@@ -156,11 +156,17 @@ def propagated_loss(propagator: VideoPropagator, clip: dict[str, Any], organs: S
         outs[t] = out
     weight = torch.stack([o.from_decoder for o in outs]).flatten().float()  # (T K)
     width = max(o.multimasks.shape[1] for o in outs)  # 1 on box-prompted slices, 3 where SAM2 proposes 3
-    masks = torch.stack([o.multimasks.float().expand(-1, width, -1, -1) for o in outs]).flatten(0, 1)
-    ious = torch.stack([o.ious.float().expand(-1, width) for o in outs]).flatten(0, 1)
-    scores = torch.stack([o.object_score[:, 0].float() for o in outs]).flatten()
+    # each input stacked once (then cast once), expanded only where a slice proposed fewer masks
+    masks = torch.stack([_widened(o.multimasks, width) for o in outs]).flatten(0, 1).float()
+    ious = torch.stack([_widened(o.ious, width) for o in outs]).flatten(0, 1).float()
+    scores = torch.stack([o.object_score for o in outs]).flatten().float()  # (T, K, 1) -> (T K)
     truth = (label[:, None] == ids).flatten(0, 1)
     return loss_fn(masks, ious, scores, truth, weight)
+
+
+def _widened(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` (K, M, ...) with its M proposals repeated to ``width`` (a view; no op when M is already so)."""
+    return x if x.shape[1] == width else x.expand(-1, width, *x.shape[2:])
 
 
 def param_groups(model: torch.nn.Module, lr: float, memory_lr: float, encoder_lr: float
