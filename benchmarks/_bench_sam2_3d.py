@@ -66,9 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="default", choices=["default", "cudnn"],
                    help="3D: fused attention kernel tried first (sam2_video.ATTENTION)")
     p.add_argument("--compile", action="store_true",
-                   help="3D: torch.compile the memory attention and encoder (dynamic shapes); pair it with "
-                   "--warmup >= 1 so the compilation stays out of the timing, and train3d with "
-                   "--recompute-attention or --no-checkpoint (the selective recompute fails on it)")
+                   help="3D: torch.compile the memory attention, memory encoder and mask decoder (dynamic "
+                   "shapes); pair it with --warmup >= 1 so the compilation stays out of the timing, and "
+                   "train3d with --recompute-attention or --no-checkpoint (the selective recompute fails "
+                   "on it)")
 
 
 def synthetic_volume(frames: int, organs: int, size: int, rng: np.random.Generator

@@ -207,13 +207,17 @@ class VideoPropagator:
             memory is encoded from its (filled) low-res output resized to the input, as
             ``SAM2VideoPredictor`` does (for a mask prompt that is the mask after a round trip
             through the low resolution; SAM2Train, and so training, uses the mask itself).
-        compile: compile the memory attention and memory encoder with ``torch.compile(dynamic=
-            True)`` in place (parameters and checkpoints unchanged; the memory count varies by
-            slice, ``dynamic`` keeps it from recompiling). Off by default: the first slices pay
-            the compilation, and no GPU measurement has shown the gain yet. With ``checkpoint`` it
-            needs ``keep_attention=False``: the selective recompute of the compiled memory attention
-            fails in backward ("Tensor cached during selective activation checkpoint has been
-            mutated", torch 2.14, CPU).
+        compile: compile the memory attention, memory encoder and mask decoder with
+            ``torch.compile(dynamic=True)`` in place (parameters and checkpoints unchanged; the
+            memory count varies by slice, the decoder's batch and prompt tokens by call, ``dynamic``
+            keeps them from recompiling). The decoder compiles as one graph forward and backward since
+            :mod:`.heads` runs its transformer on row matrices; before that the inductor (torch 2.14)
+            failed on it ("cannot determine truth value of Relational": the strides of ``transpose(1,
+            2).view(b, c, h, w)``, saved for backward, compared symbolically). Off by default: the
+            first slices pay the compilation, and no GPU measurement has shown the gain yet. With
+            ``checkpoint`` it needs ``keep_attention=False``: the selective recompute of the compiled
+            memory attention fails in backward ("Tensor cached during selective activation
+            checkpoint has been mutated", torch 2.14, CPU).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = -1,
@@ -239,6 +243,7 @@ class VideoPropagator:
         if compile:
             model.memory_attention.compile(dynamic=True)
             model.memory_encoder.compile(dynamic=True)
+            model.sam_mask_decoder.compile(dynamic=True)
 
     # image features -------------------------------------------------------------------
     def encode(self, images: Tensor, *, chunk: int = 8) -> list[FrameFeatures]:

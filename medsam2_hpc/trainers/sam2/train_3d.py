@@ -74,9 +74,9 @@ class Sam2Config3D(Sam2Config):
     (``bench_sam2.py --mode memory3d``); the default until a GPU shows whether the saved
     arithmetic outweighs the host cost of its dispatch mode, see ``sam2_video``),
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``),
-    compile (torch.compile the memory attention and memory encoder, ``dynamic=True``; off by
-    default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes; with
-    activation_checkpointing it needs checkpoint_keeps_attention false).
+    compile (torch.compile the memory attention, memory encoder and mask decoder, ``dynamic=True``;
+    off by default until a GPU benchmark shows a gain, and on a CPU the compilation takes minutes;
+    with activation_checkpointing it needs checkpoint_keeps_attention false).
     """
 
     trainable: TrainableParts = "decoder+memory"

@@ -1,0 +1,90 @@
+"""``VideoPropagator(compile=True)`` trains as eager does, its compiled parts running compiled.
+
+Hiera-T with random weights at 64 px, a 4-slice clip (2 prompted, 2 tracked), train mode with
+dropout, the trainer's own loss (``clip_loss``). Compiled with dynamic shapes on the CPU (the
+inductor's C++ kernels), in a cache under the test's tmp dir: minutes on this machine.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from medsam2_hpc.losses import MultimaskLoss, make_loss
+from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
+from medsam2_hpc.models.sam2_video import VideoPropagator
+from medsam2_hpc.trainers.sam2.step_3d import clip_loss
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+SIZE, FRAMES = 64, 4
+COMPILED = ("memory_attention", "memory_encoder", "sam_mask_decoder")
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True)
+    set_trainable(model, "decoder+memory")
+    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)  # organs present
+    return model.train()
+
+
+def _clip() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    label = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.long)
+    for organ, (cy, cx) in enumerate([(16, 16), (20, 45), (47, 30)], start=1):
+        label[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= 9 ** 2] = organ
+    return {"image": torch.rand(FRAMES, 3, SIZE, SIZE, generator=gen), "label": label}
+
+
+def _loss_and_grads(checkpoint: bool, compile: bool, calls: dict[str, list[bool]]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training step's loss and gradients; ``calls`` gets, per compiled part, whether each of
+    its calls ran traced (a hook inside a compiled region runs at tracing time only)."""
+    model = _model()
+    for name in COMPILED:
+        getattr(model, name).register_forward_hook(
+            lambda *_, name=name: calls.setdefault(name, []).append(torch.compiler.is_compiling()))
+    prop = VideoPropagator(model, checkpoint=checkpoint, keep_attention=False, compile=compile)
+    torch.manual_seed(1)  # dropout: both draw the same masks in the same order
+    loss = clip_loss(prop, _clip(), "bbox", 2, MultimaskLoss(make_loss("bce")), np.random.default_rng(0),
+                     torch.device("cpu"))["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.slow  # about N minutes on 2 shared cores: the inductor compiles C++ kernels
+def test_compiled_training_step_gives_the_eager_loss_and_gradients(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's dropout draws
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with temporary_cache_dir(str(tmp_path)):
+            for checkpoint in (False, True):  # none, and plain checkpointing (the recompute compiled too)
+                eager_calls: dict[str, list[bool]] = {}
+                loss, grads = _loss_and_grads(checkpoint, False, eager_calls)
+                calls: dict[str, list[bool]] = {}
+                compiled_loss, compiled_grads = _loss_and_grads(checkpoint, True, calls)
+                assert not any(c for v in eager_calls.values() for c in v)
+                # every call of each part ran in a compiled graph (a graph break or an eager
+                # fallback would run its hook at call time)
+                assert all(calls[name] and all(calls[name]) for name in COMPILED), calls
+                torch.testing.assert_close(compiled_loss, loss, atol=1e-6, rtol=1e-5)
+                assert compiled_grads.keys() == grads.keys()
+                assert any(n.startswith("sam_mask_decoder.transformer") for n in grads)
+                # fp32 sums in another order; the decoder's key biases get rounding noise
+                # (1e-10) only: their true gradient is zero, as softmax ignores a shift per query
+                for name, grad in grads.items():
+                    error = torch.linalg.vector_norm(compiled_grads[name] - grad)
+                    assert error <= 1e-3 * torch.linalg.vector_norm(grad) + 1e-8, (name, float(error))
+        assert not counters["graph_break"], dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
