@@ -240,19 +240,38 @@ class TrainMemoryAttention(EvalMemoryAttention):
         n, b, c = curr.shape
         x = torch.add(curr, curr_pos, alpha=0.1) if self.pos_enc_at_input and curr_pos is not None else curr
         x = x.transpose(0, 1).reshape(b * n, c)  # batch-major rows: attention wants (B, N, C)
-        qkv_rope = self._tables("qkv", n, device=memory.device)
-        q_rope = self._tables("q", n, device=memory.device)
-        keys = self._keys(memory, memory_pos, num_obj_ptr_tokens, n)
-        values = _raw_values(memory, keys[0].dtype)
-        for layer, layer_keys in zip(self.layers, keys, strict=True):
-            x = _self_attention(layer, x, b, *qkv_rope)
-            x = _cross_attention(layer, x, b, *q_rope, layer_keys, values)
-            hidden = layer.dropout(layer.activation(layer.linear1(layer.norm3(x))))
-            x = x + layer.dropout3(layer.linear2(hidden))
+        composed = memory.device.type == "cpu" and self._drops_attention()
+        scale = c ** -0.5 if composed else 1.0  # composed attention: queries pre-scaled by their tables
+        qkv_rope = self._tables("qkv", n, device=memory.device, scale=scale)
+        q_rope = self._tables("q", n, device=memory.device, scale=scale)
+        keys = self._keys(memory, memory_pos, num_obj_ptr_tokens, n, composed)
+        values = _raw_values(memory, keys[0].dtype, composed)
+        folded = self._folded_projections(values.shape[-1])
+        for layer, layer_keys, layer_folded in zip(self.layers, keys, folded, strict=True):
+            x = _self_attention(layer, x, b, *qkv_rope, composed)
+            x = _cross_attention(layer, x, b, *q_rope, layer_keys, values, layer_folded)
+            hidden = _drop(layer.dropout, layer.activation(layer.linear1(layer.norm3(x))))
+            x = x + _drop(layer.dropout3, layer.linear2(hidden))
         return self.norm(x).view(b, n, c).transpose(0, 1)
 
-    def _keys(self, memory: Tensor, memory_pos: Tensor, n_ptrs: int, n: int) -> tuple[Tensor, ...]:
-        """Every layer's rotated keys, (B, 1, N_k, C) each: one projection, one rotation."""
+    def _drops_attention(self) -> bool:
+        """Whether any attention drops out its weights (training with ``dropout_p > 0``)."""
+        return any(attn.training and attn.dropout_p > 0
+                   for layer in self.layers for attn in (layer.self_attn, layer.cross_attn_image))
+
+    def _folded_projections(self, width: int) -> tuple[Tensor, ...]:
+        """Every layer's cross-attention value and output projections as one (C, ``width``) matrix,
+        W_o [W_v | b_v] zero-padded to the values' width: one batched product for all layers."""
+        attns = [layer.cross_attn_image for layer in self.layers]
+        value = torch.cat([torch.stack([a.v_proj.weight for a in attns]),
+                           torch.stack([a.v_proj.bias for a in attns]).unsqueeze(2)], dim=2)  # L, C, c_mem+1
+        folded = torch.bmm(torch.stack([a.out_proj.weight for a in attns]), value)
+        return F.pad(folded, (0, width - value.shape[2])).unbind(0)
+
+    def _keys(self, memory: Tensor, memory_pos: Tensor, n_ptrs: int, n: int, composed: bool
+              ) -> tuple[Tensor, ...]:
+        """Every layer's rotated keys, (B, 1, N_k, C) each for SDPA, (B, C, N_k) for the ``composed``
+        attention (:func:`_attention`): one projection, one rotation."""
         nk, b, c_mem = memory.shape
         if (nk - n_ptrs) % n:
             raise ValueError(f"TrainMemoryAttention: {nk - n_ptrs} memory tokens, not whole frames of {n}")
@@ -263,35 +282,36 @@ class TrainMemoryAttention(EvalMemoryAttention):
         bias = torch.stack([p.bias for p in proj]).unsqueeze(1)
         keys = torch.baddbmm(bias, x.expand(len(proj), -1, -1), weight.transpose(1, 2))
         cos, sin = self._tables("keys", n, (nk - n_ptrs) // n, n_ptrs, memory.device)
-        return _rotate(keys.view(len(proj), b, nk, -1), cos, sin).unsqueeze(2).unbind(0)
+        keys = _rotate(keys.view(len(proj), b, nk, -1), cos, sin)
+        return (keys.transpose(2, 3) if composed else keys.unsqueeze(2)).unbind(0)
 
-    def _tables(self, kind: str, n: int, repeats: int = 0, n_ptrs: int = 0, device: torch.device | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def _tables(self, kind: str, n: int, repeats: int = 0, n_ptrs: int = 0,
+                device: torch.device | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
         """RoPE's cos and signed sin, fp32, for a grid of ``n`` tokens: ``q`` (n, C); ``qkv`` (n, 3, C),
         the self-attention's q, k and v side by side, v unrotated; ``keys`` (repeats n + n_ptrs, C),
-        the grid repeated, then the unrotated pointer tokens. Cached, except while ``torch.compile``
-        traces (the tables are then part of the graph)."""
+        the grid repeated, then the unrotated pointer tokens. The queries' tables times ``scale``.
+        Cached, except while ``torch.compile`` traces (the tables are then part of the graph)."""
         if torch.compiler.is_compiling():
-            return self._make_tables(kind, n, repeats, n_ptrs, device)
-        key = (kind, n, repeats, n_ptrs, device)
+            return self._make_tables(kind, n, repeats, n_ptrs, device, scale)
+        key = (kind, n, repeats, n_ptrs, device, scale)
         cache = self.__dict__.setdefault("_rope_tables", {})
         if key not in cache:
             if len(cache) >= _MAX_TABLES:
                 cache.clear()
-            cache[key] = self._make_tables(kind, n, repeats, n_ptrs, device)
+            cache[key] = self._make_tables(kind, n, repeats, n_ptrs, device, scale)
         return cache[key]
 
-    def _make_tables(self, kind: str, n: int, repeats: int, n_ptrs: int, device: torch.device | None
-                     ) -> tuple[Tensor, Tensor]:
+    def _make_tables(self, kind: str, n: int, repeats: int, n_ptrs: int, device: torch.device | None,
+                     scale: float) -> tuple[Tensor, Tensor]:
         rope = self.layers[0].self_attn.compute_cis.keywords  # alike in every attention (_fits)
         cos, sin = _rope_tables(rope["dim"], rope["theta"], n, device)
         if kind == "keys":
             return (torch.cat([cos.repeat(repeats, 1), cos.new_ones(n_ptrs, cos.shape[1])]),
                     torch.cat([sin.repeat(repeats, 1), sin.new_zeros(n_ptrs, sin.shape[1])]))
         if kind == "qkv":
-            return (torch.stack([cos, cos, torch.ones_like(cos)], dim=1),
-                    torch.stack([sin, sin, torch.zeros_like(sin)], dim=1))
-        return cos, sin
+            return (torch.stack([cos * scale, cos, torch.ones_like(cos)], dim=1),
+                    torch.stack([sin * scale, sin, torch.zeros_like(sin)], dim=1))
+        return cos * scale, sin * scale
 
 
 _MAX_TABLES = 64  # (grid, memory count, pointer count, device) entries: a clip uses a handful
@@ -318,38 +338,66 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
 
 
-def _raw_values(memory: Tensor, dtype: torch.dtype) -> Tensor:
-    """(N_k, B, c_mem) memories -> (B, 1, N_k, c_mem + pad) values of the rank-64 path, with ones
-    in the pad: each attended row then holds its weights' sum there (it scales the bias)."""
+def _raw_values(memory: Tensor, dtype: torch.dtype, composed: bool) -> Tensor:
+    """(N_k, B, c_mem) memories -> (B, 1, N_k, c_mem + pad) values of the rank-64 path ((B, N_k,
+    c_mem + pad) for the ``composed`` attention), with ones in the pad: each attended row then holds
+    its weights' sum there (it scales the bias)."""
     c_mem = memory.shape[-1]
     extra = -(-(c_mem + 1) // _ALIGN) * _ALIGN - c_mem
-    return F.pad(memory, (0, extra), value=1.0).to(dtype).transpose(0, 1).unsqueeze(1)
+    values = F.pad(memory, (0, extra), value=1.0).to(dtype).transpose(0, 1)
+    return values if composed else values.unsqueeze(1)
 
 
-def _self_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor) -> Tensor:
-    """Meta's ``_forward_sa`` on rows x (B N, C), one head: fused q/k/v, rotated in one call."""
+def _drop(module: torch.nn.Dropout, x: Tensor) -> Tensor:
+    """``module(x)`` (an ``nn.Dropout``) as one op on every device (:func:`_dropout`)."""
+    return _dropout(x, module.p if module.training else 0.0)
+
+
+def _dropout(x: Tensor, p: float) -> Tensor:
+    """Training-mode ``F.dropout(x, p)`` as one op, ``native_dropout``: on a GPU what ``F.dropout`` runs;
+    on the CPU the same mask (``bernoulli_(1 - p)`` over an x-shaped tensor) where ``F.dropout`` issues
+    four ops. Tagged seeded and not in place, it is kept by the selective recompute on every device."""
+    if 0 < p < 1:
+        return torch.native_dropout(x, p, True)[0]
+    return F.dropout(x, p) if p else x  # p = 1: zeros, as F.dropout
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+    """One head's attention: SDPA for (B, 1, N, d) ``q``, ``k`` and ``v``; composed for (B, N, d)
+    queries scaled by 1 / sqrt(d) beforehand (their RoPE tables), keys transposed (B, d, N_k).
+
+    The composed form is for the CPU with dropout, where SDPA takes its unfused math path: about 20
+    ops, its dropout four of them (:func:`_dropout`). This is the same product, softmax and one
+    ``native_dropout`` over the same (B, N, N_k) weights, so the same seed draws the same mask.
+    """
+    if q.dim() == 4:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return torch.bmm(_dropout(torch.softmax(torch.bmm(q, k), dim=-1), dropout_p), v)
+
+
+def _self_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor, composed: bool
+                    ) -> Tensor:
+    """Meta's ``_forward_sa`` on rows x (B N, C), one head: fused q/k/v, rotated in one call;
+    ``composed``: with :func:`_attention`'s composed form (the tables then scale q)."""
     attn = layer.self_attn
     weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    qkv = F.linear(layer.norm1(x), weight, bias).view(b, 1, -1, 3, x.shape[1])
-    q, k, v = _rotate(qkv, cos, sin).unbind(3)  # v too (by the identity): one unbind, no slices
-    dropout_p = attn.dropout_p if layer.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    return x + layer.dropout1(attn.out_proj(out.reshape(x.shape)))
+    qkv = F.linear(layer.norm1(x), weight, bias).view(b, *(() if composed else (1,)), -1, 3, x.shape[1])
+    q, k, v = _rotate(qkv, cos, sin).unbind(-2)  # v too (by the identity): one unbind, no slices
+    out = _attention(q, k.transpose(1, 2) if composed else k, v, attn.dropout_p if layer.training else 0.0)
+    return x + _drop(layer.dropout1, attn.out_proj(out.reshape(x.shape)))
 
 
 def _cross_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor, keys: Tensor,
-                     values: Tensor) -> Tensor:
+                     values: Tensor, folded: Tensor) -> Tensor:
     """Meta's ``_forward_ca`` on rows x (B N, C) with the layer's rotated ``keys`` and the raw
-    ``values``: attend in the memories' width, then one matrix does value and output projection."""
+    ``values`` (laid out for :func:`_attention`'s form): attend in the memories' width, then one
+    matrix, ``folded`` (:meth:`TrainMemoryAttention._folded_projections`), does value and output
+    projection."""
     attn = layer.cross_attn_image
-    q = _rotate(attn.q_proj(layer.norm2(x)).view(b, 1, -1, x.shape[1]), cos, sin)
-    dropout_p = attn.dropout_p if layer.training else 0.0
-    out = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p)
-    v_proj = attn.v_proj
-    weight = torch.cat([v_proj.weight, v_proj.bias.unsqueeze(1)], dim=1)  # (C, c_mem + 1)
-    weight = F.pad(attn.out_proj.weight @ weight, (0, values.shape[-1] - weight.shape[1]))
-    return x + layer.dropout2(F.linear(out.view(-1, weight.shape[1]), weight, attn.out_proj.bias))
+    q = _rotate(attn.q_proj(layer.norm2(x)).view(*values.shape[:-2], -1, x.shape[1]), cos, sin)
+    out = _attention(q, keys, values, attn.dropout_p if layer.training else 0.0)
+    return x + _drop(layer.dropout2, F.linear(out.view(-1, folded.shape[1]), folded, attn.out_proj.bias))
 
 
 def _fits(attention: torch.nn.Module) -> bool:

@@ -654,12 +654,14 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
     The fused attention kernels are tagged ``nondeterministic_seeded`` (they take dropout's
     seed), so keeping them skips the memory attention's big matmuls in the recompute: about
-    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout is kept with them on the
-    GPU (``native_dropout``): a recompute that skipped a seeded kernel would otherwise draw the
-    next dropout mask from a shifted random stream. The CPU's dropout fills a mask in place
-    (``bernoulli_``), which cannot be cached; it is recomputed from the restored random state,
-    which is exact there because the CPU's fused attention draws nothing (it runs without
-    dropout; attention with dropout takes the unfused path, recomputed as a whole).
+    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
+    too) is kept with them: a recompute that skipped a seeded kernel would otherwise draw the next
+    dropout mask from a shifted random stream. The memory attention's training path
+    (:class:`~medsam2_hpc.models.memory_attention.TrainMemoryAttention`) issues that same op on the
+    CPU and composes its attention with dropout around it there, so on the CPU as on the GPU the
+    recompute keeps every dropout of the region and draws nothing. ``F.dropout``'s own CPU form
+    (elsewhere) fills a mask in place (``bernoulli_``), which cannot be cached; it is recomputed from
+    the restored random state, exact because the CPU's fused attention draws nothing.
     """
     tags = op.tags
     if torch.Tag.nondeterministic_seeded in tags and torch.Tag.inplace not in tags:
