@@ -33,7 +33,11 @@ A clip's prompted slices read no memory, so training runs them as one batch of s
 
 Built on SAM2Base's own pieces (``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``, ``_use_mask_as_output``, ``_encode_new_memory``) as Meta's SAM2Train
-does; only the batching of objects and the mixing of prompt kinds on one slice are ours.
+does; only the batching of objects and the mixing of prompt kinds on one slice are ours. In
+training, the glue of three of them runs as our own rewrite with fewer host ops (the training step
+is host-bound): :func:`~.memory_read.training_memory`, :func:`_train_heads` and
+:func:`_train_memory`, held to Meta's functions, outputs and gradients, by
+``tests/test_train_glue.py``. Eval calls Meta's (its predictor's results are the reference there).
 """
 
 from __future__ import annotations
