@@ -148,6 +148,7 @@ def test_compile_flag_compiles_in_place_keeping_checkpoint_keys() -> None:
     VideoPropagator(model, compile=True)
     assert model.memory_attention._compiled_call_impl is not None
     assert model.memory_encoder._compiled_call_impl is not None
+    assert model.sam_mask_decoder._compiled_call_impl is not None
     assert model.state_dict().keys() == keys
     hparams = {"compile": True, "checkpoint_keeps_attention": False}
     assert config_from_dict(Sam2Config3D, hparams, "hparams").compile is True
