@@ -65,7 +65,7 @@ def _counted(fn, calls: dict[str, int], name: str):
     return call
 
 
-@pytest.mark.slow  # 28 minutes on 2 busy shared cores: the inductor compiles C++ kernels
+@pytest.mark.slow  # 8 to 28 minutes on the 2 shared cores: the inductor compiles C++ kernels
 def test_compiled_training_step_gives_the_eager_loss_and_gradients(tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
