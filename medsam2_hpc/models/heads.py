@@ -39,7 +39,7 @@ from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
-from sam2.modeling.sam2_utils import LayerNorm2d
+from sam2.modeling.sam2_utils import MLP, LayerNorm2d
 from torch import Tensor
 
 __all__ = ["LeanLayerNorm2d", "LeanTwoWayTransformer", "LeanTwoWayAttentionBlock",
@@ -105,7 +105,7 @@ class LeanTwoWayAttentionBlock(TwoWayAttentionBlock):
         q, = _project(queries + query_pe, batch, t2i.num_heads, t2i.q_proj)
         v, = _project(keys, batch, t2i.num_heads, t2i.v_proj)
         queries = self.norm2(queries + _attend(t2i, q, k, v))
-        queries = self.norm3(queries + self.mlp(queries))
+        queries = self.norm3(queries + _mlp(self.mlp, queries))
 
         k, = _project(queries + query_pe, batch, i2t.num_heads, i2t.k_proj)
         v, = _project(queries, batch, i2t.num_heads, i2t.v_proj)
@@ -122,7 +122,7 @@ def _project(rows: Tensor, batch: int, heads: int, *projs: torch.nn.Linear) -> t
         weight, bias = projs[0].weight, projs[0].bias
     else:
         weight, bias = torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
-    out = F.linear(rows, weight, bias)
+    out = _linear(rows, weight, bias)
     out = out.view(batch, rows.shape[0] // batch, len(projs) * heads, -1).transpose(1, 2)
     return (out,) if len(projs) == 1 else out.split(heads, dim=1)
 
@@ -131,7 +131,51 @@ def _attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``attn``'s attention of projected (B, heads, N, d) inputs and its output projection: (B N, C)."""
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(-1, attn.internal_dim)
-    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return _linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _mlp(mlp: MLP | torch.nn.Linear, rows: Tensor) -> Tensor:
+    """Meta's ``MLP`` (or a plain linear) on (M, C) rows, each layer one :func:`_linear`."""
+    if isinstance(mlp, torch.nn.Linear):
+        return _linear(rows, mlp.weight, mlp.bias)
+    for i, layer in enumerate(mlp.layers):
+        rows = _linear(rows, layer.weight, layer.bias)
+        if i < mlp.num_layers - 1:
+            rows = mlp.act(rows)
+    return torch.sigmoid(rows) if mlp.sigmoid_output else rows
+
+
+def _linear(rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``F.linear`` of (M, C) rows, whose backward issues 4 host ops where autograd's issues 8."""
+    return _RowLinear.apply(rows, weight, bias)
+
+
+class _RowLinear(torch.autograd.Function):
+    """``rows @ weight.T + bias`` with the gradients as three matrix ops.
+
+    Autograd differentiates ``addmm(bias, rows, weight.t())`` through the transposed weight: a
+    transpose for each operand of both gradient matmuls, one more to undo the weight's, and a
+    view after the bias's sum. Here ``grad @ weight``, ``grad.T @ rows`` and ``grad.sum(0)``.
+    Under autocast the matmul runs in the autocast type as ``F.linear``'s does; the gradients are
+    computed in the output gradient's type and returned in each input's.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, rows: Tensor, weight: Tensor, bias: Tensor
+                ) -> Tensor:
+        ctx.save_for_backward(rows, weight)
+        ctx.bias_dtype = bias.dtype
+        return torch.addmm(bias, rows, weight.t())
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        rows, weight = ctx.saved_tensors
+        need_rows, need_weight, need_bias = ctx.needs_input_grad
+        grad_rows = grad.mm(weight.to(grad.dtype)).to(rows.dtype) if need_rows else None
+        grad_weight = grad.t().mm(rows.to(grad.dtype)).to(weight.dtype) if need_weight else None
+        grad_bias = grad.sum(0).to(ctx.bias_dtype) if need_bias else None
+        return grad_rows, grad_weight, grad_bias
 
 
 class LeanMaskDecoder(MaskDecoder):
@@ -172,9 +216,9 @@ class LeanMaskDecoder(MaskDecoder):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
-        iou_pred = self.iou_prediction_head(iou_token_out)
+        iou_pred = _mlp(self.iou_prediction_head, iou_token_out)
         if self.pred_obj_scores:
-            object_score_logits = self.pred_obj_score_head(hs[:, 0, :])
+            object_score_logits = _mlp(self.pred_obj_score_head, hs[:, 0, :])
         else:
             object_score_logits = 10.0 * iou_pred.new_ones(iou_pred.shape[0], 1)
         return masks, iou_pred, mask_tokens_out, object_score_logits
