@@ -121,7 +121,7 @@ def _project(rows: Tensor, batch: int, heads: int, *projs: torch.nn.Linear) -> t
     if len(projs) == 1:
         weight, bias = projs[0].weight, projs[0].bias
     else:
-        weight, bias = torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
+        weight, bias = _cat([p.weight for p in projs]), _cat([p.bias for p in projs])
     out = _linear(rows, weight, bias)
     out = out.view(batch, rows.shape[0] // batch, len(projs) * heads, -1).transpose(1, 2)
     return (out,) if len(projs) == 1 else out.split(heads, dim=1)
@@ -178,6 +178,31 @@ class _RowLinear(torch.autograd.Function):
         return grad_rows, grad_weight, grad_bias
 
 
+def _cat(tensors: list[Tensor], dim: int = 0) -> Tensor:
+    """``torch.cat``, whose backward is one ``split`` (autograd's slices each input's gradient out)."""
+    return _Join.apply(False, dim, *tensors)
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack`` along a new first dimension, whose backward is one ``unbind`` (autograd's
+    selects each input's gradient)."""
+    return _Join.apply(True, 0, *tensors)
+
+
+class _Join(torch.autograd.Function):
+    """Tensors joined along ``dim`` (stacked there if ``stack``), the gradient parted in one op."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, stack: bool, dim: int, *tensors: Tensor) -> Tensor:
+        ctx.stack, ctx.dim, ctx.sizes = stack, dim, [t.shape[dim] for t in tensors]
+        return torch.stack(tensors, dim) if stack else torch.cat(tensors, dim)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        parts = grad.unbind(ctx.dim) if ctx.stack else grad.split(ctx.sizes, ctx.dim)
+        return None, None, *parts
+
+
 class LeanMaskDecoder(MaskDecoder):
     """``MaskDecoder`` whose hypernetwork MLPs run batched and whose positional encoding broadcasts."""
 
@@ -187,9 +212,9 @@ class LeanMaskDecoder(MaskDecoder):
         """Meta's ``predict_masks``: same inputs, same outputs."""
         s = 1 if self.pred_obj_scores else 0
         first = [self.obj_score_token.weight] if s else []
-        output_tokens = torch.cat([*first, self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = _cat([*first, self.iou_token.weight, self.mask_tokens.weight])
         b = sparse_prompt_embeddings.size(0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
+        tokens = _cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         if repeat_image:
             src = torch.repeat_interleave(image_embeddings, b, dim=0)
         else:
@@ -233,8 +258,8 @@ class LeanMaskDecoder(MaskDecoder):
         x = tokens.permute(1, 2, 0)
         depth = len(mlps[0].layers)
         for j in range(depth):
-            weight = torch.stack([mlp.layers[j].weight for mlp in mlps])
-            bias = torch.stack([mlp.layers[j].bias for mlp in mlps]).unsqueeze(-1)
+            weight = _stack([mlp.layers[j].weight for mlp in mlps])
+            bias = _stack([mlp.layers[j].bias for mlp in mlps]).unsqueeze(-1)
             x = torch.baddbmm(bias, weight.to(x.dtype), x)
             if j < depth - 1:
                 x = mlps[0].act(x)
@@ -262,12 +287,12 @@ class LeanPromptEncoder(PromptEncoder):
 
     def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
         """Meta's point embeddings: encoded coordinates (zero for padding) plus the label's embedding."""
-        table = torch.cat([self.not_a_point_embed.weight, *[e.weight for e in self.point_embeddings]])
+        table = _cat([self.not_a_point_embed.weight, *[e.weight for e in self.point_embeddings]])
         encoded = self.pe_layer._pe_encoding(_normalised(points + 0.5, self.input_image_size).to(torch.float))
         encoded = encoded.masked_fill((labels == -1).unsqueeze(-1), 0.0)
         embedding = encoded + F.embedding(labels.long() + 1, table)
         if pad:  # Meta appends a padding point (label -1): its embedding is not_a_point's
-            embedding = torch.cat([embedding, table[:1].expand(embedding.shape[0], 1, -1)], dim=1)
+            embedding = _cat([embedding, table[:1].expand(embedding.shape[0], 1, -1)], dim=1)
         return embedding
 
     def forward(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None, masks: Tensor | None
@@ -282,7 +307,7 @@ class LeanPromptEncoder(PromptEncoder):
         if not sparse:
             sparse_embeddings = torch.empty((bs, 0, self.embed_dim), device=self._get_device())
         else:
-            sparse_embeddings = sparse[0] if len(sparse) == 1 else torch.cat(sparse, dim=1)
+            sparse_embeddings = sparse[0] if len(sparse) == 1 else _cat(sparse, dim=1)
         if masks is not None:
             dense_embeddings = self._embed_masks(masks)
         else:
