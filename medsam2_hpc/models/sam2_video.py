@@ -312,20 +312,34 @@ class VideoPropagator:
             with self._kernels():
                 return self._finish(pix, list(vision), sizes, k, prompts)
 
-        if self.checkpoint and torch.is_grad_enabled():
-            # two regions: the selective recompute's dispatch mode costs host time on every op, so
-            # it covers only the memory attention, where the kept outputs save the arithmetic.
-            # Not reentrant, though that would skip the detach of each recomputed saved tensor
-            # (one region per slice, memories passed in: OpCounter 23.7k ops per 128 px clip, not
-            # 26.5k, much of it the counter's own detaches): its bf16 gradients differ (2.6e-3 of
-            # a norm; equal in fp32), as the gradients of autocast's weight casts are summed per
-            # slice, not over the clip.
+        def memorize(vision: Tensor, low: Tensor, high: Tensor, score: Tensor) -> tuple:
+            with self._kernels():
+                return self._memorize(vision, sizes, k, prompts, low, high, score)
+
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            outs = finish(attend(levels[-1], feats[0].vision_pos[-1]), *levels)
+        elif is_cond:
+            # a prompted batch reads no memory (its "attention" adds SAM2's no-memory embedding:
+            # nothing to recompute); its decoder and memory encoder, 4 slices' worth, are one region
+            outs = torch.utils.checkpoint.checkpoint(finish, attend(levels[-1], feats[0].vision_pos[-1]),
+                                                     *levels, use_reentrant=False)
+        else:
+            # a tracked slice: memory attention and memory encoder recomputed, the decoder's
+            # activations stored (2.6 GiB per 1024 px clip at 13 organs, ~300 host ops per slice
+            # not run again; module docstring). The selective recompute's dispatch mode costs host
+            # time on every op, so it covers only the memory attention, where the kept outputs save
+            # the arithmetic. Not reentrant, though that would skip the detach of each recomputed
+            # saved tensor: its bf16 gradients differ (2.6e-3 of a norm; equal in fp32), as the
+            # gradients of autocast's weight casts are summed per slice, not over the clip.
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, levels[-1], feats[0].vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            outs = torch.utils.checkpoint.checkpoint(finish, pix, *levels, use_reentrant=False)
-        else:
-            outs = finish(attend(levels[-1], feats[0].vision_pos[-1]), *levels)
+            with self._kernels():
+                heads = self._heads(pix, levels, sizes, k, None)
+            low, high, multi, ious, ptr, score, from_decoder = heads
+            low, high, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
+                memorize, levels[-1], low, high, score, use_reentrant=False)
+            outs = low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
         return _remember(frames, [memory] * len(frames), is_cond, k, outs)
 
     def _step_pair(self, steps: list[tuple[int, bool, Memory, KeyCache]], get: Callable[[int], FrameFeatures],
@@ -379,31 +393,41 @@ class VideoPropagator:
     def _finish(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
                 prompts: ObjectPrompts | None) -> tuple:
         """The rest of the slices' per-object work (``k`` objects each): mask decoder and memory encoder."""
+        low, high, multi, ious, ptr, score, from_decoder = self._heads(pix, vision_feats, sizes, k, prompts)
+        low, high, mem_feats, mem_pos = self._memorize(vision_feats[-1], sizes, k, prompts, low, high, score)
+        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
+
+    def _heads(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
+               prompts: ObjectPrompts | None) -> tuple[Tensor, ...]:
+        """:meth:`_finish`'s mask decoder: (low, high, multimasks, ious, pointers, scores, from_decoder)."""
         m = self.model
-        vf = [_per_object(x, k, 1) for x in vision_feats]
         high_res = None
-        if len(vf) > 1:
+        if len(vision_feats) > 1:
             high_res = [_per_object(x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *s), k, 0)
                         for x, s in zip(vision_feats[:-1], sizes[:-1], strict=True)]
         rows = pix.shape[0]  # k objects on each of the batch's slices
-        if prompts is None:
-            outs = m._forward_sam_heads(pix, high_res_features=high_res,
-                                        multimask_output=m._use_multimask(False, None))
-            multi, ious, low, high, ptr, score = outs[1:]
-            from_decoder = torch.ones(rows, dtype=torch.bool, device=low.device)
-        else:
-            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts,
-                                                                                     rows)
+        if prompts is not None:
+            return self._prompted_heads(pix, high_res, prompts, rows)
+        outs = m._forward_sam_heads(pix, high_res_features=high_res,
+                                    multimask_output=m._use_multimask(False, None))
+        multi, ious, low, high, ptr, score = outs[1:]
+        return low, high, multi, ious, ptr, score, torch.ones(rows, dtype=torch.bool, device=low.device)
+
+    def _memorize(self, vision: Tensor, sizes: list[tuple[int, int]], k: int, prompts: ObjectPrompts | None,
+                  low: Tensor, high: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """:meth:`_finish`'s memory encoder on the slices' last feature level ``vision``: (low, high as
+        eval's post-processing leaves them, memory features, memory encodings)."""
+        m = self.model
         meta = self.postprocess == "meta" and not m.training
         if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
             low = _fill_holes(low) if meta else low
             high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         mem_feats, mem_pos = m._encode_new_memory(
-            current_vision_feats=vf, feat_sizes=sizes, pred_masks_high_res=high,
+            current_vision_feats=[_per_object(vision, k, 1)], feat_sizes=sizes, pred_masks_high_res=high,
             object_score_logits=score, is_mask_from_pts=prompts is not None)
         if meta and prompts is None:  # ... and a tracked one from the decoder's, before filling
             low = _fill_holes(low)
-        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
+        return low, high, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
                         k: int) -> tuple[Tensor, ...]:
