@@ -5,8 +5,10 @@ and the activation checkpoint runs them again in the backward pass: at 13 organs
 clip they issued about half of a step's aten ops, each a host-side dispatch whatever its size.
 Here the same arithmetic goes out in fewer, larger ops:
 
-- the decoder transformer's attention projects (B N, C) token matrices, one reshape fewer per
-  projection than a linear on (B, N, C) followed by the heads' split;
+- the decoder transformer keeps tokens and image rows as (B N, C) and (B HW, C) matrices from
+  entry to exit: a projection is one ``addmm`` (a linear on (B, N, C) reshapes in and out), the
+  projections that read the same rows are one matmul over their weights concatenated at call time,
+  and the image rows' encoding is added once per layer where Meta adds it for each attention;
 - ``LayerNorm2d`` (13 elementwise ops forward, about twice as many backward) is one fused
   ``layer_norm`` over the channels, read through a permuted view (same normalisation; the fused
   kernel's summation order differs in the last bits);
@@ -36,11 +38,12 @@ from sam2.modeling.memory_encoder import CXBlock
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
-from sam2.modeling.sam.transformer import Attention
+from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from sam2.modeling.sam2_utils import LayerNorm2d
 from torch import Tensor
 
-__all__ = ["LeanLayerNorm2d", "LeanAttention", "LeanMaskDecoder", "LeanPromptEncoder", "LeanCXBlock",
+__all__ = ["LeanLayerNorm2d", "LeanTwoWayTransformer", "LeanTwoWayAttentionBlock",
+           "LeanMaskDecoder", "LeanPromptEncoder", "LeanCXBlock",
            "SharedSinePE", "use_lean_heads"]
 
 
@@ -52,20 +55,83 @@ class LeanLayerNorm2d(LayerNorm2d):
         return out.permute(0, 3, 1, 2).to(x.dtype)  # autocast runs layer_norm in fp32; keep x's type
 
 
-class LeanAttention(Attention):
-    """Meta's decoder ``Attention`` with its projections on (B N, C) matrices: a linear on 3-D tokens
-    reshapes in and out around its matmul, and the heads' split reshapes once more."""
+class LeanTwoWayTransformer(TwoWayTransformer):
+    """Meta's decoder transformer on row matrices: tokens (B N, C) and image rows (B HW, C).
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        b, n, _ = q.shape
-        q, k, v = self._heads(self.q_proj, q), self._heads(self.k_proj, k), self._heads(self.v_proj, v)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b * n, -1)).view(b, n, -1)
+    Between layers nothing is reshaped (one view at entry and exit), projections on 2-D rows are
+    one ``addmm`` each, and the image's positional encoding is broadcast over the batch once.
+    """
 
-    def _heads(self, proj: torch.nn.Linear, x: Tensor) -> Tensor:
-        """(B, N, C) -> projected and split, (B, heads, N, C / heads)."""
-        b, n, c = x.shape
-        return proj(x.reshape(b * n, c)).view(b, n, self.num_heads, -1).transpose(1, 2)
+    def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """Meta's ``forward``: same inputs, same (B, N, C) and (B, HW, C) outputs."""
+        b, c, h, w = image_embedding.shape
+        n = point_embedding.shape[1]
+        keys = image_embedding.flatten(2).transpose(1, 2).reshape(b * h * w, c)
+        key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, -1, -1).reshape(b * h * w, c)
+        query_pe = point_embedding.reshape(b * n, c)
+        queries = query_pe
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, query_pe, key_pe, b)
+        final = self.final_attn_token_to_image
+        q, = _project(queries + query_pe, b, final.num_heads, final.q_proj)
+        k, = _project(keys + key_pe, b, final.num_heads, final.k_proj)
+        v, = _project(keys, b, final.num_heads, final.v_proj)
+        queries = self.norm_final_attn(queries + _attend(final, q, k, v))
+        return queries.view(b, n, c), keys.view(b, h * w, c)
+
+
+class LeanTwoWayAttentionBlock(TwoWayAttentionBlock):
+    """Meta's block on row matrices (called by :class:`LeanTwoWayTransformer` only).
+
+    Projections reading the same rows are one matmul over their weights concatenated at call time
+    (the self-attention's q and k; the image rows with their encoding, which the token-to-image
+    attention reads as keys and the image-to-token one as queries: Meta adds that encoding twice).
+    """
+
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor, batch: int
+                ) -> tuple[Tensor, Tensor]:
+        """Meta's ``forward`` on (B N, C) tokens and (B HW, C) image rows; ``batch`` is B."""
+        sa, t2i, i2t = self.self_attn, self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        if self.skip_first_layer_pe:
+            queries = _attend(sa, *_project(queries, batch, sa.num_heads, sa.q_proj, sa.k_proj, sa.v_proj))
+        else:
+            q, k = _project(queries + query_pe, batch, sa.num_heads, sa.q_proj, sa.k_proj)
+            v, = _project(queries, batch, sa.num_heads, sa.v_proj)
+            queries = queries + _attend(sa, q, k, v)
+        queries = self.norm1(queries)
+
+        k, image_q = _project(keys + key_pe, batch, t2i.num_heads, t2i.k_proj, i2t.q_proj)
+        q, = _project(queries + query_pe, batch, t2i.num_heads, t2i.q_proj)
+        v, = _project(keys, batch, t2i.num_heads, t2i.v_proj)
+        queries = self.norm2(queries + _attend(t2i, q, k, v))
+        queries = self.norm3(queries + self.mlp(queries))
+
+        k, = _project(queries + query_pe, batch, i2t.num_heads, i2t.k_proj)
+        v, = _project(queries, batch, i2t.num_heads, i2t.v_proj)
+        keys = self.norm4(keys + _attend(i2t, image_q, k, v))
+        return queries, keys
+
+
+def _project(rows: Tensor, batch: int, heads: int, *projs: torch.nn.Linear) -> tuple[Tensor, ...]:
+    """(B N, C) rows through each projection, split into heads: (B, heads, N, D / heads) each.
+
+    Several projections (equal output sizes) run as one matmul over their concatenated weights.
+    """
+    if len(projs) == 1:
+        weight, bias = projs[0].weight, projs[0].bias
+    else:
+        weight, bias = torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
+    out = F.linear(rows, weight, bias)
+    out = out.view(batch, rows.shape[0] // batch, len(projs) * heads, -1).transpose(1, 2)
+    return (out,) if len(projs) == 1 else out.split(heads, dim=1)
+
+
+def _attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``attn``'s attention of projected (B, heads, N, d) inputs and its output projection: (B N, C)."""
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(-1, attn.internal_dim)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 class LeanMaskDecoder(MaskDecoder):
@@ -219,7 +285,8 @@ class SharedSinePE(PositionEmbeddingSine):
         return cache[key].expand(x.shape[0], -1, -1, -1)
 
 
-_SWAPS = ((LayerNorm2d, LeanLayerNorm2d), (Attention, LeanAttention), (MaskDecoder, LeanMaskDecoder),
+_SWAPS = ((LayerNorm2d, LeanLayerNorm2d), (MaskDecoder, LeanMaskDecoder),
+          (TwoWayTransformer, LeanTwoWayTransformer), (TwoWayAttentionBlock, LeanTwoWayAttentionBlock),
           (PromptEncoder, LeanPromptEncoder), (CXBlock, LeanCXBlock), (PositionEmbeddingSine, SharedSinePE))
 
 
