@@ -293,6 +293,9 @@ def test_device_prompts_equal_per_organ_prompts(kind):
             assert (got is None) == (want is None), (t, name)
             if want is not None:
                 assert got.dtype == want.dtype and torch.equal(got, want), (t, name)
+        # the groups it plans are the ones ObjectPrompts would find
+        assert [(i.tolist(), kind, n) for i, kind, n in fast[t].groups()] == \
+            [(i.tolist(), kind, n) for i, kind, n in ref.groups()], t
 
 
 def _fused_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False

@@ -246,9 +246,10 @@ class TrainMemoryAttention(EvalMemoryAttention):
         q_rope = self._tables("q", n, device=memory.device, scale=scale)
         keys = self._keys(memory, memory_pos, num_obj_ptr_tokens, n, composed)
         values = _raw_values(memory, keys[0].dtype, composed)
-        for layer, layer_keys in zip(self.layers, keys, strict=True):
+        folded = self._folded_projections(values.shape[-1])
+        for layer, layer_keys, layer_folded in zip(self.layers, keys, folded, strict=True):
             x = _self_attention(layer, x, b, *qkv_rope, composed)
-            x = _cross_attention(layer, x, b, *q_rope, layer_keys, values)
+            x = _cross_attention(layer, x, b, *q_rope, layer_keys, values, layer_folded)
             hidden = _drop(layer.dropout, layer.activation(layer.linear1(layer.norm3(x))))
             x = x + _drop(layer.dropout3, layer.linear2(hidden))
         return self.norm(x).view(b, n, c).transpose(0, 1)
@@ -257,6 +258,15 @@ class TrainMemoryAttention(EvalMemoryAttention):
         """Whether any attention drops out its weights (training with ``dropout_p > 0``)."""
         return any(attn.training and attn.dropout_p > 0
                    for layer in self.layers for attn in (layer.self_attn, layer.cross_attn_image))
+
+    def _folded_projections(self, width: int) -> tuple[Tensor, ...]:
+        """Every layer's cross-attention value and output projections as one (C, ``width``) matrix,
+        W_o [W_v | b_v] zero-padded to the values' width: one batched product for all layers."""
+        attns = [layer.cross_attn_image for layer in self.layers]
+        value = torch.cat([torch.stack([a.v_proj.weight for a in attns]),
+                           torch.stack([a.v_proj.bias for a in attns]).unsqueeze(2)], dim=2)  # L, C, c_mem+1
+        folded = torch.bmm(torch.stack([a.out_proj.weight for a in attns]), value)
+        return F.pad(folded, (0, width - value.shape[2])).unbind(0)
 
     def _keys(self, memory: Tensor, memory_pos: Tensor, n_ptrs: int, n: int, composed: bool
               ) -> tuple[Tensor, ...]:
@@ -379,17 +389,15 @@ def _self_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin:
 
 
 def _cross_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin: Tensor, keys: Tensor,
-                     values: Tensor) -> Tensor:
+                     values: Tensor, folded: Tensor) -> Tensor:
     """Meta's ``_forward_ca`` on rows x (B N, C) with the layer's rotated ``keys`` and the raw
     ``values`` (laid out for :func:`_attention`'s form): attend in the memories' width, then one
-    matrix does value and output projection."""
+    matrix, ``folded`` (:meth:`TrainMemoryAttention._folded_projections`), does value and output
+    projection."""
     attn = layer.cross_attn_image
     q = _rotate(attn.q_proj(layer.norm2(x)).view(*values.shape[:-2], -1, x.shape[1]), cos, sin)
     out = _attention(q, keys, values, attn.dropout_p if layer.training else 0.0)
-    v_proj = attn.v_proj
-    weight = torch.cat([v_proj.weight, v_proj.bias.unsqueeze(1)], dim=1)  # (C, c_mem + 1)
-    weight = F.pad(attn.out_proj.weight @ weight, (0, values.shape[-1] - weight.shape[1]))
-    return x + _drop(layer.dropout2, F.linear(out.view(-1, weight.shape[1]), weight, attn.out_proj.bias))
+    return x + _drop(layer.dropout2, F.linear(out.view(-1, folded.shape[1]), folded, attn.out_proj.bias))
 
 
 def _fits(attention: torch.nn.Module) -> bool:

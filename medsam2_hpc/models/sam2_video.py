@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
@@ -408,10 +409,12 @@ class VideoPropagator:
         rows = pix.shape[0]  # k objects on each of the batch's slices
         if prompts is not None:
             return self._prompted_heads(pix, high_res, prompts, rows)
-        outs = m._forward_sam_heads(pix, high_res_features=high_res,
-                                    multimask_output=m._use_multimask(False, None))
+        heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
+        outs = heads(pix, high_res_features=high_res, multimask_output=m._use_multimask(False, None))
         multi, ious, low, high, ptr, score = outs[1:]
-        return low, high, multi, ious, ptr, score, torch.ones(rows, dtype=torch.bool, device=low.device)
+        from_decoder = _constant(("ones", rows, low.device),
+                                 lambda: torch.ones(rows, dtype=torch.bool, device=low.device))
+        return low, high, multi, ious, ptr, score, from_decoder
 
     def _memorize(self, vision: Tensor, sizes: list[tuple[int, int]], k: int, prompts: ObjectPrompts | None,
                   low: Tensor, high: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
@@ -422,9 +425,10 @@ class VideoPropagator:
         if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
             low = _fill_holes(low) if meta else low
             high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
-        mem_feats, mem_pos = m._encode_new_memory(
-            current_vision_feats=[_per_object(vision, k, 1)], feat_sizes=sizes, pred_masks_high_res=high,
-            object_score_logits=score, is_mask_from_pts=prompts is not None)
+        encode = functools.partial(_train_memory, m) if m.training else m._encode_new_memory
+        mem_feats, mem_pos = encode(current_vision_feats=[_per_object(vision, k, 1)], feat_sizes=sizes,
+                                    pred_masks_high_res=high, object_score_logits=score,
+                                    is_mask_from_pts=prompts is not None)
         if meta and prompts is None:  # ... and a tracked one from the decoder's, before filling
             low = _fill_holes(low)
         return low, high, mem_feats, mem_pos
@@ -439,20 +443,27 @@ class VideoPropagator:
         m = self.model
         parts: list[tuple[Tensor, tuple]] = []
         for host_idx, kind, n in prompts.groups():
-            idx = host_idx.to(pix.device, non_blocking=True)
-            sub_pix = pix[idx]
-            sub_hr = [h[idx] for h in high_res] if high_res is not None else None
+            # a group of every row (in order: groups list rows ascending) takes them as they are
+            whole = host_idx.numel() == k
+            idx = host_idx if whole else host_idx.to(pix.device, non_blocking=True)
+            sub_pix = pix if whole else pix[idx]
+            sub_hr = high_res if whole or high_res is None else [h[idx] for h in high_res]
             if kind == "mask":
-                masks = prompts.masks[idx]
+                masks = prompts.masks if whole else prompts.masks[idx]
                 if m.use_mask_input_as_output_without_sam:
                     outs = m._use_mask_as_output(sub_pix, sub_hr, masks)
                 else:
                     outs = m._forward_sam_heads(sub_pix, mask_inputs=masks, high_res_features=sub_hr)
             else:
-                pts = {"point_coords": prompts.point_coords[idx, :n],
-                       "point_labels": prompts.point_labels[host_idx, :n].to(pix.device, non_blocking=True)}
-                outs = m._forward_sam_heads(sub_pix, point_inputs=pts, high_res_features=sub_hr,
-                                            multimask_output=m._use_multimask(True, pts))
+                coords, labels = prompts.point_coords, prompts.point_labels
+                pts = {"point_coords": coords[:, :n] if whole else coords[idx, :n],
+                       "point_labels": (labels[:, :n] if whole else labels[host_idx, :n]
+                                        ).to(pix.device, non_blocking=True)}
+                heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
+                outs = heads(sub_pix, point_inputs=pts, high_res_features=sub_hr,
+                             multimask_output=m._use_multimask(True, pts))
+            if whole:
+                return *(outs[i] for i in (3, 4, 1, 2, 5, 6)), self._from_decoder(prompts, k, pix.device)
             parts.append((idx, outs))
         low = _scatter(k, [(i, o[3]) for i, o in parts])
         high = _scatter(k, [(i, o[4]) for i, o in parts])
@@ -461,10 +472,13 @@ class VideoPropagator:
         ious = _scatter(k, [(i, o[2].expand(-1, width)) for i, o in parts])
         ptr = _scatter(k, [(i, o[5]) for i, o in parts])
         score = _scatter(k, [(i, o[6]) for i, o in parts])
-        from_decoder = ~prompts.use_mask.to(low.device, non_blocking=True) \
-            if m.use_mask_input_as_output_without_sam \
-            else torch.ones(k, dtype=torch.bool, device=low.device)
-        return low, high, multi, ious, ptr, score, from_decoder
+        return low, high, multi, ious, ptr, score, self._from_decoder(prompts, k, low.device)
+
+    def _from_decoder(self, prompts: ObjectPrompts, k: int, device: torch.device) -> Tensor:
+        """(k,) bool: which prompted rows' outputs are the decoder's (not the prompt mask passed through)."""
+        if self.model.use_mask_input_as_output_without_sam:
+            return ~prompts.use_mask.to(device, non_blocking=True)
+        return _constant(("ones", k, device), lambda: torch.ones(k, dtype=torch.bool, device=device))
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
@@ -562,6 +576,82 @@ def _remember(frames: list[int], memories: list[Memory], is_cond: bool, k: int, 
         memory[bank][t] = {"maskmem_features": mem_feats, "maskmem_pos_enc": mem_pos, "obj_ptr": ptr}
         results.append(FrameOutput(low, high, score, from_decoder, is_cond, multi, ious))
     return results
+
+
+def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: dict[str, Tensor] | None = None,
+                 high_res_features: list[Tensor] | None = None, multimask_output: bool = False) -> tuple:
+    """Meta's ``SAM2Base._forward_sam_heads`` without a mask prompt, for training: the same outputs
+    (the tests hold it to Meta's, gradients included) with fewer ops around the decoder: the empty
+    prompt and the row index made once per size, the best of several masks taken by one index per
+    output, the no-object pointer mixed in by one ``lerp``."""
+    b, device = backbone_features.size(0), backbone_features.device
+    if point_inputs is not None:
+        coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
+    else:  # Meta's empty prompt: one point (0, 0) with label -1
+        coords, labels = _constant(("empty", b, device), lambda: (torch.zeros(b, 1, 2, device=device),
+                                                                  torch.full((b, 1), -1, dtype=torch.int32,
+                                                                             device=device)))
+    sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    low_multi, ious, tokens, score = m.sam_mask_decoder(
+        image_embeddings=backbone_features, image_pe=m.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
+        repeat_image=False, high_res_features=high_res_features)
+    if m.pred_obj_scores:
+        appearing = score > 0  # a hard choice for the masks, as Meta's
+        low_multi = torch.where(appearing.view(b, 1, 1, 1), low_multi, NO_OBJ_SCORE)
+    low_multi = low_multi.float()
+    high_multi = F.interpolate(low_multi, size=(m.image_size, m.image_size), mode="bilinear",
+                               align_corners=False)
+    if multimask_output:  # the mask (and, with several tokens, the pointer token) of the best IoU
+        best = ious.argmax(dim=-1, keepdim=True)  # (B, 1)
+        rows = _constant(("rows", b, device), lambda: torch.arange(b, device=device).unsqueeze(1))
+        low, high = low_multi[rows, best], high_multi[rows, best]
+        token = tokens[rows, best].squeeze(1) if tokens.size(1) > 1 else tokens[:, 0]
+    else:
+        low, high, token = low_multi, high_multi, tokens[:, 0]
+    ptr = m.obj_ptr_proj(token)
+    if m.pred_obj_scores:
+        lam = score.sigmoid() if m.soft_no_obj_ptr else appearing.float()
+        if m.fixed_no_obj_ptr:  # lam ptr + (1 - lam) no_obj_ptr (exact where lam is 0 or 1)
+            ptr = torch.lerp(m.no_obj_ptr, ptr.to(m.no_obj_ptr.dtype), lam)
+        else:
+            ptr = ptr + (1 - lam) * m.no_obj_ptr
+    return low_multi, high_multi, ious, low, high, ptr, score
+
+
+def _train_memory(m: torch.nn.Module, current_vision_feats: list[Tensor], feat_sizes: list[tuple[int, int]],
+                  pred_masks_high_res: Tensor, object_score_logits: Tensor, is_mask_from_pts: bool
+                  ) -> tuple[Tensor, list[Tensor]]:
+    """Meta's ``SAM2Base._encode_new_memory`` in training (no mask binarising, no overlap constraint):
+    the same memory, the no-object embedding added by one broadcast ``addcmul`` (Meta expands it to
+    the features' full size first)."""
+    x = current_vision_feats[-1]
+    b, c, (h, w) = x.size(1), m.hidden_dim, feat_sizes[-1]
+    mask = torch.sigmoid(pred_masks_high_res)
+    if m.sigmoid_scale_for_mem_enc != 1.0:
+        mask = mask * m.sigmoid_scale_for_mem_enc
+    if m.sigmoid_bias_for_mem_enc != 0.0:
+        mask = mask + m.sigmoid_bias_for_mem_enc
+    out = m.memory_encoder(x.permute(1, 2, 0).view(b, c, h, w), mask, skip_mask_sigmoid=True)
+    feats = out["vision_features"]
+    if m.no_obj_embed_spatial is not None:
+        absent = 1 - (object_score_logits > 0).float()
+        feats = torch.addcmul(feats, absent.view(b, 1, 1, 1), m.no_obj_embed_spatial.view(1, -1, 1, 1)
+                              ).to(feats.dtype)  # Meta adds in place: the features keep their dtype
+    return feats, out["vision_pos_enc"]
+
+
+_CONSTANTS: dict[tuple, tuple[Tensor, ...] | Tensor] = {}
+
+
+def _constant(key: tuple, make: Callable[[], tuple[Tensor, ...] | Tensor]) -> tuple[Tensor, ...] | Tensor:
+    """A constant input (no gradient, never written to) made once per ``key`` (sizes and device)."""
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.clear()
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
+            _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
@@ -664,10 +754,10 @@ def merge_prompts(prompts: Sequence[ObjectPrompts]) -> ObjectPrompts:
         like = next(p.point_coords for p in prompts if p.point_coords is not None)
         n = max(p.point_coords.shape[1] for p in prompts if p.point_coords is not None)
         coords = torch.cat([like.new_zeros(k, n, 2) if p.point_coords is None
-                            else F.pad(p.point_coords, (0, 0, 0, n - p.point_coords.shape[1]))
+                            else _padded(p.point_coords, (0, 0, 0, n - p.point_coords.shape[1]), 0)
                             for p in prompts])
         labels = torch.cat([torch.full((k, n), -1, dtype=torch.int32) if p.point_labels is None
-                            else F.pad(p.point_labels, (0, n - p.point_labels.shape[1]), value=-1)
+                            else _padded(p.point_labels, (0, n - p.point_labels.shape[1]), -1)
                             for p in prompts])
     groups: dict[tuple[str, int], list[Tensor]] = {}  # each slice's groups, offset to its rows
     for i, p in enumerate(prompts):
@@ -675,6 +765,11 @@ def merge_prompts(prompts: Sequence[ObjectPrompts]) -> ObjectPrompts:
             groups.setdefault((kind, n), []).append(idx + i * k)
     plan = [(torch.cat(groups[key]), *key) for key in sorted(groups, key=lambda g: (g[0] != "mask", g[1]))]
     return ObjectPrompts(torch.cat([p.use_mask for p in prompts]), masks, coords, labels, plan)
+
+
+def _padded(x: Tensor, pad: tuple[int, ...], value: int) -> Tensor:
+    """``F.pad(x, pad, value=value)``, or ``x`` itself where there is nothing to pad (no op)."""
+    return F.pad(x, pad, value=value) if any(pad) else x
 
 
 def _scatter(k: int, parts: list[tuple[Tensor, Tensor]]) -> Tensor:

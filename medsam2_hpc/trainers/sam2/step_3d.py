@@ -66,14 +66,18 @@ def clip_prompts(label: torch.Tensor, organs: Sequence[int], kind: str, prompt_f
                                   device) for i, t in enumerate(slices)}
     if kind not in ("bbox", "mask"):
         raise InputError(f"prompt {kind!r}: sam2-3d needs bbox, click or mask")
-    ids = torch.tensor(list(organs))
-    on_slices = label[slices].to(device, non_blocking=True)
-    masks = on_slices[:, None] == ids.to(device, non_blocking=True).view(1, -1, 1, 1)  # (P, K, S, S)
-    if kind == "mask":
+    # which organ is on which slice, and the prompts' host parts (kinds, labels, groups), in numpy:
+    # host planning of a few small arrays, where torch would issue an op for each step
+    lab = label.numpy()[slices]  # (P, S, S)
+    ids = np.asarray(organs)
+    on_slices = torch.from_numpy(lab).to(device, non_blocking=True)
+    masks = on_slices[:, None] == torch.from_numpy(ids).to(device, non_blocking=True).view(1, -1, 1, 1)
+    if kind == "mask":  # (P, K, S, S)
         on = torch.ones(len(organs), dtype=torch.bool)
-        return {t: ObjectPrompts(on, masks[i, :, None].float()) for i, t in enumerate(slices)}
-    present = torch.stack([torch.bincount(label[t].flatten(), minlength=int(ids.max()) + 1)[ids] > 0
-                           for t in slices])  # (P, K) on the host
+        plan = [(torch.arange(len(organs)), "mask", 0)]
+        return {t: ObjectPrompts(on, m, plan=plan)
+                for t, m in zip(slices, masks.unsqueeze(2).float().unbind(0), strict=True)}
+    present = np.stack([np.bincount(s.ravel(), minlength=ids.max() + 1)[ids] > 0 for s in lab])  # (P, K)
     return _box_prompts(masks, present, slices, jitter, rng)
 
 
@@ -82,9 +86,12 @@ def _first_true(a: torch.Tensor) -> torch.Tensor:
     return a.to(torch.uint8).argmax(dim=-1)
 
 
-def _box_prompts(masks: torch.Tensor, present: torch.Tensor, slices: list[int], jitter: BoxJitter,
+def _box_prompts(masks: torch.Tensor, present: np.ndarray, slices: list[int], jitter: BoxJitter,
                  rng: np.random.Generator) -> dict[int, ObjectPrompts]:
-    """Box prompts of organ masks (P, K, S, S) on ``slices``; ``present`` (P, K) on the host."""
+    """Box prompts of organ masks (P, K, S, S) on ``slices``; ``present`` (P, K) on the host.
+
+    Each slice's groups (:meth:`ObjectPrompts.groups`) are known here: absent organs take the
+    empty mask, present ones two corner points."""
     size, device = masks.shape[-1], masks.device
     rows, cols = masks.any(dim=3), masks.any(dim=2)  # (P, K, S)
     low = torch.stack([_first_true(cols), _first_true(rows)], -1)
@@ -94,14 +101,18 @@ def _box_prompts(masks: torch.Tensor, present: torch.Tensor, slices: list[int], 
         reach = ((high - low).float() * jitter.fraction).clamp(max=jitter.max_px)  # (P, K, 2) as (dx, dy)
         noise = torch.from_numpy(rng.uniform(-1.0, 1.0, corners.shape)).float().to(device, non_blocking=True)
         corners = (corners + noise * reach[..., None, :]).clamp(0, size - 1)
-    corners = corners * present.to(device, non_blocking=True)[..., None, None]
-    labels = torch.where(present[..., None], torch.tensor([2, 3], dtype=torch.int32), -1).to(torch.int32)
+    weight = present.astype(np.float32).reshape(*present.shape, 1, 1)
+    corners = (corners * torch.from_numpy(weight).to(device, non_blocking=True)).unbind(0)
+    box_labels = np.where(present[..., None], np.array([2, 3], np.int32), np.int32(-1))  # (P, K, 2)
+    labels = torch.from_numpy(box_labels).unbind(0)
     empty = torch.zeros(masks.shape[1], 1, size, size, device=device)
     out = {}
     for i, (t, here) in enumerate(zip(slices, present, strict=True)):
-        any_box = bool(here.any())
-        out[t] = ObjectPrompts(~here, None if bool(here.all()) else empty,
-                               corners[i] if any_box else None, labels[i] if any_box else None)
+        plan = [(torch.from_numpy(np.flatnonzero(~here)), "mask", 0)] if not here.all() else []
+        if here.any():
+            plan.append((torch.from_numpy(np.flatnonzero(here)), "points", 2))
+        out[t] = ObjectPrompts(torch.from_numpy(~here), None if here.all() else empty,
+                               corners[i] if here.any() else None, labels[i] if here.any() else None, plan)
     return out
 
 
