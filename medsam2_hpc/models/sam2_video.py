@@ -9,23 +9,36 @@ per-object parts (memory attention, mask decoder, memory encoder) grow with the 
 The same generator runs with gradients (training flows through the memories) and without
 (inference), so validation, ``inference_3d.py`` and the benchmark measure the trained code.
 
-Memory: with ``checkpoint=True`` each slice's per-object work (memory attention, heads, memory
-encoder) is recomputed in the backward pass instead of stored. Its activations grow with the
-object count (an H100's peak without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far
-above 24 GiB. What the autograd graph holds after an 8-slice 1024 px clip's
-forward (Hiera-S, bf16, 13 organs; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
-tensors): 41.2 GiB with no recompute, 10.5 with the selective one, 3.2 with the full one (state
-0.3 GiB; a measured H100 peak of 10.2 GiB with the full recompute puts the selective one near
-17.5). Checkpointing only the memory attention (decoder and memory encoder stored) holds 21.5,
-only those two 23.0: neither fits with the backward's transients, so both regions recompute.
-The memory attention's recompute is selective by default (``keep_attention``): the fused
-attention kernels' outputs are kept, with dropout's, and only the cheap rest runs again; decoder
-and memory encoder are recomputed in full. Counted with PyTorch's FLOP counter: 102 TFLOP per
-clip without recompute, 129 with a full one, 106 with the selective one. Both recomputes fit the
-budget, so the faster one should be the default, and that needs a GPU: on the CPU they issue as
-many ops (``host_ops_per_step`` 22.6k per 128 px clip, 16.8k with none; the CPU's attention with
-dropout is unfused, so nothing is kept), while the selective one saves 23 TFLOP of GPU
-arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
+Memory: with ``checkpoint=True`` part of each slice's per-object work is recomputed in the
+backward pass instead of stored. Its activations grow with the object count (an H100's peak
+without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far above 24 GiB. What the autograd
+graph holds after an 8-slice 1024 px clip's forward (Hiera-S, bf16, 13 organs, 4 prompted slices
+run as one batch P, 4 tracked slices T; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
+tensors; state 0.3 GiB more), in GiB, by what the backward runs again:
+
+    nothing                                                          34.7
+    memory attention only (decoder and memory encoder stored)        24.3
+    decoder and memory encoder only                                  21.1
+    all but the decoder of P and T                                   16.1
+    all but T's decoder and memory encoder                           16.7
+    all but T's memory encoder                                       14.3
+    all but T's decoder (the default)                                13.2
+    everything                                                       10.6
+    ... with the memory attention in full (``keep_attention=False``): default 6.0, everything 3.4
+
+(memory attention selective unless said; P's "attention" reads no memory, nothing to recompute).
+The peak adds the backward's transients (a recomputed slice, gradients, workspaces): an H100
+measured 10.2 GiB with everything recomputed in full at 3.2 held, 6.7 GiB over held and state.
+Recomputing less only shrinks them, so held + 7.0 bounds the peak: 20.2 GiB for the default,
+3.8 under the budget (the 3 GiB margin kept; storing P's decoder too, 23.0, would not keep it;
+storing P's instead of T's, 13.5 held, would spare one decoder call, not four).
+Storing T's decoder spares the backward its ~300 host ops per tracked slice: 12,873 -> 11,677
+``host_ops_per_step`` per 128 px clip (Hiera-T, 13 organs, CPU), and its FLOPs. The memory
+attention's recompute is selective by default (``keep_attention``): the fused attention kernels'
+outputs are kept, with dropout's, and only the cheap rest runs again (16 TFLOP per clip fewer than
+in full by PyTorch's FLOP counter, README). Both fit the budget, so the faster one should
+be the default, and that needs a GPU: on the CPU they issue as many ops, while the selective one
+saves GPU arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
 (``benchmarks/gpu_session.sh`` runs each), the selective one stays the default.
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
 A clip's prompted slices read no memory, so training runs them as one batch of slices x objects
@@ -190,11 +203,12 @@ class VideoPropagator:
             Dense prompts (every 2nd slice of a 200-slice volume) would otherwise make the
             memory grow with the volume.
         checkpoint: with gradients on, recompute each slice's per-object work in the backward
-            pass instead of storing it (activation checkpointing; same gradients, dropout
-            included, as the RNG state is replayed).
+            pass instead of storing it, all but the tracked slices' decoder (activation
+            checkpointing, sized by the module docstring; same gradients, dropout included, as
+            the RNG state is replayed).
         keep_attention: with ``checkpoint``, keep the attention kernels' and dropout's outputs
-            and recompute only the rest (:func:`_save_seeded_ops`): 23 fewer TFLOP per 1024 px
-            clip, 7.3 GiB more held at 13 organs (still within 24 GiB), a dispatch mode's host
+            and recompute only the rest (:func:`_save_seeded_ops`): 16 fewer TFLOP per 1024 px
+            clip, 7.2 GiB more held at 13 organs (still within 24 GiB), a dispatch mode's host
             cost on every op of the attention. The default until a GPU shows which is faster
             (module docstring).
         attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
