@@ -14,25 +14,26 @@ backward pass instead of stored. Its activations grow with the object count (an 
 without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far above 24 GiB. What the autograd
 graph holds after an 8-slice 1024 px clip's forward (Hiera-S, bf16, 13 organs, 4 prompted slices
 run as one batch P, 4 tracked slices T; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
-tensors; state 0.3 GiB more), in GiB, by what the backward runs again:
+tensors; state 0.3 GiB more), in GiB, by what the backward runs again (* counted before the
+training glue's last cuts, which moved the others by up to 0.6):
 
-    nothing                                                          34.7
-    memory attention only (decoder and memory encoder stored)        24.3
-    decoder and memory encoder only                                  21.1
-    all but the decoder of P and T                                   16.1
-    all but T's decoder and memory encoder                           16.7
-    all but T's memory encoder                                       14.3
-    all but T's decoder (the default)                                13.2
+    nothing                                                          34.1
+    memory attention only (decoder and memory encoder stored)        24.3*
+    decoder and memory encoder only                                  21.1*
+    all but the decoder of P and T                                   15.5
+    all but T's decoder and memory encoder                           16.7*
+    all but T's memory encoder                                       14.3*
+    all but T's decoder (the default)                                13.0
     everything                                                       10.6
-    ... with the memory attention in full (``keep_attention=False``): default 6.0, everything 3.4
+    ... with the memory attention in full (``keep_attention=False``): default 5.8, everything 3.4*
 
 (memory attention selective unless said; P's "attention" reads no memory, nothing to recompute).
 The peak adds the backward's transients (a recomputed slice, gradients, workspaces): an H100
 measured 10.2 GiB with everything recomputed in full at 3.2 held, 6.7 GiB over held and state.
-Recomputing less only shrinks them, so held + 7.0 bounds the peak: 20.2 GiB for the default,
-3.8 under the budget (the 3 GiB margin kept; storing P's decoder too, 23.0, would not keep it;
-storing P's instead of T's, 13.5 held, would spare one decoder call, not four).
-Storing T's decoder spares the backward its ~300 host ops per tracked slice: 12,873 -> 11,677
+Recomputing less only shrinks them, so held + 7.0 bounds the peak: 20.0 GiB for the default,
+4.0 under the budget (the 3 GiB margin kept; storing P's decoder too, 22.5, would not keep it;
+storing P's instead of T's, 13.5* held, would spare one decoder call, not four).
+Storing T's decoder spares the backward its ~300 host ops per tracked slice: 12,504 -> 11,352
 ``host_ops_per_step`` per 128 px clip (Hiera-T, 13 organs, CPU), and its FLOPs. The memory
 attention's recompute is selective by default (``keep_attention``): the fused attention kernels'
 outputs are kept, with dropout's, and only the cheap rest runs again (16 TFLOP per clip fewer than
@@ -340,7 +341,7 @@ class VideoPropagator:
                                                      *levels, use_reentrant=False)
         else:
             # a tracked slice: memory attention and memory encoder recomputed, the decoder's
-            # activations stored (2.6 GiB per 1024 px clip at 13 organs, ~300 host ops per slice
+            # activations stored (2.4 GiB per 1024 px clip at 13 organs, ~300 host ops per slice
             # not run again; module docstring). The selective recompute's dispatch mode costs host
             # time on every op, so it covers only the memory attention, where the kept outputs save
             # the arithmetic. Not reentrant, though that would skip the detach of each recomputed
