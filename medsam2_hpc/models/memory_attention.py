@@ -282,14 +282,15 @@ class TrainMemoryAttention(EvalMemoryAttention):
         bias = torch.stack([p.bias for p in proj]).unsqueeze(1)
         keys = torch.baddbmm(bias, x.expand(len(proj), -1, -1), weight.transpose(1, 2))
         cos, sin = self._tables("keys", n, (nk - n_ptrs) // n, n_ptrs, memory.device)
-        keys = _rotate(keys.view(len(proj), b, nk, -1), cos, sin)
+        keys = _rotate(keys.view(len(proj), b, nk, -1, 2), cos, sin).flatten(-2)
         return (keys.transpose(2, 3) if composed else keys.unsqueeze(2)).unbind(0)
 
     def _tables(self, kind: str, n: int, repeats: int = 0, n_ptrs: int = 0,
                 device: torch.device | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-        """RoPE's cos and signed sin, fp32, for a grid of ``n`` tokens: ``q`` (n, C); ``qkv`` (n, 3, C),
-        the self-attention's q, k and v side by side, v unrotated; ``keys`` (repeats n + n_ptrs, C),
-        the grid repeated, then the unrotated pointer tokens. The queries' tables times ``scale``.
+        """RoPE's cos and signed sin, fp32, in pairs (:func:`_rotate`), for a grid of ``n`` tokens: ``q``
+        (n, C/2, 2); ``qkv`` (n, 3, C/2, 2), the self-attention's q, k and v side by side, v unrotated;
+        ``keys`` (repeats n + n_ptrs, C/2, 2), the grid repeated, then the unrotated pointer tokens.
+        The queries' tables times ``scale``.
         Cached, except while ``torch.compile`` traces (the tables are then part of the graph)."""
         if torch.compiler.is_compiling():
             return self._make_tables(kind, n, repeats, n_ptrs, device, scale)
@@ -306,8 +307,8 @@ class TrainMemoryAttention(EvalMemoryAttention):
         rope = self.layers[0].self_attn.compute_cis.keywords  # alike in every attention (_fits)
         cos, sin = _rope_tables(rope["dim"], rope["theta"], n, device)
         if kind == "keys":
-            return (torch.cat([cos.repeat(repeats, 1), cos.new_ones(n_ptrs, cos.shape[1])]),
-                    torch.cat([sin.repeat(repeats, 1), sin.new_zeros(n_ptrs, sin.shape[1])]))
+            return (torch.cat([cos.repeat(repeats, 1, 1), cos.new_ones(n_ptrs, *cos.shape[1:])]),
+                    torch.cat([sin.repeat(repeats, 1, 1), sin.new_zeros(n_ptrs, *sin.shape[1:])]))
         if kind == "qkv":
             return (torch.stack([cos * scale, cos, torch.ones_like(cos)], dim=1),
                     torch.stack([sin * scale, sin, torch.zeros_like(sin)], dim=1))
@@ -318,24 +319,24 @@ _MAX_TABLES = 64  # (grid, memory count, pointer count, device) entries: a clip 
 
 
 def _rope_tables(dim: int, theta: float, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Meta's ``compute_axial_cis`` for a square grid of ``n`` tokens as real tables (n, dim):
+    """Meta's ``compute_axial_cis`` for a square grid of ``n`` tokens as real tables (n, dim / 2, 2):
     cos of each pair's angle in both its places, and sin negated in the first (see :func:`_rotate`)."""
     side = math.sqrt(n)  # as Meta's RoPEAttention (a float: no graph break under torch.compile)
     freqs = 1.0 / (theta ** (torch.arange(0, dim, 4, device=device)[: dim // 4].float() / dim))
     t = torch.arange(n, dtype=torch.float32, device=device)  # made where used: no upload to wait for
     angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"),
                                                                    freqs)], dim=-1)  # (n, dim / 2)
-    cos = angles.cos().repeat_interleave(2, dim=-1)
-    sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
+    cos = angles.cos().unsqueeze(-1).repeat(1, 1, 2)
+    sin = torch.stack([-angles.sin(), angles.sin()], dim=-1)
     return cos, sin
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Meta's rotary encoding of ``x`` (..., C) with pairs (2j, 2j+1) as complex numbers, in real
-    arithmetic: x * cos + swap(x) * sin, where swap exchanges each pair. fp32, then x's dtype."""
+    """Meta's rotary encoding of ``x`` (..., C/2, 2), its C channels' pairs (2j, 2j+1) as complex
+    numbers, in real arithmetic: x * cos + swap(x) * sin, where swap exchanges each pair. fp32, then
+    x's dtype. Pair-shaped in and out: the callers' own views make and undo the pairs."""
     xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+    return torch.addcmul(xf * cos, xf.flip(-1), sin).to(x.dtype)
 
 
 def _raw_values(memory: Tensor, dtype: torch.dtype, composed: bool) -> Tensor:
@@ -382,8 +383,9 @@ def _self_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin:
     attn = layer.self_attn
     weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     bias = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    qkv = F.linear(layer.norm1(x), weight, bias).view(b, *(() if composed else (1,)), -1, 3, x.shape[1])
-    q, k, v = _rotate(qkv, cos, sin).unbind(-2)  # v too (by the identity): one unbind, no slices
+    heads = () if composed else (1,)
+    qkv = F.linear(layer.norm1(x), weight, bias).view(b, *heads, -1, 3, x.shape[1] // 2, 2)
+    q, k, v = _rotate(qkv, cos, sin).flatten(-2).unbind(-2)  # v too (by the identity): no slices
     out = _attention(q, k.transpose(1, 2) if composed else k, v, attn.dropout_p if layer.training else 0.0)
     return x + _drop(layer.dropout1, attn.out_proj(out.reshape(x.shape)))
 
@@ -395,7 +397,8 @@ def _cross_attention(layer: torch.nn.Module, x: Tensor, b: int, cos: Tensor, sin
     matrix, ``folded`` (:meth:`TrainMemoryAttention._folded_projections`), does value and output
     projection."""
     attn = layer.cross_attn_image
-    q = _rotate(attn.q_proj(layer.norm2(x)).view(*values.shape[:-2], -1, x.shape[1]), cos, sin)
+    q = attn.q_proj(layer.norm2(x)).view(*values.shape[:-2], -1, x.shape[1] // 2, 2)
+    q = _rotate(q, cos, sin).flatten(-2)
     out = _attention(q, keys, values, attn.dropout_p if layer.training else 0.0)
     return x + _drop(layer.dropout2, F.linear(out.view(-1, folded.shape[1]), folded, attn.out_proj.bias))
 
