@@ -47,7 +47,11 @@ A clip's prompted slices read no memory, so training runs them as one batch of s
 
 Built on SAM2Base's own pieces (``_prepare_memory_conditioned_features``,
 ``_forward_sam_heads``, ``_use_mask_as_output``, ``_encode_new_memory``) as Meta's SAM2Train
-does; only the batching of objects and the mixing of prompt kinds on one slice are ours.
+does; only the batching of objects and the mixing of prompt kinds on one slice are ours. In
+training, the glue of three of them runs as our own rewrite with fewer host ops (the training step
+is host-bound): :func:`~.memory_read.training_memory`, :func:`_train_heads` and
+:func:`_train_memory`, held to Meta's functions, outputs and gradients, by
+``tests/test_train_glue.py``. Eval calls Meta's (its predictor's results are the reference there).
 """
 
 from __future__ import annotations
@@ -281,8 +285,9 @@ class VideoPropagator:
                 {"backbone_fpn": fpn, "vision_pos_enc": out["vision_pos_enc"]})
             if not shared_pos:  # a copy, so the batch's encodings of every level can be freed
                 shared_pos = [pos[-1][:, :1].clone()]
-            for i in range(batch.shape[0]):
-                frames.append(FrameFeatures([f[:, i:i + 1] for f in feats], shared_pos, sizes))
+            # each slice's rows by one split per level (one op, and one in the backward pass)
+            for levels in zip(*(f.split(1, dim=1) for f in feats), strict=True):
+                frames.append(FrameFeatures(list(levels), shared_pos, sizes))
         return frames
 
     # one slice ------------------------------------------------------------------------
@@ -471,9 +476,11 @@ class VideoPropagator:
                     outs = m._forward_sam_heads(sub_pix, mask_inputs=masks, high_res_features=sub_hr)
             else:
                 coords, labels = prompts.point_coords, prompts.point_labels
-                pts = {"point_coords": coords[:, :n] if whole else coords[idx, :n],
-                       "point_labels": (labels[:, :n] if whole else labels[host_idx, :n]
-                                        ).to(pix.device, non_blocking=True)}
+                if not whole:
+                    coords, labels = coords[idx, :n], labels[host_idx, :n]
+                elif n < coords.shape[1]:
+                    coords, labels = coords[:, :n], labels[:, :n]
+                pts = {"point_coords": coords, "point_labels": labels.to(pix.device, non_blocking=True)}
                 heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
                 outs = heads(sub_pix, point_inputs=pts, high_res_features=sub_hr,
                              multimask_output=m._use_multimask(True, pts))
@@ -613,7 +620,8 @@ def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: di
         repeat_image=False, high_res_features=high_res_features)
     if m.pred_obj_scores:
         appearing = score > 0  # a hard choice for the masks, as Meta's
-        low_multi = torch.where(appearing.view(b, 1, 1, 1), low_multi, NO_OBJ_SCORE)
+        absent_logit = _constant(("no_obj", device), lambda: torch.full((), NO_OBJ_SCORE, device=device))
+        low_multi = torch.where(appearing.view(b, 1, 1, 1), low_multi, absent_logit)
     low_multi = low_multi.float()
     high_multi = F.interpolate(low_multi, size=(m.image_size, m.image_size), mode="bilinear",
                                align_corners=False)
