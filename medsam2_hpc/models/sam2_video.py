@@ -34,8 +34,9 @@ Recomputing less only shrinks them, so held + 7.0 bounds the peak: 20.0 GiB for 
 4.0 under the budget (the 3 GiB margin kept; storing P's decoder too, 22.5, would not keep it;
 storing P's instead of T's, 13.5* held, would spare one decoder call, not four).
 Storing T's decoder spares the backward its ~300 host ops per tracked slice: 12,504 -> 11,352
-``host_ops_per_step`` per 128 px clip (Hiera-T, 13 organs, CPU), and its FLOPs. The memory
-attention's recompute is selective by default (``keep_attention``): the fused attention kernels'
+``host_ops_per_step`` per 128 px clip (Hiera-T, 13 organs, CPU); its arithmetic is small (0.19
+TFLOP per 1024 px clip: the decoder is 0.37 of the forward's 22.4, the memory encoder 1.2). The
+memory attention's recompute is selective by default (``keep_attention``): the fused attention kernels'
 outputs are kept, with dropout's, and only the cheap rest runs again (16 TFLOP per clip fewer than
 in full by PyTorch's FLOP counter, README). Both fit the budget, so the faster one should
 be the default, and that needs a GPU: on the CPU they issue as many ops, while the selective one
