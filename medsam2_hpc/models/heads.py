@@ -160,15 +160,21 @@ class _RowLinear(torch.autograd.Function):
     Autograd differentiates ``addmm(bias, rows, weight.t())`` through the transposed weight: a
     transpose for each operand of both gradient matmuls, one more to undo the weight's, and a
     view after the bias's sum. Here ``grad @ weight``, ``grad.T @ rows`` and ``grad.sum(0)``.
-    Under autocast the matmul runs in the autocast type as ``F.linear``'s does; the gradients are
-    computed in the output gradient's type and returned in each input's.
+    Under autocast the operands are cast in the forward as autocast casts ``F.linear``'s (and the
+    cast ones saved, as autograd saves them): the backward computes in that type, with no casts
+    beyond those returning each gradient in its input's type.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, rows: Tensor, weight: Tensor, bias: Tensor
                 ) -> Tensor:
+        ctx.dtypes = rows.dtype, weight.dtype, bias.dtype
+        device = rows.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            rows, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype)
+                                  for t in (rows, weight, bias))
         ctx.save_for_backward(rows, weight)
-        ctx.bias_dtype = bias.dtype
         return torch.addmm(bias, rows, weight.t())
 
     @staticmethod
@@ -176,9 +182,10 @@ class _RowLinear(torch.autograd.Function):
                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         rows, weight = ctx.saved_tensors
         need_rows, need_weight, need_bias = ctx.needs_input_grad
-        grad_rows = grad.mm(weight.to(grad.dtype)).to(rows.dtype) if need_rows else None
-        grad_weight = grad.t().mm(rows.to(grad.dtype)).to(weight.dtype) if need_weight else None
-        grad_bias = grad.sum(0).to(ctx.bias_dtype) if need_bias else None
+        rows_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad_rows = grad.mm(weight).to(rows_dtype) if need_rows else None
+        grad_weight = grad.t().mm(rows).to(weight_dtype) if need_weight else None
+        grad_bias = grad.sum(0).to(bias_dtype) if need_bias else None
         return grad_rows, grad_weight, grad_bias
 
 
