@@ -9,6 +9,10 @@ Here the same arithmetic goes out in fewer, larger ops:
   entry to exit: a projection is one ``addmm`` (a linear on (B, N, C) reshapes in and out), the
   projections that read the same rows are one matmul over their weights concatenated at call time,
   and the image rows' encoding is added once per layer where Meta adds it for each attention;
+- the decoder's linears on rows (transformer, MLPs, iou and object-score heads) differentiate as
+  ``grad @ W``, ``grad.T @ x`` and ``grad.sum(0)``: autograd's ``addmm`` backward, through the
+  transposed weight, issues twice as many ops; parameters joined at call time (fused projections,
+  stacked hypernetworks, output tokens) get their gradients back by one ``split``/``unbind``;
 - ``LayerNorm2d`` (13 elementwise ops forward, about twice as many backward) is one fused
   ``layer_norm`` over the channels, read through a permuted view (same normalisation; the fused
   kernel's summation order differs in the last bits);
@@ -67,8 +71,8 @@ class LeanTwoWayTransformer(TwoWayTransformer):
         """Meta's ``forward``: same inputs, same (B, N, C) and (B, HW, C) outputs."""
         b, c, h, w = image_embedding.shape
         n = point_embedding.shape[1]
-        keys = image_embedding.flatten(2).transpose(1, 2).reshape(b * h * w, c)
-        key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, -1, -1).reshape(b * h * w, c)
+        keys = image_embedding.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        key_pe = image_pe.permute(0, 2, 3, 1).expand(b, -1, -1, -1).reshape(b * h * w, c)
         query_pe = point_embedding.reshape(b * n, c)
         queries = query_pe
         for layer in self.layers:
@@ -239,7 +243,7 @@ class LeanMaskDecoder(MaskDecoder):
             upscaled = act2(dc2(upscaled) + feat_s0)
         hyper_in = self._hypernetworks(mask_tokens_out)
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = torch.bmm(hyper_in, upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
         iou_pred = _mlp(self.iou_prediction_head, iou_token_out)
         if self.pred_obj_scores:
