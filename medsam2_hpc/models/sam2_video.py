@@ -697,7 +697,7 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
     The fused attention kernels are tagged ``nondeterministic_seeded`` (they take dropout's
     seed), so keeping them skips the memory attention's big matmuls in the recompute: about
-    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
+    16 of 84 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
     too) is kept with them: a recompute that skipped a seeded kernel would otherwise draw the next
     dropout mask from a shifted random stream. The memory attention's training path
     (:class:`~medsam2_hpc.models.memory_attention.TrainMemoryAttention`) issues that same op on the
