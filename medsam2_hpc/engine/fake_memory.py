@@ -19,7 +19,6 @@ encoder's activations while it runs), the allocator's fragmentation, cuDNN works
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -54,21 +53,14 @@ def _fused_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inpla
     return torch.native_dropout(x, p, training)[0] if training and p > 0 else x
 
 
-@functools.cache
-def _mode() -> FakeTensorMode:
-    return FakeTensorMode(allow_non_fake_inputs=False)
-
-
 @contextlib.contextmanager
 def fake_cuda() -> Iterator[FakeTensorMode]:
     """Fake tensors that say they live on a GPU, with CUDA autocast and fused attention/dropout.
 
     CUDA reports itself available inside (autocast refuses "cuda" otherwise); every tensor an op
-    meets must be fake (:func:`to_fake`), so nothing reaches a real device. One mode serves the
-    process: tensors the code caches once per device (index and constant tensors of the training
-    glue) outlive a count, and a fake tensor may only meet those of its own mode.
+    meets must be fake (:func:`to_fake`), so nothing reaches a real device.
     """
-    mode = _mode()
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
     with mode, mock.patch("torch.cuda.is_available", return_value=True), \
             mock.patch("torch.cuda.is_bf16_supported", return_value=True), \
             mock.patch.object(F, "scaled_dot_product_attention", _fused_attention), \

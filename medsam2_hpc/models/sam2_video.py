@@ -70,6 +70,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from .constants import cached_constant
 from .heads import use_lean_heads
 from .memory_attention import (
     EvalMemoryAttention,
@@ -433,8 +434,8 @@ class VideoPropagator:
         heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
         outs = heads(pix, high_res_features=high_res, multimask_output=m._use_multimask(False, None))
         multi, ious, low, high, ptr, score = outs[1:]
-        from_decoder = _constant(("ones", rows, low.device),
-                                 lambda: torch.ones(rows, dtype=torch.bool, device=low.device))
+        from_decoder = cached_constant(m, ("ones", rows, low.device),
+                                       lambda: torch.ones(rows, dtype=torch.bool, device=low.device))
         return low, high, multi, ious, ptr, score, from_decoder
 
     def _memorize(self, vision: Tensor, sizes: list[tuple[int, int]], k: int, prompts: ObjectPrompts | None,
@@ -501,7 +502,8 @@ class VideoPropagator:
         """(k,) bool: which prompted rows' outputs are the decoder's (not the prompt mask passed through)."""
         if self.model.use_mask_input_as_output_without_sam:
             return ~prompts.use_mask.to(device, non_blocking=True)
-        return _constant(("ones", k, device), lambda: torch.ones(k, dtype=torch.bool, device=device))
+        return cached_constant(self.model, ("ones", k, device),
+                               lambda: torch.ones(k, dtype=torch.bool, device=device))
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
@@ -611,9 +613,9 @@ def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: di
     if point_inputs is not None:
         coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
     else:  # Meta's empty prompt: one point (0, 0) with label -1
-        coords, labels = _constant(("empty", b, device), lambda: (torch.zeros(b, 1, 2, device=device),
-                                                                  torch.full((b, 1), -1, dtype=torch.int32,
-                                                                             device=device)))
+        coords, labels = cached_constant(m, ("empty", b, device),
+                                         lambda: (torch.zeros(b, 1, 2, device=device),
+                                                  torch.full((b, 1), -1, dtype=torch.int32, device=device)))
     sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     low_multi, ious, tokens, score = m.sam_mask_decoder(
         image_embeddings=backbone_features, image_pe=m.sam_prompt_encoder.get_dense_pe(),
@@ -621,14 +623,16 @@ def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: di
         repeat_image=False, high_res_features=high_res_features)
     if m.pred_obj_scores:
         appearing = score > 0  # a hard choice for the masks, as Meta's
-        absent_logit = _constant(("no_obj", device), lambda: torch.full((), NO_OBJ_SCORE, device=device))
+        absent_logit = cached_constant(m, ("no_obj", device),
+                                       lambda: torch.full((), NO_OBJ_SCORE, device=device))
         low_multi = torch.where(appearing.view(b, 1, 1, 1), low_multi, absent_logit)
     low_multi = low_multi.float()
     high_multi = F.interpolate(low_multi, size=(m.image_size, m.image_size), mode="bilinear",
                                align_corners=False)
     if multimask_output:  # the mask (and, with several tokens, the pointer token) of the best IoU
         best = ious.argmax(dim=-1, keepdim=True)  # (B, 1)
-        rows = _constant(("rows", b, device), lambda: torch.arange(b, device=device).unsqueeze(1))
+        rows = cached_constant(m, ("rows", b, device),
+                               lambda: torch.arange(b, device=device).unsqueeze(1))
         low, high = low_multi[rows, best], high_multi[rows, best]
         token = tokens[rows, best].squeeze(1) if tokens.size(1) > 1 else tokens[:, 0]
     else:
@@ -665,17 +669,6 @@ def _train_memory(m: torch.nn.Module, current_vision_feats: list[Tensor], feat_s
     return feats, out["vision_pos_enc"]
 
 
-_CONSTANTS: dict[tuple, tuple[Tensor, ...] | Tensor] = {}
-
-
-def _constant(key: tuple, make: Callable[[], tuple[Tensor, ...] | Tensor]) -> tuple[Tensor, ...] | Tensor:
-    """A constant input (no gradient, never written to) made once per ``key`` (sizes and device)."""
-    if key not in _CONSTANTS:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
-        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
-            _CONSTANTS[key] = make()
-    return _CONSTANTS[key]
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
@@ -704,7 +697,7 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
     The fused attention kernels are tagged ``nondeterministic_seeded`` (they take dropout's
     seed), so keeping them skips the memory attention's big matmuls in the recompute: about
-    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
+    16 of 84 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
     too) is kept with them: a recompute that skipped a seeded kernel would otherwise draw the next
     dropout mask from a shifted random stream. The memory attention's training path
     (:class:`~medsam2_hpc.models.memory_attention.TrainMemoryAttention`) issues that same op on the
