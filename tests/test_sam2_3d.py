@@ -318,7 +318,8 @@ def _clip_grads(model, clip, propagator):
 
 @pytest.mark.parametrize("dropout", ["cpu", "gpu-like"])
 def test_activation_checkpointing_keeps_loss_and_gradients(btcv_slices, dropout, monkeypatch):
-    """Recomputing each slice in backward, fully or all but the attention, gives the same gradients.
+    """Recomputing in backward (the default split, with the attention kept or recomputed too) gives
+    the same loss and gradients as storing every activation.
 
     Train mode under bf16 autocast. "cpu": the CPU's dropout (mask drawn in place, recomputed
     from the replayed random state; attention with dropout unfused). "gpu-like": dropout as the
@@ -348,6 +349,29 @@ def test_activation_checkpointing_keeps_loss_and_gradients(btcv_slices, dropout,
     if dropout == "gpu-like":  # the kept attention is not run again: fewer FLOPs than a full recompute
         assert flops_plain < runs["selective"][2] < runs["full"][2]
 
+
+
+def test_backward_recomputes_all_but_the_tracked_slices_decoder(btcv_slices):
+    """The 24 GiB budget's split (sam2_video's docstring): the backward pass runs each tracked
+    slice's memory attention and memory encoder again, and the prompted batch's decoder and memory
+    encoder; the tracked slices' decoder activations are stored, so their decoder runs once."""
+    clip = BTCVClips(BTCVVolumes(btcv_slices, "train"), 4, SIZE)[8]
+    model = _tiny_model()
+    set_trainable(model, "decoder+memory")
+    model.train()
+    calls: dict[str, int] = {}
+    for name in ("memory_attention", "sam_mask_decoder", "memory_encoder"):
+        getattr(model, name).register_forward_pre_hook(  # a recompute stops once it has what backward needs
+            lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    parts = clip_loss(VideoPropagator(model, checkpoint=True), clip, "bbox", 2,
+                      MultimaskLoss(make_loss("bce")), np.random.default_rng(0), torch.device("cpu"))
+    forward, tracked = dict(calls), 2  # slices 1 and 3 (0 and 2 prompted, one batch)
+    assert forward == {"memory_attention": tracked, "sam_mask_decoder": tracked + 1,
+                       "memory_encoder": tracked + 1}, forward
+    calls.clear()
+    parts["loss"].backward()
+    # memory encoder: the prompted batch's and slice 1's (slice 3's memory is read by no slice)
+    assert calls == {"memory_attention": tracked, "sam_mask_decoder": 1, "memory_encoder": 2}, calls
 
 def test_selective_recompute_keeps_every_op_that_draws_random_numbers():
     """The GPU's attention kernels and fused dropout are kept (a recompute that skipped one and

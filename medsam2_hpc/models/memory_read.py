@@ -30,11 +30,12 @@ import torch
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 from torch import Tensor
 
+from .constants import cached_constant
+
 __all__ = ["MemoryRead", "select_memories", "training_memory", "KeyCache"]
 
 Memory = dict[str, dict[int, dict[str, Tensor]]]  # SAM2's output_dict: bank -> frame -> entry
 _MAX_PLACES = 64  # temporal terms kept per cache, (layer, frame places, pointer count) each
-_PLACE_INDEX: dict[tuple[tuple[int, ...], torch.device], Tensor] = {}  # constant indices of reads' places
 
 
 @dataclass
@@ -110,6 +111,13 @@ def select_memories(model: torch.nn.Module, frame_idx: int, memory: Memory, num_
     return MemoryRead(frames, ptrs, obj_pos)
 
 
+def _place_index(model: torch.nn.Module, read: MemoryRead, device: torch.device) -> Tensor:
+    """The read's frame places as an index tensor on ``device``, made once per pattern (they repeat)."""
+    places = tuple(p for _, p in read.frames)
+    return cached_constant(model, ("places", places, device),
+                           lambda: torch.tensor(places).to(device, non_blocking=True))
+
+
 def training_memory(model: torch.nn.Module, read: MemoryRead) -> tuple[Tensor, Tensor, int]:
     """Step 2 of Meta's ``_prepare_memory_conditioned_features`` for ``read``: the memory (N_k, K,
     mem_dim), its encoding and the pointer-token count, as the memory attention takes them.
@@ -122,22 +130,11 @@ def training_memory(model: torch.nn.Module, read: MemoryRead) -> tuple[Tensor, T
     feats = torch.cat([entry["maskmem_features"] for entry, _ in read.frames], dim=2)  # (K, C, n H, W)
     pos = torch.cat([entry["maskmem_pos_enc"][-1] for entry, _ in read.frames], dim=2)
     memory = feats.flatten(2).permute(2, 0, 1)
-    tau = model.maskmem_tpos_enc.index_select(0, _place_index(tuple(p for _, p in read.frames), feats.device))
+    tau = model.maskmem_tpos_enc.index_select(0, _place_index(model, read, feats.device))
     memory_pos = (pos.flatten(2).permute(2, 0, 1).unflatten(0, (n, -1)) + tau).flatten(0, 1)
     if read.ptrs is None:
         return memory, memory_pos, 0
     return (torch.cat([memory, read.ptrs]), torch.cat([memory_pos, read.ptr_pos]), read.ptrs.shape[0])
-
-
-def _place_index(places: tuple[int, ...], device: torch.device) -> Tensor:
-    """The places as an index tensor on ``device``, made once per pattern (a read's places repeat)."""
-    key = (places, device)
-    if key not in _PLACE_INDEX:
-        if len(_PLACE_INDEX) >= _MAX_PLACES:
-            _PLACE_INDEX.clear()
-        with torch.inference_mode(False), torch.no_grad():
-            _PLACE_INDEX[key] = torch.tensor(places).to(device, non_blocking=True)
-    return _PLACE_INDEX[key]
 
 
 class KeyCache:

@@ -9,23 +9,38 @@ per-object parts (memory attention, mask decoder, memory encoder) grow with the 
 The same generator runs with gradients (training flows through the memories) and without
 (inference), so validation, ``inference_3d.py`` and the benchmark measure the trained code.
 
-Memory: with ``checkpoint=True`` each slice's per-object work (memory attention, heads, memory
-encoder) is recomputed in the backward pass instead of stored. Its activations grow with the
-object count (an H100's peak without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far
-above 24 GiB. What the autograd graph holds after an 8-slice 1024 px clip's
-forward (Hiera-S, bf16, 13 organs; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
-tensors): 41.2 GiB with no recompute, 10.5 with the selective one, 3.2 with the full one (state
-0.3 GiB; a measured H100 peak of 10.2 GiB with the full recompute puts the selective one near
-17.5). Checkpointing only the memory attention (decoder and memory encoder stored) holds 21.5,
-only those two 23.0: neither fits with the backward's transients, so both regions recompute.
-The memory attention's recompute is selective by default (``keep_attention``): the fused
-attention kernels' outputs are kept, with dropout's, and only the cheap rest runs again; decoder
-and memory encoder are recomputed in full. Counted with PyTorch's FLOP counter: 102 TFLOP per
-clip without recompute, 129 with a full one, 106 with the selective one. Both recomputes fit the
-budget, so the faster one should be the default, and that needs a GPU: on the CPU they issue as
-many ops (``host_ops_per_step`` 22.6k per 128 px clip, 16.8k with none; the CPU's attention with
-dropout is unfused, so nothing is kept), while the selective one saves 23 TFLOP of GPU
-arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
+Memory: with ``checkpoint=True`` part of each slice's per-object work is recomputed in the
+backward pass instead of stored. Its activations grow with the object count (an H100's peak
+without recompute: 44.9 GiB with 13 organs, 11.6 with 3), far above 24 GiB. What the autograd
+graph holds after an 8-slice 1024 px clip's forward (Hiera-S, bf16, 13 organs, 4 prompted slices
+run as one batch P, 4 tracked slices T; ``bench_sam2.py --mode memory3d``, counted on fake CUDA
+tensors; state 0.3 GiB more), in GiB, by what the backward runs again (* counted before the
+training glue's last cuts, which moved the others by up to 0.6):
+
+    nothing                                                          34.1
+    memory attention only (decoder and memory encoder stored)        24.3*
+    decoder and memory encoder only                                  21.1*
+    all but the decoder of P and T                                   15.5
+    all but T's decoder and memory encoder                           16.7*
+    all but T's memory encoder                                       14.3*
+    all but T's decoder (the default)                                13.0
+    everything                                                       10.6
+    ... with the memory attention in full (``keep_attention=False``): default 5.8, everything 3.4*
+
+(memory attention selective unless said; P's "attention" reads no memory, nothing to recompute).
+The peak adds the backward's transients (a recomputed slice, gradients, workspaces): an H100
+measured 10.2 GiB with everything recomputed in full at 3.2 held, 6.7 GiB over held and state.
+Recomputing less only shrinks them, so held + 7.0 bounds the peak: 20.0 GiB for the default,
+4.0 under the budget (the 3 GiB margin kept; storing P's decoder too, 22.5, would not keep it;
+storing P's instead of T's, 13.5* held, would spare one decoder call, not four).
+Storing T's decoder spares the backward its ~300 host ops per tracked slice: 12,504 -> 11,352
+``host_ops_per_step`` per 128 px clip (Hiera-T, 13 organs, CPU); its arithmetic is small (0.19
+TFLOP per 1024 px clip: the decoder is 0.37 of the forward's 22.4, the memory encoder 1.2). The
+memory attention's recompute is selective by default (``keep_attention``): the fused attention kernels'
+outputs are kept, with dropout's, and only the cheap rest runs again (16 TFLOP per clip fewer than
+in full by PyTorch's FLOP counter, README). Both fit the budget, so the faster one should
+be the default, and that needs a GPU: on the CPU they issue as many ops, while the selective one
+saves GPU arithmetic for a Python dispatch mode on each of its ops. Until a GPU times both
 (``benchmarks/gpu_session.sh`` runs each), the selective one stays the default.
 Positional encodings depend only on the feature shape, so one copy serves every slice and object.
 A clip's prompted slices read no memory, so training runs them as one batch of slices x objects
@@ -55,6 +70,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from .constants import cached_constant
 from .heads import use_lean_heads
 from .memory_attention import (
     EvalMemoryAttention,
@@ -194,11 +210,12 @@ class VideoPropagator:
             Dense prompts (every 2nd slice of a 200-slice volume) would otherwise make the
             memory grow with the volume.
         checkpoint: with gradients on, recompute each slice's per-object work in the backward
-            pass instead of storing it (activation checkpointing; same gradients, dropout
-            included, as the RNG state is replayed).
+            pass instead of storing it, all but the tracked slices' decoder (activation
+            checkpointing, sized by the module docstring; same gradients, dropout included, as
+            the RNG state is replayed).
         keep_attention: with ``checkpoint``, keep the attention kernels' and dropout's outputs
-            and recompute only the rest (:func:`_save_seeded_ops`): 23 fewer TFLOP per 1024 px
-            clip, 7.3 GiB more held at 13 organs (still within 24 GiB), a dispatch mode's host
+            and recompute only the rest (:func:`_save_seeded_ops`): 16 fewer TFLOP per 1024 px
+            clip, 7.2 GiB more held at 13 organs (still within 24 GiB), a dispatch mode's host
             cost on every op of the attention. The default until a GPU shows which is faster
             (module docstring).
         attention: one of :data:`ATTENTION`; which fused attention kernel the memory attention
@@ -323,20 +340,34 @@ class VideoPropagator:
             with self._kernels():
                 return self._finish(pix, list(vision), sizes, k, prompts)
 
-        if self.checkpoint and torch.is_grad_enabled():
-            # two regions: the selective recompute's dispatch mode costs host time on every op, so
-            # it covers only the memory attention, where the kept outputs save the arithmetic.
-            # Not reentrant, though that would skip the detach of each recomputed saved tensor
-            # (one region per slice, memories passed in: OpCounter 23.7k ops per 128 px clip, not
-            # 26.5k, much of it the counter's own detaches): its bf16 gradients differ (2.6e-3 of
-            # a norm; equal in fp32), as the gradients of autocast's weight casts are summed per
-            # slice, not over the clip.
+        def memorize(vision: Tensor, low: Tensor, high: Tensor, score: Tensor) -> tuple:
+            with self._kernels():
+                return self._memorize(vision, sizes, k, prompts, low, high, score)
+
+        if not (self.checkpoint and torch.is_grad_enabled()):
+            outs = finish(attend(levels[-1], feats[0].vision_pos[-1]), *levels)
+        elif is_cond:
+            # a prompted batch reads no memory (its "attention" adds SAM2's no-memory embedding:
+            # nothing to recompute); its decoder and memory encoder, 4 slices' worth, are one region
+            outs = torch.utils.checkpoint.checkpoint(finish, attend(levels[-1], feats[0].vision_pos[-1]),
+                                                     *levels, use_reentrant=False)
+        else:
+            # a tracked slice: memory attention and memory encoder recomputed, the decoder's
+            # activations stored (2.4 GiB per 1024 px clip at 13 organs, ~300 host ops per slice
+            # not run again; module docstring). The selective recompute's dispatch mode costs host
+            # time on every op, so it covers only the memory attention, where the kept outputs save
+            # the arithmetic. Not reentrant, though that would skip the detach of each recomputed
+            # saved tensor: its bf16 gradients differ (2.6e-3 of a norm; equal in fp32), as the
+            # gradients of autocast's weight casts are summed per slice, not over the clip.
             # Tensors as arguments: checkpoint stashes the RNG state of their device (dropout).
             pix = torch.utils.checkpoint.checkpoint(attend, levels[-1], feats[0].vision_pos[-1],
                                                     use_reentrant=False, context_fn=self._context_fn)
-            outs = torch.utils.checkpoint.checkpoint(finish, pix, *levels, use_reentrant=False)
-        else:
-            outs = finish(attend(levels[-1], feats[0].vision_pos[-1]), *levels)
+            with self._kernels():
+                heads = self._heads(pix, levels, sizes, k, None)
+            low, high, multi, ious, ptr, score, from_decoder = heads
+            low, high, mem_feats, mem_pos = torch.utils.checkpoint.checkpoint(
+                memorize, levels[-1], low, high, score, use_reentrant=False)
+            outs = low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
         return _remember(frames, [memory] * len(frames), is_cond, k, outs)
 
     def _step_pair(self, steps: list[tuple[int, bool, Memory, KeyCache]], get: Callable[[int], FrameFeatures],
@@ -390,32 +421,44 @@ class VideoPropagator:
     def _finish(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
                 prompts: ObjectPrompts | None) -> tuple:
         """The rest of the slices' per-object work (``k`` objects each): mask decoder and memory encoder."""
+        low, high, multi, ious, ptr, score, from_decoder = self._heads(pix, vision_feats, sizes, k, prompts)
+        low, high, mem_feats, mem_pos = self._memorize(vision_feats[-1], sizes, k, prompts, low, high, score)
+        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
+
+    def _heads(self, pix: Tensor, vision_feats: list[Tensor], sizes: list[tuple[int, int]], k: int,
+               prompts: ObjectPrompts | None) -> tuple[Tensor, ...]:
+        """:meth:`_finish`'s mask decoder: (low, high, multimasks, ious, pointers, scores, from_decoder)."""
         m = self.model
-        vision = _per_object(vision_feats[-1], k, 1)  # the memory encoder's input (Meta's last level)
         high_res = None
         if len(vision_feats) > 1:
             high_res = [_per_object(x.permute(1, 2, 0).reshape(x.size(1), x.size(2), *s), k, 0)
                         for x, s in zip(vision_feats[:-1], sizes[:-1], strict=True)]
         rows = pix.shape[0]  # k objects on each of the batch's slices
-        if prompts is None:
-            heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
-            outs = heads(pix, high_res_features=high_res, multimask_output=m._use_multimask(False, None))
-            multi, ious, low, high, ptr, score = outs[1:]
-            from_decoder = _constant(("ones", rows, low.device),
-                                     lambda: torch.ones(rows, dtype=torch.bool, device=low.device))
-        else:
-            low, high, multi, ious, ptr, score, from_decoder = self._prompted_heads(pix, high_res, prompts,
-                                                                                     rows)
+        if prompts is not None:
+            return self._prompted_heads(pix, high_res, prompts, rows)
+        heads = functools.partial(_train_heads, m) if m.training else m._forward_sam_heads
+        outs = heads(pix, high_res_features=high_res, multimask_output=m._use_multimask(False, None))
+        multi, ious, low, high, ptr, score = outs[1:]
+        from_decoder = cached_constant(m, ("ones", rows, low.device),
+                                       lambda: torch.ones(rows, dtype=torch.bool, device=low.device))
+        return low, high, multi, ious, ptr, score, from_decoder
+
+    def _memorize(self, vision: Tensor, sizes: list[tuple[int, int]], k: int, prompts: ObjectPrompts | None,
+                  low: Tensor, high: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+        """:meth:`_finish`'s memory encoder on the slices' last feature level ``vision``: (low, high as
+        eval's post-processing leaves them, memory features, memory encodings)."""
+        m = self.model
         meta = self.postprocess == "meta" and not m.training
         if prompts is not None and not m.training:  # as Meta's predictor: memory from the low-res output
             low = _fill_holes(low) if meta else low
             high = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         encode = functools.partial(_train_memory, m) if m.training else m._encode_new_memory
-        mem_feats, mem_pos = encode(current_vision_feats=[vision], feat_sizes=sizes, pred_masks_high_res=high,
-                                    object_score_logits=score, is_mask_from_pts=prompts is not None)
+        mem_feats, mem_pos = encode(current_vision_feats=[_per_object(vision, k, 1)], feat_sizes=sizes,
+                                    pred_masks_high_res=high, object_score_logits=score,
+                                    is_mask_from_pts=prompts is not None)
         if meta and prompts is None:  # ... and a tracked one from the decoder's, before filling
             low = _fill_holes(low)
-        return low, high, multi, ious, ptr, score, from_decoder, mem_feats, mem_pos
+        return low, high, mem_feats, mem_pos
 
     def _prompted_heads(self, pix: Tensor, high_res: list[Tensor] | None, prompts: ObjectPrompts,
                         k: int) -> tuple[Tensor, ...]:
@@ -464,7 +507,8 @@ class VideoPropagator:
         """(k,) bool: which prompted rows' outputs are the decoder's (not the prompt mask passed through)."""
         if self.model.use_mask_input_as_output_without_sam:
             return ~prompts.use_mask.to(device, non_blocking=True)
-        return _constant(("ones", k, device), lambda: torch.ones(k, dtype=torch.bool, device=device))
+        return cached_constant(self.model, ("ones", k, device),
+                               lambda: torch.ones(k, dtype=torch.bool, device=device))
 
     # a whole clip or volume -----------------------------------------------------------
     def propagate(self, features: Sequence[FrameFeatures] | Callable[[int], FrameFeatures],
@@ -574,9 +618,9 @@ def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: di
     if point_inputs is not None:
         coords, labels = point_inputs["point_coords"], point_inputs["point_labels"]
     else:  # Meta's empty prompt: one point (0, 0) with label -1
-        coords, labels = _constant(("empty", b, device), lambda: (torch.zeros(b, 1, 2, device=device),
-                                                                  torch.full((b, 1), -1, dtype=torch.int32,
-                                                                             device=device)))
+        coords, labels = cached_constant(m, ("empty", b, device),
+                                         lambda: (torch.zeros(b, 1, 2, device=device),
+                                                  torch.full((b, 1), -1, dtype=torch.int32, device=device)))
     sparse, dense = m.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     low_multi, ious, tokens, score = m.sam_mask_decoder(
         image_embeddings=backbone_features, image_pe=m.sam_prompt_encoder.get_dense_pe(),
@@ -584,14 +628,16 @@ def _train_heads(m: torch.nn.Module, backbone_features: Tensor, point_inputs: di
         repeat_image=False, high_res_features=high_res_features)
     if m.pred_obj_scores:
         appearing = score > 0  # a hard choice for the masks, as Meta's
-        absent_logit = _constant(("no_obj", device), lambda: torch.full((), NO_OBJ_SCORE, device=device))
+        absent_logit = cached_constant(m, ("no_obj", device),
+                                       lambda: torch.full((), NO_OBJ_SCORE, device=device))
         low_multi = torch.where(appearing.view(b, 1, 1, 1), low_multi, absent_logit)
     low_multi = low_multi.float()
     high_multi = F.interpolate(low_multi, size=(m.image_size, m.image_size), mode="bilinear",
                                align_corners=False)
     if multimask_output:  # the mask (and, with several tokens, the pointer token) of the best IoU
         best = ious.argmax(dim=-1, keepdim=True)  # (B, 1)
-        rows = _constant(("rows", b, device), lambda: torch.arange(b, device=device).unsqueeze(1))
+        rows = cached_constant(m, ("rows", b, device),
+                               lambda: torch.arange(b, device=device).unsqueeze(1))
         low, high = low_multi[rows, best], high_multi[rows, best]
         token = tokens[rows, best].squeeze(1) if tokens.size(1) > 1 else tokens[:, 0]
     else:
@@ -628,17 +674,6 @@ def _train_memory(m: torch.nn.Module, current_vision_feats: list[Tensor], feat_s
     return feats, out["vision_pos_enc"]
 
 
-_CONSTANTS: dict[tuple, tuple[Tensor, ...] | Tensor] = {}
-
-
-def _constant(key: tuple, make: Callable[[], tuple[Tensor, ...] | Tensor]) -> tuple[Tensor, ...] | Tensor:
-    """A constant input (no gradient, never written to) made once per ``key`` (sizes and device)."""
-    if key not in _CONSTANTS:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
-        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
-            _CONSTANTS[key] = make()
-    return _CONSTANTS[key]
 
 
 def _fill_holes(low_res: Tensor) -> Tensor:
@@ -667,7 +702,7 @@ def _save_seeded_ops(ctx: object, op: torch._ops.OpOverload, *args: object, **kw
 
     The fused attention kernels are tagged ``nondeterministic_seeded`` (they take dropout's
     seed), so keeping them skips the memory attention's big matmuls in the recompute: about
-    23 of 130 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
+    16 of 84 TFLOP per 8-slice 1024 px clip with 13 organs. Dropout (``native_dropout``, seeded
     too) is kept with them: a recompute that skipped a seeded kernel would otherwise draw the next
     dropout mask from a shifted random stream. The memory attention's training path
     (:class:`~medsam2_hpc.models.memory_attention.TrainMemoryAttention`) issues that same op on the

@@ -69,8 +69,8 @@ class Sam2Config3D(Sam2Config):
     activation_checkpointing (recompute each slice's per-object activations in the backward
     pass: 13 organs on 8-slice 1024 px clips need about 45 GiB without it),
     checkpoint_keeps_attention (with it, keep the attention kernels' outputs instead of
-    recomputing them, see ``sam2_video._save_seeded_ops``: 23 of 129 TFLOP per 1024 px clip
-    saved, 10.5 GiB of activations held at 13 organs instead of 3.2, both within 24 GiB
+    recomputing them, see ``sam2_video._save_seeded_ops``: 16 of 84 TFLOP per 1024 px clip
+    saved, 13.0 GiB of activations held at 13 organs instead of 5.8, both within 24 GiB
     (``bench_sam2.py --mode memory3d``); the default until a GPU shows whether the saved
     arithmetic outweighs the host cost of its dispatch mode, see ``sam2_video``),
     attention (default|cudnn: the fused attention kernel tried first, see ``sam2_video.ATTENTION``),
