@@ -9,10 +9,10 @@ Here the same arithmetic goes out in fewer, larger ops:
   entry to exit: a projection is one ``addmm`` (a linear on (B, N, C) reshapes in and out), the
   projections that read the same rows are one matmul over their weights concatenated at call time,
   and the image rows' encoding is added once per layer where Meta adds it for each attention;
-- the decoder's linears on rows (transformer, MLPs, iou and object-score heads) differentiate as
-  ``grad @ W``, ``grad.T @ x`` and ``grad.sum(0)``: autograd's ``addmm`` backward, through the
-  transposed weight, issues twice as many ops; parameters joined at call time (fused projections,
-  stacked hypernetworks, output tokens) get their gradients back by one ``split``/``unbind``;
+- the linears stay ``F.linear`` with autograd's own backward: a custom ``autograd.Function``
+  differentiating them (or the joins of parameters) in fewer ops was tried and cost more host
+  time than it saved (Python's Function call, ~20-40 us per linear or join on the CPU, over the
+  C++ ops it spares), so the op count it bought would have been a worse step;
 - ``LayerNorm2d`` (13 elementwise ops forward, about twice as many backward) is one fused
   ``layer_norm`` over the channels, read through a permuted view (same normalisation; the fused
   kernel's summation order differs in the last bits);
@@ -125,8 +125,8 @@ def _project(rows: Tensor, batch: int, heads: int, *projs: torch.nn.Linear) -> t
     if len(projs) == 1:
         weight, bias = projs[0].weight, projs[0].bias
     else:
-        weight, bias = _cat([p.weight for p in projs]), _cat([p.bias for p in projs])
-    out = _linear(rows, weight, bias)
+        weight, bias = torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
+    out = F.linear(rows, weight, bias)
     out = out.view(batch, rows.shape[0] // batch, len(projs) * heads, -1).transpose(1, 2)
     return (out,) if len(projs) == 1 else out.split(heads, dim=1)
 
@@ -135,83 +135,18 @@ def _attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``attn``'s attention of projected (B, heads, N, d) inputs and its output projection: (B N, C)."""
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(-1, attn.internal_dim)
-    return _linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _mlp(mlp: MLP | torch.nn.Linear, rows: Tensor) -> Tensor:
-    """Meta's ``MLP`` (or a plain linear) on (M, C) rows, each layer one :func:`_linear`."""
+    """Meta's ``MLP`` (or a plain linear) on (M, C) rows, each layer one ``F.linear`` (t + addmm)."""
     if isinstance(mlp, torch.nn.Linear):
-        return _linear(rows, mlp.weight, mlp.bias)
+        return F.linear(rows, mlp.weight, mlp.bias)
     for i, layer in enumerate(mlp.layers):
-        rows = _linear(rows, layer.weight, layer.bias)
+        rows = F.linear(rows, layer.weight, layer.bias)
         if i < mlp.num_layers - 1:
             rows = mlp.act(rows)
     return torch.sigmoid(rows) if mlp.sigmoid_output else rows
-
-
-def _linear(rows: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``F.linear`` of (M, C) rows, whose backward issues 4 host ops where autograd's issues 8."""
-    return _RowLinear.apply(rows, weight, bias)
-
-
-class _RowLinear(torch.autograd.Function):
-    """``rows @ weight.T + bias`` with the gradients as three matrix ops.
-
-    Autograd differentiates ``addmm(bias, rows, weight.t())`` through the transposed weight: a
-    transpose for each operand of both gradient matmuls, one more to undo the weight's, and a
-    view after the bias's sum. Here ``grad @ weight``, ``grad.T @ rows`` and ``grad.sum(0)``.
-    Under autocast the operands are cast in the forward as autocast casts ``F.linear``'s (and the
-    cast ones saved, as autograd saves them): the backward computes in that type, with no casts
-    beyond those returning each gradient in its input's type.
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, rows: Tensor, weight: Tensor, bias: Tensor
-                ) -> Tensor:
-        ctx.dtypes = rows.dtype, weight.dtype, bias.dtype
-        device = rows.device.type
-        if torch.is_autocast_enabled(device):
-            dtype = torch.get_autocast_dtype(device)
-            rows, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype)
-                                  for t in (rows, weight, bias))
-        ctx.save_for_backward(rows, weight)
-        return torch.addmm(bias, rows, weight.t())
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        rows, weight = ctx.saved_tensors
-        need_rows, need_weight, need_bias = ctx.needs_input_grad
-        rows_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        grad_rows = grad.mm(weight).to(rows_dtype) if need_rows else None
-        grad_weight = grad.t().mm(rows).to(weight_dtype) if need_weight else None
-        grad_bias = grad.sum(0).to(bias_dtype) if need_bias else None
-        return grad_rows, grad_weight, grad_bias
-
-
-def _cat(tensors: list[Tensor], dim: int = 0) -> Tensor:
-    """``torch.cat``, whose backward is one ``split`` (autograd's slices each input's gradient out)."""
-    return _Join.apply(False, dim, *tensors)
-
-
-def _stack(tensors: list[Tensor]) -> Tensor:
-    """``torch.stack`` along a new first dimension, whose backward is one ``unbind`` (autograd's
-    selects each input's gradient)."""
-    return _Join.apply(True, 0, *tensors)
-
-
-class _Join(torch.autograd.Function):
-    """Tensors joined along ``dim`` (stacked there if ``stack``), the gradient parted in one op."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, stack: bool, dim: int, *tensors: Tensor) -> Tensor:
-        ctx.stack, ctx.dim, ctx.sizes = stack, dim, [t.shape[dim] for t in tensors]
-        return torch.stack(tensors, dim) if stack else torch.cat(tensors, dim)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        parts = grad.unbind(ctx.dim) if ctx.stack else grad.split(ctx.sizes, ctx.dim)
-        return None, None, *parts
 
 
 class LeanMaskDecoder(MaskDecoder):
@@ -223,9 +158,9 @@ class LeanMaskDecoder(MaskDecoder):
         """Meta's ``predict_masks``: same inputs, same outputs."""
         s = 1 if self.pred_obj_scores else 0
         first = [self.obj_score_token.weight] if s else []
-        output_tokens = _cat([*first, self.iou_token.weight, self.mask_tokens.weight])
+        output_tokens = torch.cat([*first, self.iou_token.weight, self.mask_tokens.weight])
         b = sparse_prompt_embeddings.size(0)
-        tokens = _cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
         if repeat_image:
             src = torch.repeat_interleave(image_embeddings, b, dim=0)
         else:
@@ -269,8 +204,8 @@ class LeanMaskDecoder(MaskDecoder):
         x = tokens.permute(1, 2, 0)
         depth = len(mlps[0].layers)
         for j in range(depth):
-            weight = _stack([mlp.layers[j].weight for mlp in mlps])
-            bias = _stack([mlp.layers[j].bias for mlp in mlps]).unsqueeze(-1)
+            weight = torch.stack([mlp.layers[j].weight for mlp in mlps])
+            bias = torch.stack([mlp.layers[j].bias for mlp in mlps]).unsqueeze(-1)
             x = torch.baddbmm(bias, weight.to(x.dtype), x)
             if j < depth - 1:
                 x = mlps[0].act(x)
@@ -298,12 +233,12 @@ class LeanPromptEncoder(PromptEncoder):
 
     def _embed_points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
         """Meta's point embeddings: encoded coordinates (zero for padding) plus the label's embedding."""
-        table = _cat([self.not_a_point_embed.weight, *[e.weight for e in self.point_embeddings]])
+        table = torch.cat([self.not_a_point_embed.weight, *[e.weight for e in self.point_embeddings]])
         encoded = self.pe_layer._pe_encoding(_normalised(points + 0.5, self.input_image_size).to(torch.float))
         encoded = encoded.masked_fill((labels == -1).unsqueeze(-1), 0.0)
         embedding = encoded + F.embedding(labels.long() + 1, table)
         if pad:  # Meta appends a padding point (label -1): its embedding is not_a_point's
-            embedding = _cat([embedding, table[:1].expand(embedding.shape[0], 1, -1)], dim=1)
+            embedding = torch.cat([embedding, table[:1].expand(embedding.shape[0], 1, -1)], dim=1)
         return embedding
 
     def forward(self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None, masks: Tensor | None
@@ -318,7 +253,7 @@ class LeanPromptEncoder(PromptEncoder):
         if not sparse:
             sparse_embeddings = torch.empty((bs, 0, self.embed_dim), device=self._get_device())
         else:
-            sparse_embeddings = sparse[0] if len(sparse) == 1 else _cat(sparse, dim=1)
+            sparse_embeddings = sparse[0] if len(sparse) == 1 else torch.cat(sparse, dim=1)
         if masks is not None:
             dense_embeddings = self._embed_masks(masks)
         else:
