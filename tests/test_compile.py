@@ -7,16 +7,14 @@ inductor's C++ kernels), in a cache under the test's tmp dir: minutes on this ma
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 from medsam2_hpc.losses import MultimaskLoss, make_loss
-from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import VideoPropagator
 from medsam2_hpc.trainers.sam2.step_3d import clip_loss
+from tests.tiny_clips import disc_clip, tiny_sam2
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SIZE, FRAMES = 64, 4
@@ -24,22 +22,11 @@ COMPILED = ("memory_attention", "memory_encoder", "sam_mask_decoder")
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True)
-    set_trainable(model, "decoder+memory")
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)  # organs present
-    return model.train()
+    return tiny_sam2(SIZE)
 
 
 def _clip() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    label = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.long)
-    for organ, (cy, cx) in enumerate([(16, 16), (20, 45), (47, 30)], start=1):
-        label[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= 9 ** 2] = organ
-    return {"image": torch.rand(FRAMES, 3, SIZE, SIZE, generator=gen), "label": label}
+    return disc_clip(SIZE, FRAMES, [(16, 16), (20, 45), (47, 30)], radius=9)
 
 
 def _loss_and_grads(checkpoint: bool, compile: bool, calls: dict[str, int]

@@ -7,41 +7,28 @@ every parameter's gradient equal within fp32 tolerance.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 from medsam2_hpc.losses import MultimaskLoss, make_loss
-from medsam2_hpc.models.sam2 import build_sam2_model, set_trainable
 from medsam2_hpc.models.sam2_video import ObjectPrompts, VideoPropagator, merge_prompts
 from medsam2_hpc.trainers.sam2.step_3d import clip_organs, clip_prompts
+from tests.tiny_clips import disc_clip, tiny_sam2
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SIZE, FRAMES = 128, 4
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_sam2_model("sam2_hiera_t", None, image_size=SIZE, allow_random=True)
-    set_trainable(model, "decoder+memory")
-    # random heads call every object absent (masks all -1024): make them present so masks differ
-    model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(5.0)
-    return model.train()
+    return tiny_sam2(SIZE)
 
 
 def _clip() -> dict[str, torch.Tensor]:
     """Three disc organs; organ 3 is missing from prompt slice 2 (an empty-mask prompt there)."""
-    gen = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    label = torch.zeros(FRAMES, SIZE, SIZE, dtype=torch.long)
-    for organ, (cy, cx) in enumerate([(30, 30), (40, 90), (95, 60)], start=1):
-        label[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2] = organ
-    label[2][label[2] == 3] = 0
-    return {"image": torch.rand(FRAMES, 3, SIZE, SIZE, generator=gen), "label": label}
+    clip = disc_clip(SIZE, FRAMES, [(30, 30), (40, 90), (95, 60)], radius=18)
+    clip["label"][2][clip["label"][2] == 3] = 0
+    return clip
 
 
 def _loss_and_grads(model: torch.nn.Module, clip: dict[str, torch.Tensor], batch_prompted: bool
