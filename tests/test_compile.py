@@ -53,17 +53,19 @@ def _counted(fn, calls: dict[str, int], name: str):
 
 
 @pytest.mark.slow  # 8 to 28 minutes on the 2 shared cores: the inductor compiles C++ kernels
-def test_compiled_training_step_gives_the_eager_loss_and_gradients(tmp_path, monkeypatch):
+def test_compiled_training_step_gives_the_eager_loss_and_gradients(tmp_path):
     from torch._dynamo.utils import counters
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's dropout draws
-    # no silent fallback to eager: running out of recompilations raises
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     torch._dynamo.reset()
     counters.clear()
+    # the configs' own patch, not monkeypatch: undoing a monkeypatch deletes the setting from
+    # torch's config module (later compiles in the process then fail: it "does not exist")
     try:
-        with temporary_cache_dir(str(tmp_path)):
+        with temporary_cache_dir(str(tmp_path)), \
+                torch._inductor.config.patch(fallback_random=True), \
+                torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            # eager's dropout draws; no silent fallback to eager (running out of recompilations raises)
             for checkpoint in (False, True):  # none, and plain checkpointing (the recompute compiled too)
                 loss, grads = _loss_and_grads(checkpoint, False, {})
                 calls: dict[str, int] = {}

@@ -129,11 +129,9 @@ def test_host_ops_equal_op_counters_on_an_eager_step_but_its_detaches():
 
 
 @pytest.mark.slow  # a minute or more: the inductor compiles C++ kernels
-def test_host_ops_of_a_compiled_function_are_its_kernels_and_externs(tmp_path, monkeypatch):
+def test_host_ops_of_a_compiled_function_are_its_kernels_and_externs(tmp_path):
     from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "enable_kernel_profile", False)  # restored after
-    record_compiled_kernels()
     x = torch.randn(32, 32)
     w = torch.randn(32, 32, requires_grad=True)
 
@@ -142,8 +140,12 @@ def test_host_ops_of_a_compiled_function_are_its_kernels_and_externs(tmp_path, m
 
     eager = profile_ops(lambda: f(w).backward(), torch.device("cpu")).host_ops
     compiled = torch.compile(f)
+    # the config's own patch restores the setting (undoing a monkeypatch would delete it from
+    # torch's config module, and later compiles in the process would fail)
     try:
-        with temporary_cache_dir(str(tmp_path)):
+        with temporary_cache_dir(str(tmp_path)), \
+                torch._inductor.config.patch({"cpp.enable_kernel_profile": False}):
+            record_compiled_kernels()
             compiled(w).backward()  # compiles the forward and backward graphs
             with OpCounter() as ops:  # why the profiler is needed: under a dispatch mode they run eagerly
                 compiled(w).backward()
