@@ -43,7 +43,7 @@ from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
-from sam2.modeling.sam2_utils import MLP, LayerNorm2d
+from sam2.modeling.sam2_utils import LayerNorm2d
 from torch import Tensor
 
 __all__ = ["LeanLayerNorm2d", "LeanTwoWayTransformer", "LeanTwoWayAttentionBlock",
@@ -109,7 +109,7 @@ class LeanTwoWayAttentionBlock(TwoWayAttentionBlock):
         q, = _project(queries + query_pe, batch, t2i.num_heads, t2i.q_proj)
         v, = _project(keys, batch, t2i.num_heads, t2i.v_proj)
         queries = self.norm2(queries + _attend(t2i, q, k, v))
-        queries = self.norm3(queries + _mlp(self.mlp, queries))
+        queries = self.norm3(queries + self.mlp(queries))
 
         k, = _project(queries + query_pe, batch, i2t.num_heads, i2t.k_proj)
         v, = _project(queries, batch, i2t.num_heads, i2t.v_proj)
@@ -136,17 +136,6 @@ def _attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.dropout_p if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(-1, attn.internal_dim)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
-
-
-def _mlp(mlp: MLP | torch.nn.Linear, rows: Tensor) -> Tensor:
-    """Meta's ``MLP`` (or a plain linear) on (M, C) rows, each layer one ``F.linear`` (t + addmm)."""
-    if isinstance(mlp, torch.nn.Linear):
-        return F.linear(rows, mlp.weight, mlp.bias)
-    for i, layer in enumerate(mlp.layers):
-        rows = F.linear(rows, layer.weight, layer.bias)
-        if i < mlp.num_layers - 1:
-            rows = mlp.act(rows)
-    return torch.sigmoid(rows) if mlp.sigmoid_output else rows
 
 
 class LeanMaskDecoder(MaskDecoder):
@@ -187,9 +176,9 @@ class LeanMaskDecoder(MaskDecoder):
         b, c, h, w = upscaled.shape
         masks = torch.bmm(hyper_in, upscaled.view(b, c, h * w)).view(b, -1, h, w)
 
-        iou_pred = _mlp(self.iou_prediction_head, iou_token_out)
+        iou_pred = self.iou_prediction_head(iou_token_out)
         if self.pred_obj_scores:
-            object_score_logits = _mlp(self.pred_obj_score_head, hs[:, 0, :])
+            object_score_logits = self.pred_obj_score_head(hs[:, 0, :])
         else:
             object_score_logits = 10.0 * iou_pred.new_ones(iou_pred.shape[0], 1)
         return masks, iou_pred, mask_tokens_out, object_score_logits
